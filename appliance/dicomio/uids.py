@@ -8,13 +8,15 @@ identifiers, so a re-run overwrites instead of duplicating a study in a PACS. Th
 from __future__ import annotations
 
 import hashlib
+import re
 
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 from appliance import __version__
 
 UUID_ROOT = "2.25."
 MAX_UID_LENGTH = 64
+_UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def uid_from(*parts: str) -> str:
@@ -42,7 +44,9 @@ def random_uid() -> str:
 
 def is_valid_uid(uid: str) -> bool:
     """True for a syntactically valid UID (digits and dots, no leading zeros, <= 64 chars)."""
-    return bool(UID(uid).is_valid)
+    # Checked here rather than via pydicom's UID, which raises instead of answering when pydicom
+    # runs in strict validation mode.
+    return len(uid) <= MAX_UID_LENGTH and _UID_SYNTAX.match(uid) is not None
 
 
 # Identifies this software in every file meta header it writes (PS3.7 D.3.3.2). Derived from the
