@@ -95,8 +95,8 @@ def _condyle_circle(p: FloatArray, d: FloatArray, what: str) -> tuple[FloatArray
 
 def _unsigned_line_angle(a: FloatArray, b: FloatArray) -> float:
     """Angle between two lines (not vectors), 0..90 degrees."""
-    cos = abs(float(a @ b)) / float(np.linalg.norm(a) * np.linalg.norm(b))
-    return math.degrees(math.acos(min(1.0, cos)))
+    # atan2 of |cross| and |dot| stays accurate near 0, where acos loses half the digits.
+    return math.degrees(math.atan2(float(np.linalg.norm(np.cross(a, b))), abs(float(a @ b))))
 
 
 def fit_flexion_axis(
@@ -121,7 +121,8 @@ def fit_flexion_axis(
         cl, _, _ = _condyle_circle(lat, d, "lateral condyle")
         d_new = cl - cm
         d_new /= np.linalg.norm(d_new)
-        moved = math.acos(min(1.0, float(d_new @ d)))
+        # Chord length, not acos: acos cannot resolve steps below ~1e-8 rad near 1.
+        moved = float(np.linalg.norm(d_new - d))
         d = d_new
         if moved < _TOL_RAD:
             break
