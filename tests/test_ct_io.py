@@ -207,6 +207,15 @@ def test_gantry_tilt_shear_is_kept_exactly(tmp_path: Path) -> None:
         np.testing.assert_allclose(vol.index_to_mm([4, 7, k])[0], phantom.voxel_mm(4, 7, k), atol=1e-4)
 
 
+def test_tilted_series_survives_nifti_through_the_sform(tmp_path: Path) -> None:
+    phantom = Phantom(tilt=(0.0, -0.4), series_key="tilted-nifti")
+    phantom.write(tmp_path / "ct")
+    save_nifti(load_ct(tmp_path / "ct"), tmp_path / "ct.nii")
+    back = load_ct(tmp_path / "ct.nii")
+    for ijk in ((0, 0, 0), (13, 5, 3), (19, 23, 11)):
+        np.testing.assert_allclose(back.index_to_mm([ijk])[0], phantom.voxel_mm(*ijk), atol=1e-3)
+
+
 def test_missing_slice_is_a_gap(tmp_path: Path) -> None:
     Phantom().write(tmp_path / "ct", skip=(6,))
     with pytest.raises(InputError) as err:

@@ -178,6 +178,30 @@ def test_written_film_is_valid_dx_and_round_trips(
     np.testing.assert_allclose(h[:, :2] / h[:, 2:], geometry.project(pts), atol=1e-9)
 
 
+def test_magnification_calibrated_film_has_consistent_pixel_spacing(tmp_path: Path) -> None:
+    geometry = film_geometry("longleg_ap", "R")
+    info = film_info("longleg_ap", "R", calibrate_for_magnification=True, magnification_factor=1.08)
+    path = tmp_path / "cal.dcm"
+    write_dx(
+        path,
+        film_pixels(geometry, 12),
+        bits_stored=12,
+        photometric="MONOCHROME2",
+        geometry=geometry,
+        info=info,
+    )
+    report = dciodvfy_report(path)
+    assert report.errors == [], report.output
+    ds = pydicom.dcmread(path)
+    assert ds.PixelSpacingCalibrationType == "GEOMETRY"
+    assert float(ds.EstimatedRadiographicMagnificationFactor) == pytest.approx(1.08)
+    np.testing.assert_allclose(
+        [float(x) for x in ds.PixelSpacing],
+        [float(x) / 1.08 for x in ds.ImagerPixelSpacing],
+        rtol=1e-9,
+    )
+
+
 def test_writing_leaves_no_temporary_file_and_replaces_an_existing_film(tmp_path: Path) -> None:
     geometry = film_geometry("knee_ap", "L")
     path = tmp_path / "knee.dcm"

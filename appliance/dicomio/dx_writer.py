@@ -5,10 +5,12 @@ positioning attributes a reader of knee films relies on (SID, source-patient dis
 kVp, mAs) and the full projection geometry in a private block (see :mod:`geometry_tags`).
 
 Spacing: a DX film records the detector pitch in ImagerPixelSpacing and the magnification at the
-anatomy in EstimatedRadiographicMagnificationFactor. PixelSpacing is *not* written: in the DX
-Detector module it is Type 1C, required only when the image has been calibrated to the patient
-(PixelSpacingCalibrationType), which a simulated film has not. Writing it equal to the detector pitch
-would invite readers to treat detector millimetres as anatomy millimetres.
+anatomy in EstimatedRadiographicMagnificationFactor. PixelSpacing (Basic Pixel Spacing Calibration
+macro, PS3.3 10.7) is Type 1C, required only when the image has been calibrated to the patient, so by
+default it is *not* written: equal to the detector pitch it would invite readers to take detector
+millimetres for anatomy millimetres. With ``FilmInfo.calibrate_for_magnification`` the film is marked
+as corrected for geometric magnification, as some clinical systems do: PixelSpacing = detector pitch /
+magnification, PixelSpacingCalibrationType GEOMETRY and a description of the assumption.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class FilmInfo:
     view_position: ViewPosition | None = None
     frame_of_reference_uid: str | None = None
     burned_in_annotation: bool = False
+    calibrate_for_magnification: bool = False
     derived: bool = False
     derivation_description: str = ""
     manufacturer: str = "xr3d simulator"
@@ -312,6 +315,10 @@ def build_dx_dataset(
     # DX Detector
     ds.DetectorType = "SCINTILLATOR"
     ds.ImagerPixelSpacing = [_ds(geometry.pitch_v_mm), _ds(geometry.pitch_u_mm)]
+    if info.calibrate_for_magnification:
+        ds.PixelSpacing = [_ds(geometry.pitch_v_mm / magnification), _ds(geometry.pitch_u_mm / magnification)]
+        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.PixelSpacingCalibrationDescription = "Imager pixel spacing / estimated magnification"
     # DX Positioning
     ds.ViewPosition = view_position
     ds.ViewCodeSequence = Sequence([_code(*_VIEW_CODES[view_position])])
