@@ -264,6 +264,14 @@ def test_invalid_pixels_are_rejected_before_any_file_is_created(tmp_path: Path) 
 def test_view_must_match_the_geometry() -> None:
     geometry = film_geometry("knee_lat", "L")
     pixels = film_pixels(geometry, 12)
+    with pytest.raises(ValueError, match="contradicts"):
+        build_dx_dataset(
+            pixels,
+            bits_stored=12,
+            photometric="MONOCHROME2",
+            geometry=geometry,
+            info=film_info("knee_lat", "L", view_position="RL"),
+        )
     with pytest.raises(ValueError, match="view position"):
         build_dx_dataset(
             pixels,

@@ -78,8 +78,9 @@ class FilmInfo:
     """Everything about a film that is not pixels or geometry.
 
     Dates are DICOM DA strings (YYYYMMDD) and times TM strings (HHMMSS[.ffffff]); empty means
-    unknown (the attributes are Type 2 and written empty). ``view_position`` defaults to the one
-    implied by the geometry's beam direction. ``magnification_factor`` defaults to SID divided by
+    unknown (the attributes are Type 2 and written empty). ViewPosition is derived from the geometry's
+    beam direction; ``view_position``, when given, must agree with it. BodyPartExamined and the coded
+    anatomic region follow from ``view``. ``magnification_factor`` defaults to SID divided by
     ``source_to_patient_mm``.
     """
 
@@ -203,7 +204,7 @@ def view_position_from_geometry(geometry: ProjectionGeometry) -> ViewPosition:
 def _check_pixels(pixels: NDArray[np.uint16], bits_stored: int, geometry: ProjectionGeometry) -> None:
     if pixels.ndim != 2:
         raise ValueError(f"film pixels must be 2D, got shape {pixels.shape}")
-    if pixels.dtype != np.uint16:
+    if pixels.dtype.kind != "u" or pixels.dtype.itemsize != 2:
         raise ValueError(f"film pixels must be uint16, got {pixels.dtype}")
     if pixels.shape != (geometry.rows, geometry.columns):
         raise ValueError(
@@ -228,7 +229,11 @@ def build_dx_dataset(
     _check_pixels(pixels, bits_stored, geometry)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"unsupported photometric interpretation {photometric!r}")
-    view_position = info.view_position or view_position_from_geometry(geometry)
+    view_position = view_position_from_geometry(geometry)
+    if info.view_position is not None and info.view_position != view_position:
+        raise ValueError(
+            f"view position {info.view_position!r} contradicts the geometry's beam ({view_position})"
+        )
     frontal = view_position in ("AP", "PA")
     if frontal != (info.view in _FRONTAL_VIEWS):
         raise ValueError(f"view {info.view!r} does not match view position {view_position!r}")

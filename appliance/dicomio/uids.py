@@ -27,7 +27,8 @@ def uid_from(*parts: str) -> str:
     """
     if not parts:
         raise ValueError("uid_from needs at least one part")
-    h = hashlib.sha256()
+    # A fixed namespace keeps our UIDs apart from any other tool hashing the same strings.
+    h = hashlib.sha256(b"xr3d uid_from v1")
     for part in parts:
         raw = part.encode("utf-8")
         h.update(len(raw).to_bytes(8, "big"))
