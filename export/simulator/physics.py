@@ -336,10 +336,18 @@ def log_normalise(raw: RawExposure) -> F32:
     return np.log(np.float32(raw.open_signal) / np.maximum(raw.signal, np.float32(floor))).astype(np.float32)
 
 
-def process_display(log_img: F32, pitch_mm: float, params: ExposureParams) -> F32:
-    """Console image processing to a display brightness in [0, 1] (1 = white, i.e. bone)."""
+def process_display(
+    log_img: F32, pitch_mm: float, params: ExposureParams, roi: NDArray[np.bool_] | None = None
+) -> F32:
+    """Console image processing to a display brightness in [0, 1] (1 = white, i.e. bone).
+
+    ``roi`` marks the exposed field: consoles find the collimation edges and take the latitude (the
+    histogram percentiles) only from inside it."""
     sub = log_img[::4, ::4]
-    anatomy = sub[sub > 0.15]
+    inside = sub > 0.15
+    if roi is not None:
+        inside &= roi[::4, ::4]
+    anatomy = sub[inside]
     if anatomy.size < 0.01 * sub.size:
         anatomy = sub.ravel()
     lo, hi = np.percentile(anatomy, [params.latitude_low_pct, params.latitude_high_pct])
