@@ -202,3 +202,40 @@ def condyle_surface_points(
                 pts.append(c + off * axis + r * (math.cos(a) * p + math.sin(a) * d))
         out[key] = np.array(pts)
     return out
+
+
+def _segment_distance(xx: FloatArray, yy: FloatArray, a: FloatArray, b: FloatArray) -> FloatArray:
+    d = b - a
+    # A zero-length segment is a point: distance to ``a``.
+    t = np.clip(((xx - a[0]) * d[0] + (yy - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
+    dist: FloatArray = np.hypot(xx - (a[0] + t * d[0]), yy - (a[1] + t * d[1]))
+    return dist
+
+
+def synthetic_film(
+    landmarks_px: dict[str, list[float]], shape: tuple[int, int], pixel_spacing_mm: float = 0.5
+) -> FloatArray:
+    """A plain, deterministic stand-in for a film: soft tissue and bone bands along the landmarks.
+
+    Only for example overlays and tests; it is not a radiograph simulation (that is export/simulator).
+    """
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in landmarks_px.items()}
+    mm = 1.0 / pixel_spacing_mm
+    img = np.full((h, w), 0.08)
+
+    def band(a: FloatArray, b: FloatArray, radius_mm: float, value: float) -> None:
+        nonlocal img
+        dist = _segment_distance(xx, yy, a, b) / (radius_mm * mm)
+        img = img + value / (1.0 + np.exp((dist - 1.0) * 12.0))
+
+    band(p[FHC], p[AC], 70.0, 0.18)  # soft tissue around the whole limb
+    band(p[FHC], p[FKC], 14.0, 0.35)  # femoral shaft
+    band(p[FHC], p[FHC], 24.0, 0.25)  # femoral head
+    band(p[MDFC], p[LDFC], 12.0, 0.3)  # condyles
+    band(p[MTP], p[LTP], 10.0, 0.3)  # plateau
+    band(p[TKC], p[AC], 12.0, 0.35)  # tibial shaft
+    band(p[AC], p[AC], 16.0, 0.2)  # talus
+    out: FloatArray = np.clip(img, 0.0, 1.0)
+    return out
