@@ -64,8 +64,8 @@ def _sample_drawing(pts: Mapping[str, FloatArray]) -> FloatArray:
 
 def _best_corner(
     obstacles: FloatArray, box: tuple[float, float], image: tuple[int, int], exclude: _Corner | None
-) -> _Corner:
-    """The corner whose box of (width, height) px covers the fewest drawing samples (ties: list order)."""
+) -> tuple[_Corner, int]:
+    """The corner whose (width, height) px box covers the fewest drawing samples, and that count."""
     w, h = image
     best: tuple[int, _Corner] | None = None
     for corner in _CORNERS:
@@ -83,7 +83,7 @@ def _best_corner(
         if best is None or count < best[0]:
             best = (count, corner)
     assert best is not None
-    return best[1]
+    return best[1], best[0]
 
 
 def _display_image(image: ArrayLike) -> tuple[FloatArray, bool]:
@@ -140,7 +140,8 @@ def _legend_lines(values: Mapping[str, float | None], cpak: Cpak | None) -> list
     if cpak is None:
         lines.append("CPAK       —")
     else:
-        lines.append(f"CPAK  {cpak.label:>7}   {cpak.ahka_category}, {cpak.jlo_category.replace('_', ' ')}")
+        lines.append(f"CPAK  {cpak.label:>7}")
+        lines.append(f"({cpak.ahka_category}, {cpak.jlo_category.replace('_', ' ')})")
     return lines
 
 
@@ -171,7 +172,9 @@ def render_overlay(
     values, cpak = _angle_values(angles)
 
     size = float(max(h, w))
-    font_px = max(14.0, 0.012 * size)  # ~1.2 % of the film: readable at full size and in a 1024 px preview
+    # ~1.2 % of the film's long side, but at most 2 % of its width so the value box fits beside a
+    # one-leg crop (about 1:3); never below 12 px.
+    font_px = max(12.0, min(0.012 * size, 0.02 * w))
     font_pt = font_px * 72.0 / _DPI
     lw_pt = max(2.0, size / 700.0) * 72.0 / _DPI
     halo: list[patheffects.AbstractPathEffect] = [
@@ -306,13 +309,20 @@ def render_overlay(
         t.set_path_effects(halo)
         log.debug("landmark %s (%s) at %s", name, DESCRIPTIONS.get(name, name), p)
 
-    # Value box and colour key in the corners that cover the fewest landmarks and lines.
+    # Value box and colour key in the corners that cover the fewest landmarks and lines; shrink the
+    # value box a little rather than hide a landmark under it.
     lines = _legend_lines(values, cpak)
-    value_box = (max(len(s) for s in lines) * 0.62 * font_px + font_px, (len(lines) * 1.25 + 1.0) * font_px)
-    key_box = (22.0 * 0.75 * 0.62 * font_px + 3.0 * font_px, 5.0 * 1.3 * 0.75 * font_px + font_px)
     obstacles = _sample_drawing(pts)
-    corner_value = _best_corner(obstacles, value_box, (w, h), exclude=None)
-    corner_key = _best_corner(obstacles, key_box, (w, h), exclude=corner_value)
+    for box_scale in (1.0, 0.85, 0.7):
+        value_box = (
+            box_scale * (max(len(s) for s in lines) * 0.62 * font_px + font_px),
+            box_scale * (len(lines) * 1.25 + 1.0) * font_px,
+        )
+        corner_value, hits = _best_corner(obstacles, value_box, (w, h), exclude=None)
+        if hits == 0:
+            break
+    key_box = (22.0 * 0.75 * 0.62 * font_px + 3.0 * font_px, 5.0 * 1.3 * 0.75 * font_px + font_px)
+    corner_key, _ = _best_corner(obstacles, key_box, (w, h), exclude=corner_value)
     fx = {"left": 0.015, "right": 0.985}
     fy = {"top": 0.99, "bottom": 0.01}
     ax.text(
@@ -321,7 +331,7 @@ def render_overlay(
         "\n".join(lines),
         transform=ax.transAxes,
         color=style.TEXT,
-        fontsize=font_pt,
+        fontsize=font_pt * box_scale,
         fontfamily=style.MONO,
         ha=corner_value[1],
         va=corner_value[0],
