@@ -105,6 +105,116 @@ def _trilinear_into(
         )
 
 
+@njit(cache=True, inline="always")
+def _trapezoid(
+    t0: float,
+    t1: float,
+    t_first: float,
+    t_last: float,
+    dt: float,
+    f_in: float,
+    f_out: float,
+    first: float,
+    last: float,
+    total: float,
+) -> float:
+    """Trapezoidal rule over entry, the plane nodes (sum ``total``, spacing ``dt``) and exit, in t."""
+    return (
+        0.5 * (t_first - t0) * (f_in + first)
+        + dt * (total - 0.5 * (first + last))
+        + 0.5 * (t1 - t_last) * (last + f_out)
+    )
+
+
+@njit(cache=True, inline="always")
+def _march(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    st_b1: int,
+    st_e1: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    nb: int,
+    ne: int,
+    n_from: int,
+    n_to: int,
+) -> float:
+    """Sum of bilinear plane values for nodes ``n_from <= n < n_to`` of one channel.
+
+    Node n sits on plane ``q0 + n * st_a`` (flat offset, channel included) at in-plane position
+    ``(pb0 + n * step_b, pe0 + n * step_e)``; ``st_b1`` / ``st_e1`` are the neighbour offsets (0 for
+    an axis of length 1). Positions are recomputed from n, not accumulated, so long rays do not drift.
+    """
+    b_hi = nb - 1.0
+    e_hi = ne - 1.0
+    ib_max = max(nb - 2, 0)
+    ie_max = max(ne - 2, 0)
+    total = 0.0
+    for n in range(n_from, n_to):
+        pb = min(max(pb0 + n * step_b, 0.0), b_hi)
+        pe = min(max(pe0 + n * step_e, 0.0), e_hi)
+        ib = min(int(pb), ib_max)
+        ie = min(int(pe), ie_max)
+        fb = pb - ib
+        fe = pe - ie
+        q = q0 + n * st_a + ib * st_b + ie * st_e
+        lo = flat[q] + fb * (flat[q + st_b1] - flat[q])
+        hi = flat[q + st_e1] + fb * (flat[q + st_e1 + st_b1] - flat[q + st_e1])
+        total += lo + fe * (hi - lo)
+    return total
+
+
+@njit(cache=True, inline="always")
+def _march_pair(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    st_b1: int,
+    st_e1: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    nb: int,
+    ne: int,
+    n_from: int,
+    n_to: int,
+) -> tuple[float, float]:
+    """:func:`_march` for channels at ``q0`` and ``q0 + 1`` at once: they share every weight and,
+    being interleaved, every cache line (the simulator's water + bone pair)."""
+    b_hi = nb - 1.0
+    e_hi = ne - 1.0
+    ib_max = max(nb - 2, 0)
+    ie_max = max(ne - 2, 0)
+    total0 = 0.0
+    total1 = 0.0
+    for n in range(n_from, n_to):
+        pb = min(max(pb0 + n * step_b, 0.0), b_hi)
+        pe = min(max(pe0 + n * step_e, 0.0), e_hi)
+        ib = min(int(pb), ib_max)
+        ie = min(int(pe), ie_max)
+        fb = pb - ib
+        fe = pe - ie
+        q = q0 + n * st_a + ib * st_b + ie * st_e
+        w00 = (1.0 - fb) * (1.0 - fe)
+        w10 = fb * (1.0 - fe)
+        w01 = (1.0 - fb) * fe
+        w11 = fb * fe
+        q10 = q + st_b1
+        q01 = q + st_e1
+        q11 = q01 + st_b1
+        total0 += w00 * flat[q] + w10 * flat[q10] + w01 * flat[q01] + w11 * flat[q11]
+        total1 += w00 * flat[q + 1] + w10 * flat[q10 + 1] + w01 * flat[q01 + 1] + w11 * flat[q11 + 1]
+    return total0, total1
+
+
 @njit(parallel=True, fastmath=False, cache=True)
 def joseph_render(
     flat: NDArray[np.float32],
@@ -135,9 +245,6 @@ def joseph_render(
     strides = np.array([n1 * n2 * nch, n2 * nch, nch])
     counts = np.zeros(rows, dtype=np.int64)
     for r in prange(rows):
-        acc = np.empty(nch)
-        first = np.empty(nch)
-        last = np.empty(nch)
         f_in = np.empty(nch)
         f_out = np.empty(nch)
         nodes = 0
@@ -176,9 +283,6 @@ def joseph_render(
                 a, b, e = 2, 0, 1
                 sa, sb, se, da, db, de = sz, sx, sy, dz, dx, dy
             na, nb, ne = dims[a], dims[b], dims[e]
-            st_a = strides[a]
-            st_b = strides[b] if nb > 1 else 0
-            st_e = strides[e] if ne > 1 else 0
 
             a0 = sa + t0 * da
             a1 = sa + t1 * da
@@ -199,40 +303,82 @@ def joseph_render(
 
             dt = 1.0 / abs(da)
             t_first = (m_first - sa) / da
-            for ch in range(nch):
-                acc[ch] = 0.0
-            for n in range(count):
-                m = m_first + step * n
-                t = t_first + n * dt
-                ib, fb = _cell(sb + t * db, nb)
-                ie, fe = _cell(se + t * de, ne)
-                base = m * st_a + ib * strides[b] + ie * strides[e]
-                w00 = (1.0 - fb) * (1.0 - fe)
-                w10 = fb * (1.0 - fe)
-                w01 = (1.0 - fb) * fe
-                w11 = fb * fe
-                for ch in range(nch):
-                    q = base + ch
-                    v = (
-                        w00 * flat[q]
-                        + w10 * flat[q + st_b]
-                        + w01 * flat[q + st_e]
-                        + w11 * flat[q + st_b + st_e]
-                    )
-                    acc[ch] += v
-                    if n == 0:
-                        first[ch] = v
-                    if n == count - 1:
-                        last[ch] = v
-            nodes += count
             t_last = t_first + (count - 1) * dt
-            for ch in range(nch):
-                integral_t = (
-                    0.5 * (t_first - t0) * (f_in[ch] + first[ch])
-                    + dt * (acc[ch] - 0.5 * (first[ch] + last[ch]))
-                    + 0.5 * (t1 - t_last) * (last[ch] + f_out[ch])
-                )
-                out[ch, r, c] = integral_t * length_mm
+            st_a = step * strides[a]
+            st_b, st_e = strides[b], strides[e]
+            st_b1 = st_b if nb > 1 else 0
+            st_e1 = st_e if ne > 1 else 0
+            pb0 = sb + t_first * db
+            pe0 = se + t_first * de
+            step_b = dt * db
+            step_e = dt * de
+            nodes += count
+            q_first = m_first * strides[a]
+            ch = 0
+            while ch < nch:
+                q0 = q_first + ch
+                if ch + 1 < nch:
+                    tot0, tot1 = _march_pair(
+                        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, 0, count
+                    )
+                    fst0, fst1 = _march_pair(
+                        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, 0, 1
+                    )
+                    lst0, lst1 = _march_pair(
+                        flat,
+                        q0,
+                        st_a,
+                        st_b,
+                        st_e,
+                        st_b1,
+                        st_e1,
+                        pb0,
+                        pe0,
+                        step_b,
+                        step_e,
+                        nb,
+                        ne,
+                        count - 1,
+                        count,
+                    )
+                    out[ch, r, c] = (
+                        _trapezoid(t0, t1, t_first, t_last, dt, f_in[ch], f_out[ch], fst0, lst0, tot0)
+                        * length_mm
+                    )
+                    out[ch + 1, r, c] = (
+                        _trapezoid(t0, t1, t_first, t_last, dt, f_in[ch + 1], f_out[ch + 1], fst1, lst1, tot1)
+                        * length_mm
+                    )
+                    ch += 2
+                else:
+                    tot0 = _march(
+                        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, 0, count
+                    )
+                    fst0 = _march(
+                        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, 0, 1
+                    )
+                    lst0 = _march(
+                        flat,
+                        q0,
+                        st_a,
+                        st_b,
+                        st_e,
+                        st_b1,
+                        st_e1,
+                        pb0,
+                        pe0,
+                        step_b,
+                        step_e,
+                        nb,
+                        ne,
+                        count - 1,
+                        count,
+                    )
+                    out[ch, r, c] = (
+                        _trapezoid(t0, t1, t_first, t_last, dt, f_in[ch], f_out[ch], fst0, lst0, tot0)
+                        * length_mm
+                    )
+                    ch += 1
         counts[r] = nodes
     return int(counts.sum())
 
