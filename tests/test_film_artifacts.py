@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +255,54 @@ def test_render_with_sampled_artifacts_is_deterministic() -> None:
         _slab(400, 160), 1.0, ex, FilmArtifacts.from_dict(json.loads(json.dumps(art.to_dict()))), seed=4
     )
     np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def _two_legs(pitch: float, height_mm: float = 1200.0, width_mm: float = 420.0) -> np.ndarray:
+    """Water cylinders (thigh 70 mm -> ankle 35 mm radius) around hollow bone cylinders with a joint gap."""
+    rows, cols = int(height_mm / pitch), int(width_mm / pitch)
+    y = np.arange(rows)[:, None] * pitch
+    x = np.arange(cols)[None, :] * pitch
+    p = np.zeros((3, rows, cols), np.float32)
+    knee = 0.52 * height_mm
+    for cx in (width_mm / 2 - 95, width_mm / 2 + 95):
+        dx = x - cx
+        r_soft = np.interp(y, [0, 0.4 * height_mm, knee, 0.9 * height_mm], [75, 62, 52, 35])
+        r_bone = np.interp(
+            y,
+            [0, 0.4 * height_mm, knee - 10, knee + 10, 0.6 * height_mm, height_mm],
+            [16, 14, 36, 36, 18, 12],
+        )
+        joint = np.abs(y - knee) > 6
+        outer = 2 * np.sqrt(np.clip(r_bone**2 - dx**2, 0, None)) * joint
+        inner = 2 * np.sqrt(np.clip((0.6 * r_bone) ** 2 - dx**2, 0, None)) * joint
+        p[0] += 2 * np.sqrt(np.clip(r_soft**2 - dx**2, 0, None)) - outer + 0.8 * inner
+        p[1] += outer - 0.8 * inner
+    p[0] = np.clip(p[0], 0, None)
+    return p
+
+
+@pytest.mark.slow
+def test_preview_png(tmp_path: Path) -> None:
+    """Render three example films to one PNG for eyeballing (XR3D_PREVIEW_DIR=docs/physics to keep it)."""
+    from PIL import Image
+
+    pitch = 0.4
+    legs = _two_legs(pitch)
+    tiles = []
+    for i, kind in enumerate(("longleg", "longleg", "knee_ap")):
+        rng = np.random.default_rng(1000 + i)
+        ex = sample_exposure(rng, kind)
+        paths = legs if kind == "longleg" else legs[:, int(0.35 * legs.shape[1]) : int(0.7 * legs.shape[1])]
+        art = sample_artifacts(rng, kind, paths.shape[1], paths.shape[2], pitch, ex)
+        film = render_with_artifacts(paths, pitch, ex, art, seed=i)
+        assert film.pixels.shape[0] >= paths.shape[1]
+        img = Image.fromarray((film.presentation * 255).astype(np.uint8))
+        tiles.append(img.resize((img.width * 700 // img.height, 700), Image.Resampling.LANCZOS))
+    sheet = Image.new("L", (sum(t.width for t in tiles) + 10 * len(tiles), 700), 128)
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, 0))
+        x += t.width + 10
+    out = Path(os.environ.get("XR3D_PREVIEW_DIR", tmp_path)) / "films_preview.png"
+    sheet.save(out, optimize=True)
+    assert out.stat().st_size < 300_000

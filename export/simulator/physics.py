@@ -86,6 +86,7 @@ class ExposureParams:
     latitude_high_pct: float
     drc_strength: float
     drc_sigma_mm: float
+    drc_pivot: float
     fine_gain: float
     fine_sigma_mm: float
     mid_gain: float
@@ -183,6 +184,7 @@ def sample_exposure(rng: np.random.Generator, kind: str) -> ExposureParams:
         latitude_high_pct=_u(rng, 98.0, 99.9),
         drc_strength=_u(rng, 0.0, 0.6),
         drc_sigma_mm=_u(rng, 8.0, 30.0),
+        drc_pivot=_u(rng, 0.3, 0.7),
         fine_gain=_u(rng, 0.0, 1.5),
         fine_sigma_mm=_u(rng, 0.3, 1.0),
         mid_gain=_u(rng, 0.0, 1.0),
@@ -353,9 +355,11 @@ def process_display(
     lo, hi = np.percentile(anatomy, [params.latitude_low_pct, params.latitude_high_pct])
     x = (log_img - np.float32(lo)) / np.float32(max(float(hi - lo), 1e-3))
     if params.drc_strength > 0:
-        x = x - np.float32(params.drc_strength) * (
-            smooth(x, params.drc_sigma_mm / pitch_mm) - np.float32(0.5)
-        )
+        # Dynamic range compression acts only above a pivot of the low-pass (thick, bright regions),
+        # like the density-selective DRC of CR consoles, so air stays black.
+        low = smooth(x, params.drc_sigma_mm / pitch_mm)
+        x = x - np.float32(params.drc_strength) * np.maximum(low - np.float32(params.drc_pivot), 0.0)
+        del low
     b1 = smooth(x, params.fine_sigma_mm / pitch_mm)
     b2 = smooth(b1, params.mid_sigma_mm / pitch_mm)
     x = x + np.float32(params.fine_gain) * (x - b1) + np.float32(params.mid_gain) * (b1 - b2)
