@@ -95,3 +95,12 @@ def test_cpak_chart_outside_range_and_bad_values(tmp_path: Path) -> None:
     assert (tmp_path / "far.png").stat().st_size > 1000
     with pytest.raises(InputError):
         render_cpak_chart(float("nan"), 180.0, tmp_path / "nan.png")
+
+
+@pytest.mark.slow
+def test_examples_render_deterministically(tmp_path: Path) -> None:
+    from appliance.analytics.examples import write_examples
+
+    first = {p.name: p.read_bytes() for p in write_examples(tmp_path / "a")}
+    second = {p.name: p.read_bytes() for p in write_examples(tmp_path / "b")}
+    assert first == second and len(first) == 7
