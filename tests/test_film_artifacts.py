@@ -42,6 +42,7 @@ def _exposure(**overrides: object) -> ExposureParams:
         "heel_strength": 0.0,
         "fluence_per_mm2": 1e8,
         "electronic_noise_quanta": 0.0,
+        "line_noise_quanta": 0.0,
         "fine_gain": 0.0,
         "mid_gain": 0.0,
         "drc_strength": 0.0,
@@ -154,8 +155,11 @@ def test_seams_appear_at_the_recorded_rows() -> None:
     # More signal reads as less attenuation: the brighter-exposed zone is darker on the film.
     assert z1 < z0 < z2
     steps = np.abs(np.diff(prof))
-    top = set(np.argsort(steps)[-6:].tolist())
-    assert all(any(abs(t - s) <= 2 for s in stitch.seam_rows) for t in top)
+    top = np.argsort(steps)[-6:].tolist()
+    # The six largest row-to-row steps lie at the seams (spread a few rows by the detector blur tail),
+    # and each seam has one.
+    assert all(any(abs(t - s) <= 5 for s in stitch.seam_rows) for t in top)
+    assert all(any(abs(t - s) <= 2 for t in top) for s in stitch.seam_rows)
 
 
 def test_zone_shift_moves_content_below_the_seam_only() -> None:

@@ -138,14 +138,15 @@ def test_bone_contrast_falls_with_kvp() -> None:
 
 # --- scatter and noise -------------------------------------------------------------------------------
 def _quiet(**overrides: object) -> ExposureParams:
-    return _params(
-        heel_strength=0.0,
-        blur_sigma_mm=1e-6,
-        blur_tail_fraction=0.0,
-        electronic_noise_quanta=0.0,
-        spr=0.0,
-        **overrides,
-    )
+    quiet: dict[str, object] = {
+        "heel_strength": 0.0,
+        "blur_sigma_mm": 1e-6,
+        "blur_tail_fraction": 0.0,
+        "electronic_noise_quanta": 0.0,
+        "line_noise_quanta": 0.0,
+        "spr": 0.0,
+    }
+    return _params(**{**quiet, **overrides})
 
 
 def test_uniform_slab_at_reference_thickness_has_the_sampled_spr() -> None:
@@ -170,6 +171,33 @@ def test_relative_noise_follows_one_over_sqrt_fluence() -> None:
         assert rel[-1] == pytest.approx(expected, rel=0.05)
     assert rel[0] / rel[1] == pytest.approx(2.0, rel=0.08)
     assert rel[1] / rel[2] == pytest.approx(2.0, rel=0.08)
+
+
+def test_low_counts_are_poisson_quantised() -> None:
+    """Behind dense objects only a few quanta arrive: the noise stays Poisson, with variance = mean."""
+    p = _quiet(fluence_per_mm2=20.0)
+    raw = simulate_detector(_slab(0.0, shape=(256, 256)), 1.0, p, np.random.default_rng(2))
+    _, _, s0, q0 = expected_signal(_slab(0.0, shape=(1, 1)), p)
+    per = q0 / s0  # keV per equivalent quantum
+    counts = raw.signal / per
+    np.testing.assert_allclose(counts, np.rint(counts), atol=1e-3)
+    neq = 20.0 * s0 * s0 / q0
+    assert float(counts.mean()) == pytest.approx(neq, rel=0.02)
+    assert float(counts.var()) == pytest.approx(neq, rel=0.05)
+
+
+def test_line_noise_is_row_and_column_correlated() -> None:
+    slab = _slab(0.0, shape=(200, 200))
+    _, _, s0, q0 = expected_signal(slab[:, :1, :1], _quiet())
+    per = q0 / s0
+    spreads = []
+    for line in (0.0, 10.0):
+        p = _quiet(fluence_per_mm2=1000.0, line_noise_quanta=line)
+        sig = simulate_detector(slab, 1.0, p, np.random.default_rng(4)).signal / per
+        spreads.append(float(sig.mean(axis=1).std()))
+    quantum = np.sqrt(1000.0 * s0 * s0 / q0) / np.sqrt(200)  # white noise averaged over a row
+    assert spreads[0] == pytest.approx(quantum, rel=0.2)
+    assert spreads[1] == pytest.approx(np.hypot(10.0, quantum), rel=0.2)
 
 
 # --- rendering, determinism, encoding ----------------------------------------------------------------
