@@ -40,6 +40,10 @@ def _load_image(path: str) -> Any:
 
     try:
         with Image.open(path) as im:
+            # Grey (8/16/32-bit, float) and RGB go through as they are; palette, bilevel and
+            # grey+alpha images become RGB so the overlay sees what a viewer shows.
+            if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F", "RGB", "RGBA"):
+                return np.asarray(im.convert("RGB"))
             return np.asarray(im)
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such image", reason="file_not_found") from exc
