@@ -1,7 +1,8 @@
 """Text as pixels: masks of printed characters for rulers, lead markers and burned-in labels.
 
-Uses Pillow's built-in bitmap font (shipped inside Pillow, nothing is downloaded), scaled to the wanted
-height. The blocky upscaled glyphs look like the console fonts of many CR/DR systems.
+Uses the font embedded in Pillow (``ImageFont.load_default(size)``: a scalable font shipped inside the
+Pillow wheel, nothing is downloaded), falling back to Pillow's built-in bitmap font, scaled with
+nearest-neighbour so glyph edges stay sharp, when Pillow was built without FreeType.
 """
 
 from __future__ import annotations
@@ -11,42 +12,59 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 from appliance.errors import InputError
 
 log = logging.getLogger(__name__)
 
 F32 = NDArray[np.float32]
+_CAP_HEIGHT_PER_EM = 0.7  # capital height of the embedded font as a fraction of its size
 
 
-@lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default_imagefont()
+@lru_cache(maxsize=64)
+def _scalable(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _render(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, line_h: int, bold: bool) -> F32:
+    lines = text.split("\n")
+    width = max(1, *(int(font.getbbox(line)[2]) for line in lines))
+    stroke = max(1, line_h // 12) if bold else 0
+    img = Image.new("L", (width + 2 + 2 * stroke, line_h * len(lines) + 2 + 2 * stroke), 0)
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text(
+            (1 + stroke, 1 + stroke + i * line_h),
+            line,
+            fill=255,
+            font=font,
+            stroke_width=stroke,
+            stroke_fill=255,
+        )
+    return (np.asarray(img, dtype=np.float32) / 255.0).astype(np.float32)
+
+
+def _crop_rows(mask: F32) -> F32:
+    inked = np.flatnonzero(mask.max(axis=1) > 0.05)
+    return mask if inked.size == 0 else mask[inked[0] : inked[-1] + 1]
 
 
 def text_mask(text: str, height_px: int, *, bold: bool = False) -> F32:
-    """Coverage mask (0..1) of ``text`` with capital height ``height_px``; lines split on ``\\n``."""
+    """Coverage mask (0..1) of ``text`` whose capitals are about ``height_px`` tall; ``\\n`` splits lines.
+    Rows without ink above the first and below the last line are cropped."""
     if height_px < 4:
         raise InputError("text height must be at least 4 pixels")
     if not text:
         return np.zeros((height_px, 1), np.float32)
-    font = _font()
-    lines = text.split("\n")
-    line_h = 11  # the built-in font's cell height
-    width = max(1, *(int(font.getbbox(line)[2]) for line in lines))
-    img = Image.new("L", (width + 2, line_h * len(lines) + 2), 0)
-    draw = ImageDraw.Draw(img)
-    for i, line in enumerate(lines):
-        draw.text((1, 1 + i * line_h), line, fill=255, font=font)
-    if bold:
-        arr0 = np.asarray(img)
-        img = Image.fromarray(np.maximum(arr0, np.roll(arr0, 1, axis=1)))
-    scale = height_px / line_h
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    # Bilinear keeps the edges soft enough to look printed rather than aliased.
-    out = img.resize(size, Image.Resampling.BILINEAR)
-    return (np.asarray(out, dtype=np.float32) / 255.0).astype(np.float32)
+    if features.check("freetype2"):
+        size = max(4, round(height_px / _CAP_HEIGHT_PER_EM))
+        return _crop_rows(_render(text, _scalable(size), round(size * 1.25), bold))
+    bitmap = ImageFont.load_default_imagefont()
+    small = _render(text, bitmap, 11, bold)
+    scale = max(1, round(height_px / 8))  # the bitmap font's capitals are ~8 px tall
+    big = np.kron(small, np.ones((scale, scale), np.float32))
+    return _crop_rows(big.astype(np.float32))
 
 
 def paste_max(canvas: F32, mask: F32, row: int, col: int, value: float) -> None:

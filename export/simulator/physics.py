@@ -371,6 +371,19 @@ def log_normalise(raw: RawExposure) -> F32:
     return np.log(np.float32(raw.open_signal) / np.maximum(raw.signal, np.float32(floor))).astype(np.float32)
 
 
+def _soft_clip(x: F32, lo: float, hi: float) -> F32:
+    """Identity inside [lo, hi]; beyond, approaches lo - 0.1 / hi + 0.1 smoothly (tanh knee)."""
+    w = np.float32(0.1)
+    above = np.float32(hi) + w * np.tanh((x - np.float32(hi)) / w)
+    below = np.float32(lo) - w * np.tanh((np.float32(lo) - x) / w)
+    return np.where(x > hi, above, np.where(x < lo, below, x)).astype(np.float32)
+
+
+def _limit(d: F32, cap: float) -> F32:
+    """d for |d| << cap, saturating at +-cap for large |d|."""
+    return (d / (np.float32(1.0) + np.abs(d) / np.float32(cap))).astype(np.float32)
+
+
 def process_display(
     log_img: F32, pitch_mm: float, params: ExposureParams, roi: NDArray[np.bool_] | None = None
 ) -> F32:
@@ -387,6 +400,9 @@ def process_display(
         anatomy = sub.ravel()
     lo, hi = np.percentile(anatomy, [params.latitude_low_pct, params.latitude_high_pct])
     x = (log_img - np.float32(lo)) / np.float32(max(float(hi - lo), 1e-3))
+    # Values far outside the latitude (metal, direct beam) are compressed first, so the enhancement
+    # below cannot ring around them; consoles do the same before their band processing.
+    x = _soft_clip(x, -0.25, 1.25)
     if params.drc_strength > 0:
         # Dynamic range compression acts only above a pivot of the low-pass (thick, bright regions),
         # like the density-selective DRC of CR consoles, so air stays black.
@@ -395,7 +411,12 @@ def process_display(
         del low
     b1 = smooth(x, params.fine_sigma_mm / pitch_mm)
     b2 = smooth(b1, params.mid_sigma_mm / pitch_mm)
-    x = x + np.float32(params.fine_gain) * (x - b1) + np.float32(params.mid_gain) * (b1 - b2)
+    # MUSICA-style non-linear band gain: small details are amplified, large edges (metal, skin line)
+    # only up to a cap, which avoids the halo overshoot of plain unsharp masking.
+    fine = _limit(x - b1, 0.08)
+    mid = _limit(b1 - b2, 0.15)
+    x = x + np.float32(params.fine_gain) * fine + np.float32(params.mid_gain) * mid
+    del fine, mid
     del b1, b2
     k = params.tone_slope
     lo_s, hi_s = 1.0 / (1.0 + np.exp(k / 2.0)), 1.0 / (1.0 + np.exp(-k / 2.0))
