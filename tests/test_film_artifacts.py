@@ -16,6 +16,7 @@ from export.simulator.film_artifacts import (
     STEEL_IN_COCR_BASIS,
     CollimationRecord,
     FilmArtifacts,
+    FilmRecipe,
     GridRecord,
     MarkerRecord,
     PaddingRecord,
@@ -26,8 +27,10 @@ from export.simulator.film_artifacts import (
     apply_path_artifacts,
     field_mask,
     grid_profile,
+    render_recipe,
     render_with_artifacts,
     sample_artifacts,
+    sample_recipe,
     shift_zones,
     sphere_chord_mm,
     steel_ball_metal_path,
@@ -249,6 +252,17 @@ def test_text_mask_height_and_empty() -> None:
     assert float(m.min()) >= 0.0 and float(m.max()) > 0.9
     with pytest.raises(InputError):
         text_mask("x", 2)
+
+
+def test_recipe_replays_the_same_film_from_json() -> None:
+    recipe = sample_recipe(np.random.default_rng(8), "knee_ap", 300, 120, 1.0)
+    again = FilmRecipe.from_dict(json.loads(json.dumps(recipe.to_dict())))
+    assert again == recipe
+    a = render_recipe(_slab(300, 120), 1.0, recipe)
+    b = render_recipe(_slab(300, 120), 1.0, again)
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    with pytest.raises(InputError):
+        FilmRecipe.from_dict({"exposure": recipe.exposure.to_dict()})
 
 
 def test_render_with_sampled_artifacts_is_deterministic() -> None:

@@ -26,6 +26,7 @@ from export.simulator.physics import (
 from export.simulator.spectra import (
     CT_EFFECTIVE_KEV,
     bone_hu,
+    cocr_equivalent,
     csi_absorbed_fraction,
     half_value_layer_mm_al,
     hu_to_basis,
@@ -82,6 +83,12 @@ def test_csi_absorbs_nearly_everything_at_low_energy_and_less_at_high() -> None:
     eta = csi_absorbed_fraction([20.0, 60.0, 120.0], 0.6)
     assert eta[0] > 0.99
     assert eta[0] > eta[1] > eta[2] > 0.2
+
+
+def test_cocr_equivalents_of_titanium_and_steel() -> None:
+    assert 0.3 < cocr_equivalent("titanium") < 0.4
+    assert cocr_equivalent("cocr", density_g_cm3=7.87) == pytest.approx(7.87 / 8.3)
+    assert cocr_equivalent("titanium", 40.0) < cocr_equivalent("titanium", 100.0)
 
 
 # --- basis decomposition -------------------------------------------------------------------------------

@@ -26,13 +26,21 @@ from numpy.typing import ArrayLike, NDArray
 
 from appliance.errors import GeometryError, InputError
 from appliance.geometry.projection import ProjectionGeometry
-from export.simulator.film_text import paste_add, paste_over, text_mask
+from export.simulator.film_text import (
+    PaddingRecord,
+    TextRecord,
+    burn_text,
+    pad_image,
+    paste_add,
+    text_mask,
+)
 from export.simulator.physics import (
     ExposureParams,
     Film,
     encode_film,
     log_normalise,
     process_display,
+    sample_exposure,
     simulate_detector,
     smooth,
 )
@@ -100,25 +108,6 @@ class GridRecord:
     vertical: bool  # strips run along the columns (lines vary with column index)
     amplitude: float
     phase: float
-
-
-@dataclass(frozen=True)
-class TextRecord:
-    text: str
-    row: int
-    col: int
-    height_px: int
-    value: float  # display brightness of the glyphs
-    boxed: bool
-
-
-@dataclass(frozen=True)
-class PaddingRecord:
-    top: int
-    bottom: int
-    left: int
-    right: int
-    value: float
 
 
 _PARTS: dict[str, type] = {
@@ -421,16 +410,8 @@ def apply_display_artifacts(bright: F32, field: F32 | None, art: FilmArtifacts) 
         value = np.float32(0.0 if c.shutter == "black" else 1.0)
         out = np.where(field < 0.5, value, out).astype(np.float32)
     for t in art.texts:
-        mask = text_mask(t.text, t.height_px)
-        if t.boxed:
-            pad = max(2, t.height_px // 3)
-            box = np.ones((mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad), np.float32)
-            paste_over(out, box, t.row - pad, t.col - pad, 0.0)
-        paste_over(out, mask, t.row, t.col, t.value)
-    p = art.padding
-    if p is not None:
-        out = np.pad(out, ((p.top, p.bottom), (p.left, p.right)), constant_values=np.float32(p.value))
-    return out
+        burn_text(out, t)
+    return out if art.padding is None else pad_image(out, art.padding)
 
 
 def render_with_artifacts(
@@ -459,6 +440,40 @@ def render_with_artifacts(
     bright = process_display(log_img, pitch_mm, exposure, roi=roi)
     bright = apply_display_artifacts(bright, field, art)
     return encode_film(bright, pitch_mm, exposure)
+
+
+@dataclass(frozen=True)
+class FilmRecipe:
+    """Everything that turns path images into one film: store it as JSON next to the film to replay it."""
+
+    exposure: ExposureParams
+    artifacts: FilmArtifacts
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exposure": self.exposure.to_dict(), "artifacts": self.artifacts.to_dict(), "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FilmRecipe:
+        try:
+            return cls(
+                ExposureParams.from_dict(d["exposure"]),
+                FilmArtifacts.from_dict(d["artifacts"]),
+                int(d["seed"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"incomplete film recipe: {exc}") from exc
+
+
+def sample_recipe(rng: np.random.Generator, kind: str, rows: int, cols: int, pitch_mm: float) -> FilmRecipe:
+    """Sample exposure, artefacts and a noise seed for a film of ``kind`` and size."""
+    exposure = sample_exposure(rng, kind)
+    art = sample_artifacts(rng, kind, rows, cols, pitch_mm, exposure)
+    return FilmRecipe(exposure, art, int(rng.integers(0, 2**31 - 1)))
+
+
+def render_recipe(paths_mm: NDArray[Any], pitch_mm: float, recipe: FilmRecipe) -> Film:
+    return render_with_artifacts(paths_mm, pitch_mm, recipe.exposure, recipe.artifacts, recipe.seed)
 
 
 # --- calibration sphere --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ nearest-neighbour so glyph edges stay sharp, when Pillow was built without FreeT
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -19,6 +20,31 @@ from appliance.errors import InputError
 log = logging.getLogger(__name__)
 
 F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """A label the console burns into the processed image (no physical object)."""
+
+    text: str
+    row: int
+    col: int
+    height_px: int
+    value: float  # display brightness of the glyphs
+    boxed: bool  # on a black box, as many consoles print annotations
+
+
+@dataclass(frozen=True)
+class PaddingRecord:
+    """Constant bars added around an exported film (PACS export to a fixed aspect ratio)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    value: float
+
+
 _CAP_HEIGHT_PER_EM = 0.7  # capital height of the embedded font as a fraction of its size
 
 
@@ -98,3 +124,18 @@ def _blend(canvas: F32, mask: F32, row: int, col: int, value: float, op: np.ufun
     m = mask[r0 - row : r1 - row, c0 - col : c1 - col]
     region = canvas[r0:r1, c0:c1]
     region[...] = op(region, np.float32(value) * m)
+
+
+def burn_text(bright: F32, t: TextRecord) -> None:
+    """In place: draw ``t`` into a display-brightness image (1 = white)."""
+    mask = text_mask(t.text, t.height_px)
+    if t.boxed:
+        pad = max(2, t.height_px // 3)
+        box = np.ones((mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad), np.float32)
+        paste_over(bright, box, t.row - pad, t.col - pad, 0.0)
+    paste_over(bright, mask, t.row, t.col, t.value)
+
+
+def pad_image(img: F32, p: PaddingRecord) -> F32:
+    """The image inside constant bars; content moves by (p.left, p.top) pixels."""
+    return np.pad(img, ((p.top, p.bottom), (p.left, p.right)), constant_values=np.float32(p.value))

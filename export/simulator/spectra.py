@@ -142,6 +142,13 @@ def mu_per_mm(material: str, energy_kev: ArrayLike, density_g_cm3: float | None 
     return mass_attenuation(material, energy_kev) * rho / 10.0
 
 
+def cocr_equivalent(material: str, energy_kev: float = 60.0, density_g_cm3: float | None = None) -> float:
+    """Thickness of CoCr that attenuates like 1 mm of ``material`` at ``energy_kev``: how to put a
+    titanium (~0.35 at 60 keV) or steel (~0.95) object into the metal basis plane. A single energy is
+    an approximation: Ti is relatively more transparent at low energy than CoCr."""
+    return float(mu_per_mm(material, energy_kev, density_g_cm3) / mu_per_mm("cocr", energy_kev))
+
+
 # --- basis decomposition of CT numbers ---------------------------------------------------------------
 CT_EFFECTIVE_KEV = 70.0  # typical effective energy of a 120 kVp clinical CT beam
 SOFT_TISSUE_HU = 100.0  # top of the soft-tissue segment (Schneider et al., PMB 45:459, 2000)
