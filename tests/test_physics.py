@@ -114,6 +114,17 @@ def test_hu_to_basis_named_tissues_and_metal() -> None:
     assert mixed[2, 1] == pytest.approx(0.25)
 
 
+def test_hu_to_basis_slabs_and_scalars_agree_with_flat_input() -> None:
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(-1000, 3000, size=(9, 700, 700)).astype(np.float32)
+    metal = (rng.random(vol.shape) < 0.01).astype(np.float32)
+    slabbed = hu_to_basis(vol, metal_fraction=metal)  # processed in several slabs
+    flat = hu_to_basis(vol.ravel(), metal_fraction=metal.ravel()).reshape(3, *vol.shape)
+    np.testing.assert_array_equal(slabbed, flat)
+    assert hu_to_basis(np.float32(0.0)).shape == (3,)
+    np.testing.assert_allclose(hu_to_basis(0.0), [1.0, 0.0, 0.0])
+
+
 # --- Beer-Lambert ------------------------------------------------------------------------------------
 def test_zero_path_gives_full_scale_flat_field() -> None:
     p = _params(heel_strength=0.0)

@@ -178,23 +178,42 @@ def hu_to_basis(hu: ArrayLike, metal_fraction: ArrayLike | None = None) -> NDArr
     ``metal_fraction`` (same shape, 0..1), when given, is an explicit metal volume fraction from the
     phantom; it displaces the same fraction of the tissue basis.
     """
-    h = np.asarray(hu, dtype=np.float64)
-    hb = bone_hu()
-    soft_density = 1.0 + SOFT_TISSUE_HU / 1000.0
-    water = np.clip(1.0 + h / 1000.0, 0.0, soft_density)
-    f_bone = np.clip((h - SOFT_TISSUE_HU) / (hb - SOFT_TISSUE_HU), 0.0, 1.0)
-    water = np.where(h > SOFT_TISSUE_HU, (1.0 - f_bone) * soft_density, water)
-    dense = (1.0 + h / 1000.0) / (1.0 + hb / 1000.0)
-    bone = np.where(h > hb, dense, f_bone)
-    metal = (h >= METAL_HU).astype(np.float64)
-    water = np.where(metal > 0, 0.0, water)
-    bone = np.where(metal > 0, 0.0, bone)
+    h_all = np.asarray(hu)
+    m_all = None
     if metal_fraction is not None:
-        m = np.clip(np.broadcast_to(np.asarray(metal_fraction, dtype=np.float64), h.shape), 0.0, 1.0)
-        water = water * (1.0 - m)
-        bone = bone * (1.0 - m)
+        m_all = np.broadcast_to(np.asarray(metal_fraction), h_all.shape)
+    out = np.empty((3, *h_all.shape), np.float32)
+    if h_all.ndim == 0:
+        _basis_into(h_all[None], None if m_all is None else m_all[None], out[:, None])
+        return out
+    # Slabs along the first axis bound the float32 temporaries for 0.5 mm whole-limb volumes.
+    step = max(1, (1 << 22) // max(1, int(np.prod(h_all.shape[1:]))))
+    for i in range(0, h_all.shape[0], step):
+        m = None if m_all is None else m_all[i : i + step]
+        _basis_into(h_all[i : i + step], m, out[:, i : i + step])
+    return out
+
+
+def _basis_into(
+    hu: NDArray[np.generic], metal_fraction: NDArray[np.generic] | None, out: NDArray[np.float32]
+) -> None:
+    h = np.asarray(hu, dtype=np.float32)
+    hb = np.float32(bone_hu())
+    soft = np.float32(SOFT_TISSUE_HU)
+    soft_density = np.float32(1.0 + SOFT_TISSUE_HU / 1000.0)
+    f_bone = np.clip((h - soft) / (hb - soft), 0.0, 1.0)
+    water = np.where(h > soft, (1.0 - f_bone) * soft_density, np.clip(1.0 + h / 1000.0, 0.0, soft_density))
+    bone = np.where(h > hb, (1.0 + h / 1000.0) / (1.0 + hb / 1000.0), f_bone)
+    is_metal = h >= METAL_HU
+    water[is_metal] = 0.0
+    bone[is_metal] = 0.0
+    metal = is_metal.astype(np.float32)
+    if metal_fraction is not None:
+        m = np.clip(np.asarray(metal_fraction, dtype=np.float32), 0.0, 1.0)
+        water *= 1.0 - m
+        bone *= 1.0 - m
         metal = np.maximum(metal, m)
-    return np.stack([water, bone, metal]).astype(np.float32)
+    out[0], out[1], out[2] = water, bone, metal
 
 
 # --- spectrum ----------------------------------------------------------------------------------------
