@@ -27,6 +27,7 @@ from export.simulator.film_artifacts import (
     apply_path_artifacts,
     field_mask,
     grid_profile,
+    padded_geometry,
     render_recipe,
     render_with_artifacts,
     sample_artifacts,
@@ -243,6 +244,16 @@ def test_text_burned_in_and_padding_shifts_content() -> None:
     assert float(region.max()) > 0.95 and float(region.min()) < 0.05  # glyphs on a black box
     assert float(out[60, :15].max()) == 0.0
     assert float(out[100, 100]) == pytest.approx(0.3)
+
+
+def test_padded_geometry_projects_onto_the_shifted_pixels() -> None:
+    g = _geometry()
+    pad = PaddingRecord(top=7, bottom=3, left=11, right=0, value=0.0)
+    pg = padded_geometry(g, pad)
+    assert (pg.rows, pg.columns) == (g.rows + 10, g.columns + 11)
+    pts = np.array([[3.0, 20.0, -7.0], [-15.0, -30.0, 12.0]])
+    np.testing.assert_allclose(pg.project(pts), g.project(pts) + np.array([11.0, 7.0]), atol=1e-9)
+    assert padded_geometry(g, None) is g
 
 
 def test_text_mask_height_and_empty() -> None:

@@ -176,6 +176,8 @@ _LABELS = (
     "PORTABLE",
     "STITCHED",
     "FULL LEG",
+    "L",  # electronic side markers stand in for (or duplicate) lead ones
+    "R",
 )
 
 
@@ -474,6 +476,20 @@ def sample_recipe(rng: np.random.Generator, kind: str, rows: int, cols: int, pit
 
 def render_recipe(paths_mm: NDArray[Any], pitch_mm: float, recipe: FilmRecipe) -> Film:
     return render_with_artifacts(paths_mm, pitch_mm, recipe.exposure, recipe.artifacts, recipe.seed)
+
+
+def padded_geometry(geometry: ProjectionGeometry, padding: PaddingRecord | None) -> ProjectionGeometry:
+    """The projection geometry of a padded film: same rays, pixel (0, 0) moved ``left``/``top`` pixels
+    outward and the detector enlarged, so points project onto the padded pixels (for DICOM writing)."""
+    if padding is None:
+        return geometry
+    origin = geometry.pixel_to_mm(-padding.left, -padding.top)
+    return dataclasses.replace(
+        geometry,
+        detector_origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        columns=geometry.columns + padding.left + padding.right,
+        rows=geometry.rows + padding.top + padding.bottom,
+    )
 
 
 # --- calibration sphere --------------------------------------------------------------------------------
