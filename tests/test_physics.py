@@ -191,6 +191,17 @@ def test_relative_noise_follows_one_over_sqrt_fluence() -> None:
     assert rel[1] / rel[2] == pytest.approx(2.0, rel=0.08)
 
 
+def test_exposure_gain_is_more_photons_not_more_amplification() -> None:
+    slab = _slab(50.0, shape=(128, 128))
+    p = _quiet(fluence_per_mm2=5e4)
+    base = simulate_detector(slab, 1.0, p, np.random.default_rng(1)).signal
+    gain = np.full((128, 1), 4.0, np.float32)
+    more = simulate_detector(slab, 1.0, p, np.random.default_rng(1), exposure_gain=gain).signal
+    assert float(more.mean() / base.mean()) == pytest.approx(4.0, rel=0.01)
+    rel_base, rel_more = base.std() / base.mean(), more.std() / more.mean()
+    assert float(rel_base / rel_more) == pytest.approx(2.0, rel=0.08)
+
+
 def test_low_counts_are_poisson_quantised() -> None:
     """Behind dense objects only a few quanta arrive: the noise stays Poisson, with variance = mean."""
     p = _quiet(fluence_per_mm2=20.0)

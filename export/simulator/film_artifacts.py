@@ -433,7 +433,7 @@ def render_with_artifacts(
         primary = prof2 * (np.float32(1.0) if primary is None else primary)
     detector = None if art.stitch is None else stitch_gain(rows, art.stitch)
     rng = np.random.default_rng(seed)
-    raw = simulate_detector(paths, pitch_mm, exposure, rng, primary_gain=primary, detector_gain=detector)
+    raw = simulate_detector(paths, pitch_mm, exposure, rng, primary_gain=primary, exposure_gain=detector)
     del paths
     log_img = log_normalise(raw)
     if art.stitch is not None:

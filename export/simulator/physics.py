@@ -311,12 +311,14 @@ def simulate_detector(
     rng: np.random.Generator,
     *,
     primary_gain: F32 | None = None,
-    detector_gain: F32 | None = None,
+    exposure_gain: F32 | None = None,
 ) -> RawExposure:
     """Primary + scatter, quantum noise, blur and electronic noise.
 
-    ``primary_gain`` multiplies the incident fluence (collimator blades, grid shadows); ``detector_gain``
-    multiplies the expected signal after scatter (per-exposure steps of stitched films, seam lines)."""
+    ``primary_gain`` multiplies the incident fluence before scatter forms (collimator blades, grid
+    shadows); ``exposure_gain`` multiplies the photons reaching the detector, primary and scatter alike
+    (per-exposure mAs steps of stitched films, double-exposed seam lines): mean and variance both scale
+    with it, as for any change of photon number."""
     _check_paths(paths_mm, pitch_mm)
     s, q, s0, q0 = expected_signal(paths_mm, params)
     rows, cols = s.shape
@@ -336,9 +338,9 @@ def simulate_detector(
     mean = primary + scatter
     var = n * q + scatter * e_local
     del primary, scatter, e_local, q
-    if detector_gain is not None:
-        g = detector_gain.astype(np.float32)
-        mean, var = mean * g, var * g * g
+    if exposure_gain is not None:
+        g = exposure_gain.astype(np.float32)
+        mean, var = mean * g, var * g
     # Compound Poisson through equivalent quanta: Neq = mean^2 / var, each worth var / mean keV.
     ok = var > 0
     neq = np.where(ok, mean * mean / np.where(ok, var, 1.0), 0.0)
