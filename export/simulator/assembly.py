@@ -113,7 +113,11 @@ def build_limb(p: PhantomParams) -> Limb:
     v = fhc_w - ac_w
     current = math.degrees(math.atan2(-v[0], v[2]))  # ankle medial of hip -> positive
     pose = pose.then(Rigid.about([0.0, 1.0, 0.0], -(p.adduction - current), fhc_w))
-    pose = pose.then(Rigid.about([1.0, 0.0, 0.0], p.lean, fhc_w))
+    # Standing with a bent knee keeps the ankle under the hip (the femur tilts forward, the tibia back):
+    # bring the hip-ankle line to vertical in the sagittal plane, then apply the lean.
+    v = pose.apply(fhc) - pose.apply(ac)
+    sagittal = math.degrees(math.atan2(v[1], v[2]))  # hip posterior of ankle -> positive
+    pose = pose.then(Rigid.about([1.0, 0.0, 0.0], sagittal + p.lean, fhc_w))
     target = np.array([-p.hip_half_width, 0.0, 0.0])
     pose = pose.then(Rigid(np.eye(3), target - pose.apply(fhc)))
 

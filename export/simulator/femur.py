@@ -103,9 +103,10 @@ def build_femur(p: PhantomParams) -> tuple[BoneModel, DistalFemur]:
     # Metaphysis joining the condyles to the shaft.
     meta_c = np.array([0.0, 0.5 * (c_m[1] + c_l[1]) + 5.0, zc + 45.0])
     parts.append(Part(Ellipsoid(_t(meta_c), (0.5 * cw - 1.0, 23.0, 56.0)), blend=6.0, cortex_mm=1.6))
-    # Epicondyles: the TEA is externally rotated by the condylar twist relative to the PCA.
+    # Epicondyles: the TEA is externally rotated by the condylar twist relative to the PCA, i.e. its
+    # lateral end lies posterior of the PCA-parallel line (external rotation turns lateral to posterior).
     tw = math.radians(p.condylar_twist)
-    tea_dir = np.array([math.cos(tw), math.sin(tw), 0.0])
+    tea_dir = np.array([math.cos(tw), -math.sin(tw), 0.0])
     mid_e = np.array([0.0, 0.5 * (c_m[1] + c_l[1]) + 3.0, zc + 4.0])
     mec = mid_e - 0.5 * p.epicondylar_width * tea_dir
     lec = mid_e + 0.5 * p.epicondylar_width * tea_dir

@@ -84,6 +84,7 @@ class ExposureParams:
     line_noise_quanta: float  # rms of row- and column-correlated read-out offsets
     heel_strength: float  # fractional fluence loss at the anode edge of the field
     heel_anode_top: bool  # anode toward row 0
+    flat_field_corrected: bool  # DR gain calibration removes the cos^3 fall-off; CR keeps it
     latitude_low_pct: float
     latitude_high_pct: float
     drc_strength: float
@@ -185,6 +186,7 @@ def sample_exposure(rng: np.random.Generator, kind: str) -> ExposureParams:
         line_noise_quanta=_u(rng, 0.0, 2.0),
         heel_strength=heel,
         heel_anode_top=bool(rng.random() < 0.5),
+        flat_field_corrected=bool(rng.random() < 0.6),  # DR outnumbers CR in current practice
         latitude_low_pct=_u(rng, 0.2, 3.0),
         latitude_high_pct=_u(rng, 98.0, 99.9),
         drc_strength=_u(rng, 0.0, 0.6),
@@ -283,6 +285,18 @@ def expected_signal(paths_mm: NDArray[Any], params: ExposureParams) -> tuple[F32
     return s, q, float(w1.sum()), float(w2.sum())
 
 
+def falloff(rows: int, cols: int, pitch_mm: float, params: ExposureParams) -> F32:
+    """Inverse-square and obliquity loss cos^3(theta) away from the central ray (detector centre), left in
+    the image when the detector is not flood-field calibrated (CR cassettes); 1 when it is (DR)."""
+    if params.flat_field_corrected:
+        return np.ones((rows, cols), np.float32)
+    y = (np.arange(rows, dtype=np.float32) - (rows - 1) / 2.0) * np.float32(pitch_mm)
+    x = (np.arange(cols, dtype=np.float32) - (cols - 1) / 2.0) * np.float32(pitch_mm)
+    r2 = y[:, None] ** 2 + x[None, :] ** 2
+    sid2 = np.float32(params.sid_mm**2)
+    return (sid2 / (sid2 + r2)) ** np.float32(1.5)
+
+
 def heel_profile(rows: int, params: ExposureParams) -> F32:
     """Relative fluence along the anode-cathode axis (rows), 1 at the centre, falling steeply toward the
     anode as the anode's self-absorption path grows."""
@@ -323,7 +337,7 @@ def simulate_detector(
     s, q, s0, q0 = expected_signal(paths_mm, params)
     rows, cols = s.shape
     n0 = params.fluence_per_mm2 * pitch_mm * pitch_mm
-    n = np.float32(n0) * heel_profile(rows, params)[:, None] * np.ones((1, cols), np.float32)
+    n = np.float32(n0) * heel_profile(rows, params)[:, None] * falloff(rows, cols, pitch_mm, params)
     if primary_gain is not None:
         n = n * primary_gain.astype(np.float32)
     primary = n * s

@@ -131,7 +131,7 @@ def build_tibia(p: PhantomParams) -> tuple[BoneModel, BoneModel, BoneModel]:
 
     # Fibula: head below the lateral plateau, posterolateral; shaft to the lateral malleolus, whose tip
     # lies ~1 cm distal to the medial malleolus.
-    head = np.array([A - 4.0, ant_c - 0.55 * B, -22.0])
+    head = np.array([A - 3.0, ant_c - 0.72 * B, -30.0])
     lm_a = distal(np.array([dm_a + 5.0, -3.0, -L + 38.0]))
     lm_b = distal(np.array([dm_a + 7.0, -5.0, -L - 22.0]))
     fib_parts = (

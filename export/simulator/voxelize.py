@@ -173,6 +173,9 @@ def voxelize(
             for m in b.model.metal:
                 md = m.sdf(q).reshape(shp)
                 met[sl] = np.maximum(met[sl], np.clip(0.5 - md / h, 0.0, 1.0))
+        # Bones that touch (fibular head on the tibia) overlap by a voxel: average, never add, their HU.
+        over = occ_total > 1.0
+        hu_bone = np.where(over, hu_bone / np.maximum(occ_total, 1.0), hu_bone)
         occ_total = np.minimum(occ_total, 1.0)
         if soft_tissue:
             xs_r = xs * sign

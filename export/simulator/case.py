@@ -1,0 +1,289 @@
+"""One simulated case, end to end: sample -> phantom -> volumes -> films -> files + truth.json.
+
+All randomness is drawn up front into records (phantom, materials, views, exposures, artefacts), each
+from its own generator spawned from the case seed, so a case can be replayed from truth.json and adding
+a view never changes the anatomy of a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from appliance.analytics.angles2d import measure_2d
+from appliance.analytics.angles3d import measure_3d
+from appliance.analytics.cpak import cpak_type
+from appliance.dicomio.dx_writer import FilmInfo, write_dx
+from appliance.dicomio.uids import uid_from
+from appliance.geometry.projection import ProjectionGeometry
+from export.simulator import labels, truth
+from export.simulator.assembly import Limb, build_limb
+from export.simulator.ct_io import save_nifti
+from export.simulator.film_artifacts import FilmArtifacts, render_with_artifacts, sample_artifacts
+from export.simulator.params import PhantomParams, SamplingOptions, sample_params
+from export.simulator.physics import ExposureParams, Film, sample_exposure
+from export.simulator.views import ViewRecord, sample_view, view_geometry
+from export.simulator.volumes import CaseVolumes, build_volumes, path_images
+from export.simulator.voxelize import Materials, sample_materials
+
+log = logging.getLogger(__name__)
+
+TRUTH_SCHEMA = "xr3d.sim.truth/1"
+_FILM_NAMES = {"longleg": "longleg_ap", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
+_PHYS_KIND = {"longleg": "longleg", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    views: tuple[str, ...] = ("longleg", "knee-ap", "knee-lat")
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    write_ct: bool = True
+    contralateral: bool = True
+    longleg_pitch: float = 0.35
+    knee_pitch: float = 0.25
+    preview_max_px: int = 1400
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """Everything random about one case."""
+
+    seed: int
+    params: PhantomParams
+    contralateral: PhantomParams | None
+    materials: Materials
+    views: dict[str, ViewRecord]
+    exposures: dict[str, ExposureParams]
+    noise_seeds: dict[str, int]
+
+
+def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
+    ss = np.random.SeedSequence(seed)
+    g_anat, g_mat, g_views, g_contra = (np.random.default_rng(s) for s in ss.spawn(4))
+    params = sample_params(g_anat, opts.sampling)
+    contra = None
+    if opts.contralateral and "longleg" in opts.views:
+        other = "left" if params.side == "right" else "right"
+        c = sample_params(g_contra, SamplingOptions(side=other, cpak_uniform_share=0.0))
+        contra = c.replace(
+            hip_half_width=params.hip_half_width,
+            soft_tissue_scale=params.soft_tissue_scale,
+            fat_thickness=params.fat_thickness,
+            implant="none",
+        )
+    views: dict[str, ViewRecord] = {}
+    exposures: dict[str, ExposureParams] = {}
+    noise: dict[str, int] = {}
+    for v in ("longleg", "knee-ap", "knee-lat"):  # fixed order: a view's draws never depend on others
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 17, VIEW_INDEX[v]]))
+        views[v] = sample_view(rng, v, longleg_pitch=opts.longleg_pitch, knee_pitch=opts.knee_pitch)
+        exposures[v] = sample_exposure(rng, _PHYS_KIND[v])
+        noise[v] = int(rng.integers(0, 2**31 - 1))
+    del g_views
+    return CaseRecord(
+        seed=seed,
+        params=params,
+        contralateral=contra,
+        materials=sample_materials(g_mat),
+        views={k: views[k] for k in opts.views},
+        exposures={k: exposures[k] for k in opts.views},
+        noise_seeds={k: noise[k] for k in opts.views},
+    )
+
+
+VIEW_INDEX = {"longleg": 0, "knee-ap": 1, "knee-lat": 2}
+
+
+def _preview(img01: np.ndarray, path: Path, max_px: int) -> None:
+    im = Image.fromarray(np.rint(np.clip(img01, 0, 1) * 255).astype(np.uint8))
+    scale = max_px / max(im.size)
+    if scale < 1:
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.LANCZOS)
+    im.save(path, optimize=True)
+
+
+def _study_meta(seed: int, params: PhantomParams) -> dict[str, Any]:
+    # Synthetic identities only: nothing here describes a real person.
+    return {
+        "patient_name": f"SIM^CASE{seed}",
+        "patient_id": f"SIM{seed:08d}",
+        "patient_sex": "O",
+        "study_date": "20260101",
+        "study_time": "120000",
+        "accession": f"A{seed:08d}",
+        "study_description": "SIMULATED LOWER LIMB ALIGNMENT",
+    }
+
+
+def _render_film(
+    vols: CaseVolumes, geom: ProjectionGeometry, view: str, rec: CaseRecord
+) -> tuple[Film, FilmArtifacts]:
+    paths = path_images(vols, geom, with_contralateral=(view == "longleg"))
+    exposure = rec.exposures[view]
+    rng = np.random.default_rng(np.random.SeedSequence([rec.seed, 29, VIEW_INDEX[view]]))
+    art = sample_artifacts(rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure)
+    film = render_with_artifacts(paths, geom.pitch_u_mm, exposure, art, rec.noise_seeds[view])
+    return film, art
+
+
+def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
+    """Build, render and write one case to ``out_dir/case_<seed>`` (atomically). Returns the folder."""
+    t0 = time.perf_counter()
+    rec = sample_case(seed, opts)
+    limb = build_limb(rec.params)
+    contra_limb: Limb | None = build_limb(rec.contralateral) if rec.contralateral is not None else None
+    vols = build_volumes(limb, rec.materials, contralateral=contra_limb)
+    t_vol = time.perf_counter() - t0
+
+    final = out_dir / f"case_{seed}"
+    tmp = out_dir / f".case_{seed}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        doc = _write_case(tmp, rec, limb, vols, opts)
+        doc["timing_s"] = {"volumes": round(t_vol, 2), "total": round(time.perf_counter() - t0, 2)}
+        _write_json(tmp / "truth.json", doc)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("case %d written in %.1f s", seed, time.perf_counter() - t0)
+    return final
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts: CaseOptions) -> dict[str, Any]:
+    p = rec.params
+    study_uid = uid_from("xr3d-sim", "study", str(rec.seed))
+    meta = _study_meta(rec.seed, p)
+    L3 = truth.landmarks_3d(limb)
+    pcp = truth.posterior_condyle_points(limb)
+    a3 = measure_3d(L3, side=p.side, posterior_condyle_points=pcp)
+    films: dict[str, Any] = {}
+    for n, view in enumerate(opts.views, start=1):
+        name = _FILM_NAMES[view]
+        vr = rec.views[view]
+        if view == "longleg":
+            extent = (vols.skin_lo, vols.skin_hi)
+        else:
+            extent = (vols.knee_skin_lo, vols.knee_skin_hi)
+        geom = view_geometry(limb, vr, extent)
+        film, art = _render_film(vols, geom, view, rec)
+        dcol, drow = art.pixel_offset()
+        if dcol or drow:
+            geom = _padded(geom, dcol, drow, film.pixels.shape)
+        mag = geom.magnification_at(0.5 * (L3["FKC"] + L3["TKC"]))
+        series_uid = uid_from("xr3d-sim", "series", str(rec.seed), name)
+        sop_uid = uid_from("xr3d-sim", "sop", str(rec.seed), name)
+        info = FilmInfo(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            view=name,  # type: ignore[arg-type]
+            laterality="L" if p.side == "left" else "R",
+            source_to_patient_mm=geom.source_to_detector_mm() / mag,
+            window_center=film.window_center,
+            window_width=film.window_width,
+            series_number=n,
+            instance_number=1,
+            kvp=film.params.kvp,
+            series_description=name.replace("_", " ").upper(),
+            burned_in_annotation=bool(art.texts or art.markers),
+            **meta,
+        )
+        write_dx(tmp / f"{name}.dcm", film.pixels, bits_stored=film.bits_stored, photometric=film.photometric, geometry=geom, info=info)  # type: ignore[arg-type]
+        _preview(film.presentation, tmp / f"{name}.png", opts.preview_max_px)
+        proj = truth.projected_landmarks(limb, geom)
+        reader = truth.reader_landmarks(limb, geom)
+        entry: dict[str, Any] = {
+            "file": f"{name}.dcm",
+            "preview": f"{name}.png",
+            "sop_instance_uid": sop_uid,
+            "series_instance_uid": series_uid,
+            "rows": int(film.pixels.shape[0]),
+            "columns": int(film.pixels.shape[1]),
+            "pixel_spacing_mm": [geom.pitch_v_mm, geom.pitch_u_mm],
+            "magnification": mag,
+            "geometry": geom.to_dict(),
+            "view_record": rec.views[view].to_dict(),
+            "exposure": rec.exposures[view].to_dict(),
+            "artifacts": art.to_dict(),
+            "noise_seed": rec.noise_seeds[view],
+            "photometric": film.photometric,
+            "bits_stored": film.bits_stored,
+            "landmarks_2d": truth.as_lists(reader),
+            "landmarks_projected": truth.as_lists(proj),
+            "in_field": truth.in_field(reader, geom),
+        }
+        if view in ("longleg", "knee-ap"):
+            a2 = measure_2d(reader, pixel_spacing_mm=geom.pitch_u_mm, magnification=mag, side=p.side)
+            entry["angles_2d"] = a2.to_dict()
+        films[name] = entry
+
+    # CT volumes (NIfTI, LPS converted to RAS on write).
+    ct: dict[str, Any] = {}
+    if opts.write_ct:
+        save_nifti(vols.leg.hu, tmp / "ct_leg.nii.gz", dtype=np.int16)
+        save_nifti(vols.leg.labels, tmp / "labels_leg.nii.gz", dtype=np.uint8)
+        save_nifti(vols.knee.hu, tmp / "ct_knee.nii.gz", dtype=np.int16)
+        save_nifti(vols.knee.labels, tmp / "labels_knee.nii.gz", dtype=np.uint8)
+        ct = {
+            "leg": {"ct": "ct_leg.nii.gz", "labels": "labels_leg.nii.gz", "spacing_mm": vols.leg.hu.spacing_mm},
+            "knee": {"ct": "ct_knee.nii.gz", "labels": "labels_knee.nii.gz", "spacing_mm": vols.knee.hu.spacing_mm},
+        }
+
+    a3d = a3.to_dict()
+    cons = truth.construction_truth(limb)
+    cp = cpak_type(a3.ahka, a3.jlo) if a3.ahka is not None and a3.jlo is not None else None
+    return {
+        "schema": TRUTH_SCHEMA,
+        "seed": rec.seed,
+        "side": p.side,
+        "study_instance_uid": study_uid,
+        "pixel_spacing_mm": films.get("longleg_ap", next(iter(films.values()), {})).get("pixel_spacing_mm"),
+        "landmarks_3d": truth.as_lists(L3),
+        "posterior_condyle_points": {k: np.round(v, 3).tolist() for k, v in pcp.items()},
+        "angles_3d": a3d,
+        "construction": cons,
+        "cpak": cp.to_dict() if cp is not None else None,
+        "films": films,
+        "landmarks_2d": films["longleg_ap"]["landmarks_2d"] if "longleg_ap" in films else None,
+        "ct": ct,
+        "labels": {str(k): v for k, v in labels.NAMES.items()},
+        "params": p.to_dict(),
+        "contralateral_params": rec.contralateral.to_dict() if rec.contralateral else None,
+        "materials": rec.materials.to_dict(),
+    }
+
+
+def _padded(geom: ProjectionGeometry, dcol: int, drow: int, shape: tuple[int, ...]) -> ProjectionGeometry:
+    """Padding bars shift the image content: move the detector origin so geometry matches pixels."""
+    origin = geom.pixel_to_mm(-dcol, -drow)
+    return ProjectionGeometry(
+        source_mm=geom.source_mm,
+        detector_origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        u_dir=geom.u_dir,
+        v_dir=geom.v_dir,
+        pitch_u_mm=geom.pitch_u_mm,
+        pitch_v_mm=geom.pitch_v_mm,
+        columns=int(shape[1]),
+        rows=int(shape[0]),
+        name=geom.name,
+    )
