@@ -47,6 +47,7 @@ def _exposure(**overrides: object) -> ExposureParams:
         "fluence_per_mm2": 1e8,
         "electronic_noise_quanta": 0.0,
         "line_noise_quanta": 0.0,
+        "flat_field_corrected": True,
         "fine_gain": 0.0,
         "mid_gain": 0.0,
         "drc_strength": 0.0,

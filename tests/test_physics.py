@@ -17,6 +17,7 @@ from export.simulator.physics import (
     ExposureParams,
     encode_film,
     expected_signal,
+    falloff,
     log_normalise,
     process_display,
     render_film,
@@ -127,7 +128,7 @@ def test_hu_to_basis_slabs_and_scalars_agree_with_flat_input() -> None:
 
 # --- Beer-Lambert ------------------------------------------------------------------------------------
 def test_zero_path_gives_full_scale_flat_field() -> None:
-    p = _params(heel_strength=0.0)
+    p = _params(heel_strength=0.0, flat_field_corrected=True)
     s, q, s0, q0 = expected_signal(_slab(0.0, shape=(16, 16)), p)
     np.testing.assert_allclose(s, s0, rtol=1e-6)
     np.testing.assert_allclose(q, q0, rtol=1e-6)
@@ -162,6 +163,7 @@ def _quiet(**overrides: object) -> ExposureParams:
         "blur_tail_fraction": 0.0,
         "electronic_noise_quanta": 0.0,
         "line_noise_quanta": 0.0,
+        "flat_field_corrected": True,
         "spr": 0.0,
     }
     return _params(**{**quiet, **overrides})
@@ -200,6 +202,14 @@ def test_exposure_gain_is_more_photons_not_more_amplification() -> None:
     assert float(more.mean() / base.mean()) == pytest.approx(4.0, rel=0.01)
     rel_base, rel_more = base.std() / base.mean(), more.std() / more.mean()
     assert float(rel_base / rel_more) == pytest.approx(2.0, rel=0.08)
+
+
+def test_uncorrected_detector_keeps_the_cos3_falloff() -> None:
+    p = _quiet(sid_mm=1000.0, flat_field_corrected=False)
+    f = falloff(1001, 3, 1.0, p)  # rows span +-500 mm about the central ray
+    assert float(f[500, 1]) == pytest.approx(1.0)
+    assert float(f[0, 1]) == pytest.approx(0.8**1.5, rel=1e-4)
+    assert float(falloff(5, 5, 1.0, dataclasses.replace(p, flat_field_corrected=True)).min()) == 1.0
 
 
 def test_low_counts_are_poisson_quantised() -> None:
