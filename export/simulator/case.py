@@ -28,7 +28,13 @@ from appliance.geometry.projection import ProjectionGeometry
 from export.simulator import labels, truth
 from export.simulator.assembly import Limb, build_limb
 from export.simulator.ct_io import save_nifti
-from export.simulator.film_artifacts import FilmArtifacts, render_with_artifacts, sample_artifacts
+from export.simulator.film_artifacts import (
+    FilmArtifacts,
+    padded_geometry,
+    render_with_artifacts,
+    sample_artifacts,
+    steel_ball_metal_path,
+)
 from export.simulator.params import PhantomParams, SamplingOptions, sample_params
 from export.simulator.physics import ExposureParams, Film, sample_exposure
 from export.simulator.views import ViewRecord, sample_view, view_geometry
@@ -51,6 +57,8 @@ class CaseOptions:
     longleg_pitch: float = 0.35
     knee_pitch: float = 0.25
     preview_max_px: int = 1400
+    leg_spacing: float = 1.0  # voxel size of the whole-leg volume, mm
+    knee_spacing: float = 0.5  # voxel size of the knee volume, mm
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class CaseRecord:
     views: dict[str, ViewRecord]
     exposures: dict[str, ExposureParams]
     noise_seeds: dict[str, int]
+    ball: tuple[float, float, float] | None = None  # calibration sphere centre (LPS mm)
+    ball_views: tuple[str, ...] = ()
 
 
 def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
@@ -88,7 +98,10 @@ def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
         views[v] = sample_view(rng, v, longleg_pitch=opts.longleg_pitch, knee_pitch=opts.knee_pitch)
         exposures[v] = sample_exposure(rng, _PHYS_KIND[v])
         noise[v] = int(rng.integers(0, 2**31 - 1))
-    del g_views
+    # A 25 mm steel calibration ball beside the knee on about half the long-leg films (films.md).
+    ball = None
+    if "longleg" in opts.views and g_views.random() < 0.5:
+        ball = _ball_position(params, g_views)
     return CaseRecord(
         seed=seed,
         params=params,
@@ -97,7 +110,22 @@ def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
         views={k: views[k] for k in opts.views},
         exposures={k: exposures[k] for k in opts.views},
         noise_seeds={k: noise[k] for k in opts.views},
+        ball=ball,
+        ball_views=("longleg",) if ball is not None else (),
     )
+
+
+BALL_DIAMETER_MM = 25.0
+
+
+def _ball_position(params: PhantomParams, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Taped to the lateral side of the knee or thigh, at the depth of the bone (where it calibrates)."""
+    limb = build_limb(params)
+    knee = limb.landmarks()["FKC"]
+    out = 1.0 if params.side == "left" else -1.0
+    x = knee[0] + out * (params.soft_tissue_scale * 50.0 + 14.0 + rng.uniform(0.0, 20.0))
+    z = knee[2] + rng.uniform(-60.0, 120.0)
+    return (float(x), float(knee[1] + rng.uniform(-10.0, 10.0)), float(z))
 
 
 VIEW_INDEX = {"longleg": 0, "knee-ap": 1, "knee-lat": 2}
@@ -130,7 +158,11 @@ def _render_film(
     paths = path_images(vols, geom, with_contralateral=(view == "longleg"))
     exposure = rec.exposures[view]
     rng = np.random.default_rng(np.random.SeedSequence([rec.seed, 29, VIEW_INDEX[view]]))
-    art = sample_artifacts(rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure)
+    art = sample_artifacts(
+        rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, side=rec.params.side
+    )
+    if rec.ball is not None and view in rec.ball_views:
+        paths[2] += steel_ball_metal_path(geom, rec.ball, BALL_DIAMETER_MM)
     film = render_with_artifacts(paths, geom.pitch_u_mm, exposure, art, rec.noise_seeds[view])
     return film, art
 
@@ -141,7 +173,13 @@ def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
     rec = sample_case(seed, opts)
     limb = build_limb(rec.params)
     contra_limb: Limb | None = build_limb(rec.contralateral) if rec.contralateral is not None else None
-    vols = build_volumes(limb, rec.materials, contralateral=contra_limb)
+    vols = build_volumes(
+        limb,
+        rec.materials,
+        contralateral=contra_limb,
+        leg_spacing=opts.leg_spacing,
+        knee_spacing=opts.knee_spacing,
+    )
     t_vol = time.perf_counter() - t0
 
     final = out_dir / f"case_{seed}"
@@ -186,9 +224,7 @@ def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts:
             extent = (vols.knee_skin_lo, vols.knee_skin_hi)
         geom = view_geometry(limb, vr, extent)
         film, art = _render_film(vols, geom, view, rec)
-        dcol, drow = art.pixel_offset()
-        if dcol or drow:
-            geom = _padded(geom, dcol, drow, film.pixels.shape)
+        geom = padded_geometry(geom, art.padding)
         mag = geom.magnification_at(0.5 * (L3["FKC"] + L3["TKC"]))
         series_uid = uid_from("xr3d-sim", "series", str(rec.seed), name)
         sop_uid = uid_from("xr3d-sim", "sop", str(rec.seed), name)
@@ -270,20 +306,7 @@ def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts:
         "params": p.to_dict(),
         "contralateral_params": rec.contralateral.to_dict() if rec.contralateral else None,
         "materials": rec.materials.to_dict(),
+        "calibration_ball": None
+        if rec.ball is None
+        else {"centre_mm": list(rec.ball), "diameter_mm": BALL_DIAMETER_MM, "films": list(rec.ball_views)},
     }
-
-
-def _padded(geom: ProjectionGeometry, dcol: int, drow: int, shape: tuple[int, ...]) -> ProjectionGeometry:
-    """Padding bars shift the image content: move the detector origin so geometry matches pixels."""
-    origin = geom.pixel_to_mm(-dcol, -drow)
-    return ProjectionGeometry(
-        source_mm=geom.source_mm,
-        detector_origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
-        u_dir=geom.u_dir,
-        v_dir=geom.v_dir,
-        pitch_u_mm=geom.pitch_u_mm,
-        pitch_v_mm=geom.pitch_v_mm,
-        columns=int(shape[1]),
-        rows=int(shape[0]),
-        name=geom.name,
-    )

@@ -186,7 +186,13 @@ def _mm(mm: float, pitch: float, lo: int = 1) -> int:
 
 
 def sample_artifacts(
-    rng: np.random.Generator, kind: str, rows: int, cols: int, pitch_mm: float, exposure: ExposureParams
+    rng: np.random.Generator,
+    kind: str,
+    rows: int,
+    cols: int,
+    pitch_mm: float,
+    exposure: ExposureParams,
+    side: str | None = None,
 ) -> FilmArtifacts:
     """Sample which artefacts a film of ``kind`` shows and how (long-leg films show far more)."""
     longleg = kind == "longleg"
@@ -257,7 +263,12 @@ def sample_artifacts(
         )
     markers: list[MarkerRecord] = []
     if rng.random() < 0.95:
-        text = str(rng.choice(["L", "R", "LT", "RT"]))
+        # The technologist's lead marker names the imaged side; ~3 % carry the other letter (a known
+        # error source that a model must not trust blindly).
+        letter = {"left": "L", "right": "R"}.get(side or "", str(rng.choice(["L", "R"])))
+        if rng.random() < 0.03:
+            letter = "R" if letter == "L" else "L"
+        text = letter + ("T" if rng.random() < 0.5 else "")
         h = _mm(rng.uniform(8.0, 20.0), pitch_mm, 5)
         markers.append(
             MarkerRecord(
