@@ -41,7 +41,9 @@ def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_requested_alignment_is_reproduced(side: str, mldfa: float, mpta: float, jlca: float) -> None:
     p = neutral_params(side, mLDFA=mldfa, MPTA=mpta, JLCA=jlca, rotation=0.0, flexion=0.0)
     limb = build_limb(p)
-    a = measure_3d(truth.landmarks_3d(limb), side=side, posterior_condyle_points=truth.posterior_condyle_points(limb))
+    a = measure_3d(
+        truth.landmarks_3d(limb), side=side, posterior_condyle_points=truth.posterior_condyle_points(limb)
+    )
     assert a.mldfa == pytest.approx(mldfa, abs=0.2)
     assert a.mpta == pytest.approx(mpta, abs=0.2)
     assert a.jlca == pytest.approx(jlca, abs=0.2)
@@ -81,7 +83,9 @@ def test_written_angles_match_recomputation(case_dir: Path) -> None:
     film = doc["films"]["longleg_ap"]
     geom = ProjectionGeometry.from_dict(film["geometry"])
     L2 = {k: np.array(v) for k, v in film["landmarks_2d"].items()}
-    a2 = measure_2d(L2, pixel_spacing_mm=film["pixel_spacing_mm"][0], magnification=film["magnification"]).to_dict()
+    a2 = measure_2d(
+        L2, pixel_spacing_mm=film["pixel_spacing_mm"][0], magnification=film["magnification"]
+    ).to_dict()
     for k, v in film["angles_2d"].items():
         if v is not None:
             assert a2[k] == pytest.approx(v, abs=1e-2), k

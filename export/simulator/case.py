@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -22,7 +22,7 @@ from PIL import Image
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.angles3d import measure_3d
 from appliance.analytics.cpak import cpak_type
-from appliance.dicomio.dx_writer import FilmInfo, write_dx
+from appliance.dicomio.dx_writer import FilmInfo, Photometric, write_dx
 from appliance.dicomio.uids import uid_from
 from appliance.geometry.projection import ProjectionGeometry
 from export.simulator import labels, truth
@@ -135,7 +135,9 @@ def _preview(img01: np.ndarray, path: Path, max_px: int) -> None:
     im = Image.fromarray(np.rint(np.clip(img01, 0, 1) * 255).astype(np.uint8))
     scale = max_px / max(im.size)
     if scale < 1:
-        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.LANCZOS)
+        im = im.resize(
+            (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.Resampling.LANCZOS
+        )
     im.save(path, optimize=True)
 
 
@@ -159,7 +161,7 @@ def _render_film(
     exposure = rec.exposures[view]
     rng = np.random.default_rng(np.random.SeedSequence([rec.seed, 29, VIEW_INDEX[view]]))
     art = sample_artifacts(
-        rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, side=rec.params.side
+        rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, leg_side=rec.params.side
     )
     if rec.ball is not None and view in rec.ball_views:
         paths[2] += steel_ball_metal_path(geom, rec.ball, BALL_DIAMETER_MM)
@@ -201,27 +203,31 @@ def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
     return final
 
 
+def _plain(d: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    return {k: [float(x) for x in v] for k, v in d.items()}
+
+
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=False))
     os.replace(tmp, path)
 
 
-def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts: CaseOptions) -> dict[str, Any]:
+def _write_case(
+    tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts: CaseOptions
+) -> dict[str, Any]:
     p = rec.params
     study_uid = uid_from("xr3d-sim", "study", str(rec.seed))
     meta = _study_meta(rec.seed, p)
     L3 = truth.landmarks_3d(limb)
     pcp = truth.posterior_condyle_points(limb)
-    a3 = measure_3d(L3, side=p.side, posterior_condyle_points=pcp)
+    a3 = measure_3d(_plain(L3), side=p.side, posterior_condyle_points=pcp)
     films: dict[str, Any] = {}
     for n, view in enumerate(opts.views, start=1):
         name = _FILM_NAMES[view]
         vr = rec.views[view]
-        if view == "longleg":
-            extent = (vols.skin_lo, vols.skin_hi)
-        else:
-            extent = (vols.knee_skin_lo, vols.knee_skin_hi)
+        # The detector stands against the body: the whole leg for long-leg films, the knee otherwise.
+        extent = (vols.skin_lo, vols.skin_hi) if view == "longleg" else (vols.knee_skin_lo, vols.knee_skin_hi)
         geom = view_geometry(limb, vr, extent)
         film, art = _render_film(vols, geom, view, rec)
         geom = padded_geometry(geom, art.padding)
@@ -244,7 +250,14 @@ def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts:
             burned_in_annotation=bool(art.texts or art.markers),
             **meta,
         )
-        write_dx(tmp / f"{name}.dcm", film.pixels, bits_stored=film.bits_stored, photometric=film.photometric, geometry=geom, info=info)  # type: ignore[arg-type]
+        write_dx(
+            tmp / f"{name}.dcm",
+            film.pixels,
+            bits_stored=film.bits_stored,
+            photometric=cast(Photometric, film.photometric),
+            geometry=geom,
+            info=info,
+        )
         _preview(film.presentation, tmp / f"{name}.png", opts.preview_max_px)
         proj = truth.projected_landmarks(limb, geom)
         reader = truth.reader_landmarks(limb, geom)
@@ -269,7 +282,7 @@ def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts:
             "in_field": truth.in_field(reader, geom),
         }
         if view in ("longleg", "knee-ap"):
-            a2 = measure_2d(reader, pixel_spacing_mm=geom.pitch_u_mm, magnification=mag, side=p.side)
+            a2 = measure_2d(_plain(reader), pixel_spacing_mm=geom.pitch_u_mm, magnification=mag, side=p.side)
             entry["angles_2d"] = a2.to_dict()
         films[name] = entry
 
@@ -281,8 +294,16 @@ def _write_case(tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts:
         save_nifti(vols.knee.hu, tmp / "ct_knee.nii.gz", dtype=np.int16)
         save_nifti(vols.knee.labels, tmp / "labels_knee.nii.gz", dtype=np.uint8)
         ct = {
-            "leg": {"ct": "ct_leg.nii.gz", "labels": "labels_leg.nii.gz", "spacing_mm": vols.leg.hu.spacing_mm},
-            "knee": {"ct": "ct_knee.nii.gz", "labels": "labels_knee.nii.gz", "spacing_mm": vols.knee.hu.spacing_mm},
+            "leg": {
+                "ct": "ct_leg.nii.gz",
+                "labels": "labels_leg.nii.gz",
+                "spacing_mm": vols.leg.hu.spacing_mm,
+            },
+            "knee": {
+                "ct": "ct_knee.nii.gz",
+                "labels": "labels_knee.nii.gz",
+                "spacing_mm": vols.knee.hu.spacing_mm,
+            },
         }
 
     a3d = a3.to_dict()

@@ -31,10 +31,10 @@ def register(sub: Any) -> None:
         "simulate",
         help="render simulated lower-limb studies (DICOM films, CT, exact truth)",
         description=(
-            "Build anatomical lower-limb phantoms, render the requested films (standing long-leg AP, knee AP, "
-            "knee lateral) as DICOM DX with PNG previews, write the CT and label volumes as NIfTI and "
-            "truth.json with every landmark and angle. Case k uses seed S+k; the same seed always gives the "
-            f"same case. Seed ranges: train {SEED_RANGES['train']}, eval {SEED_RANGES['eval']}, "
+            "Build anatomical lower-limb phantoms, render the requested films (standing long-leg AP, "
+            "knee AP, knee lateral) as DICOM DX with PNG previews, write the CT and label volumes as NIfTI "
+            "and truth.json with every landmark and angle. Case k uses seed S+k; the same seed always "
+            f"gives the same case. Seed ranges: train {SEED_RANGES['train']}, eval {SEED_RANGES['eval']}, "
             f"demo {SEED_RANGES['demo']}."
         ),
     )

@@ -117,7 +117,9 @@ def build_femur(p: PhantomParams) -> tuple[BoneModel, DistalFemur]:
     n, J, d_s = _neck_geometry(p)
     rh = p.head_radius
     parts.append(Part(Sphere(_t(fhc), rh), blend=0.0, cortex_mm=1.8))
-    parts.append(Part(RoundCone(_t(fhc - 0.3 * rh * n), _t(J), 0.68 * rh, 0.92 * rh), blend=5.0, cortex_mm=2.0))
+    parts.append(
+        Part(RoundCone(_t(fhc - 0.3 * rh * n), _t(J), 0.68 * rh, 0.92 * rh), blend=5.0, cortex_mm=2.0)
+    )
     # Shaft with anterior bow, from the junction down to the metaphysis.
     knee_end = np.array([1.0, 7.0, 0.0]) + 55.0 * d_s
     top = J + 20.0 * d_s
@@ -130,7 +132,11 @@ def build_femur(p: PhantomParams) -> tuple[BoneModel, DistalFemur]:
         q = knee_end + s * (top - knee_end)
         q = q + p.femur_bow * 4.0 * s * (1.0 - s) * ANT
         pts.append(_t(q))
-        radii.append(rs * (1.45 - 0.45 * min(1.0, s * 4.0)) if s < 0.25 else rs * (1.0 + 0.25 * max(0.0, s - 0.7) / 0.3))
+        radii.append(
+            rs * (1.45 - 0.45 * min(1.0, s * 4.0))
+            if s < 0.25
+            else rs * (1.0 + 0.25 * max(0.0, s - 0.7) / 0.3)
+        )
     parts.append(Part(Polyline(tuple(pts), tuple(radii)), blend=8.0, cortex_mm=p.femur_cortex, marrow=1.0))
     # Greater and lesser trochanters.
     gt = J + np.array([22.0, -6.0, 0.0]) + np.array([0.0, 0.0, (fhc[2] - 8.0) - J[2]])
@@ -172,4 +178,6 @@ def _posterior_arc(centre: F64, r: float) -> F64:
     """Posterior condyle surface points in the condyle's central sagittal plane, from the
     distal-posterior round to the posterior-proximal edge (the flexion-axis circle fit uses them)."""
     ang = np.radians(np.linspace(-60.0, 80.0, 36))
-    return np.stack([np.full_like(ang, centre[0]), centre[1] - r * np.cos(ang), centre[2] + r * np.sin(ang)], axis=1)
+    return np.stack(
+        [np.full_like(ang, centre[0]), centre[1] - r * np.cos(ang), centre[2] + r * np.sin(ang)], axis=1
+    )

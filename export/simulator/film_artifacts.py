@@ -192,7 +192,7 @@ def sample_artifacts(
     cols: int,
     pitch_mm: float,
     exposure: ExposureParams,
-    side: str | None = None,
+    leg_side: str | None = None,
 ) -> FilmArtifacts:
     """Sample which artefacts a film of ``kind`` shows and how (long-leg films show far more)."""
     longleg = kind == "longleg"
@@ -265,7 +265,7 @@ def sample_artifacts(
     if rng.random() < 0.95:
         # The technologist's lead marker names the imaged side; ~3 % carry the other letter (a known
         # error source that a model must not trust blindly).
-        letter = {"left": "L", "right": "R"}.get(side or "", str(rng.choice(["L", "R"])))
+        letter = {"left": "L", "right": "R"}.get(leg_side or "", str(rng.choice(["L", "R"])))
         if rng.random() < 0.03:
             letter = "R" if letter == "L" else "L"
         text = letter + ("T" if rng.random() < 0.5 else "")

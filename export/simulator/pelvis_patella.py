@@ -72,7 +72,20 @@ def build_pelvis(p: PhantomParams, fhc_world: F64) -> BoneModel:
             cortex_mm=1.5,
         ),
         # Ischium down and back; pubic ramus toward the symphysis at the midline.
-        Part(RoundCone(_t(h + np.array([12.0, 16.0, -14.0])), _t(h + np.array([22.0, 28.0, -62.0])), 14.0, 10.0), blend=8.0),
-        Part(RoundCone(_t(h + np.array([14.0, -14.0, -6.0])), (-4.0, float(h[1] - 30.0), float(h[2] - 28.0)), 10.0, 8.5), blend=8.0),
+        Part(
+            RoundCone(
+                _t(h + np.array([12.0, 16.0, -14.0])), _t(h + np.array([22.0, 28.0, -62.0])), 14.0, 10.0
+            ),
+            blend=8.0,
+        ),
+        Part(
+            RoundCone(
+                _t(h + np.array([14.0, -14.0, -6.0])),
+                (-4.0, float(h[1] - 30.0), float(h[2] - 28.0)),
+                10.0,
+                8.5,
+            ),
+            blend=8.0,
+        ),
     )
     return BoneModel("pelvis", labels.PELVIS, Composite(parts), {})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from export.simulator import sdf_kernels as K
+from export.simulator import sdf_kernels as kern
 
 F = NDArray[np.float32]
 
@@ -46,7 +46,7 @@ class Sphere(Shape):
     radius: float
 
     def sdf(self, p: F) -> F:
-        return _flat(p, lambda q: K.sphere(q, _as_f32(np.array(self.centre)), float(self.radius)))
+        return _flat(p, lambda q: kern.sphere(q, _as_f32(np.array(self.centre)), float(self.radius)))
 
     def bbox(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         c = np.array(self.centre)
@@ -72,7 +72,7 @@ class Ellipsoid(Shape):
         c = _as_f32(np.array(self.centre))
         rot = np.ascontiguousarray(_as_f32(self._rot()))
         r = _as_f32(np.array(self.radii))
-        return _flat(p, lambda q: K.ellipsoid(q, c, rot, r))
+        return _flat(p, lambda q: kern.ellipsoid(q, c, rot, r))
 
     def bbox(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         rot = self._rot()  # rows are the ellipsoid axes in local coordinates
@@ -93,7 +93,7 @@ class RoundCone(Shape):
     def sdf(self, p: F) -> F:
         a = np.array(self.a, dtype=np.float32)
         b = np.array(self.b, dtype=np.float32)
-        return _flat(p, lambda q: K.round_cone(q, a, b, float(self.r_a), float(self.r_b)))
+        return _flat(p, lambda q: kern.round_cone(q, a, b, float(self.r_a), float(self.r_b)))
 
     def bbox(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         a, b = np.array(self.a), np.array(self.b)
@@ -135,7 +135,7 @@ class RoundedBox(Shape):
         rot = np.ascontiguousarray(np.array(self.axes, dtype=np.float32).reshape(3, 3))
         c = np.array(self.centre, dtype=np.float32)
         half = np.array(self.half, dtype=np.float32)
-        return _flat(p, lambda q: K.rounded_box(q, c, rot, half, float(self.rounding)))
+        return _flat(p, lambda q: kern.rounded_box(q, c, rot, half, float(self.rounding)))
 
     def bbox(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         rot = np.array(self.axes, dtype=np.float64).reshape(3, 3)
@@ -161,7 +161,7 @@ class EllipticCylinder(Shape):
     def sdf(self, p: F) -> F:
         t = float(np.radians(self.angle_deg))
         args = (float(self.cx), float(self.cy), float(self.a), float(self.b), float(self.z0), float(self.z1))
-        return _flat(p, lambda q: K.elliptic_cylinder(q, *args, float(np.cos(t)), float(np.sin(t))))
+        return _flat(p, lambda q: kern.elliptic_cylinder(q, *args, float(np.cos(t)), float(np.sin(t))))
 
     def bbox(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         r = max(self.a, self.b)

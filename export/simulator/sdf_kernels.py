@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 F = NDArray[np.float32]
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def ellipsoid(p: F, c: F, rot: F, r: F) -> F:  # pragma: no cover - compiled
     n = p.shape[0]
     out = np.empty(n, np.float32)
@@ -34,7 +34,7 @@ def ellipsoid(p: F, c: F, rot: F, r: F) -> F:  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def sphere(p: F, c: F, radius: float) -> F:  # pragma: no cover - compiled
     n = p.shape[0]
     out = np.empty(n, np.float32)
@@ -46,7 +46,7 @@ def sphere(p: F, c: F, radius: float) -> F:  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def round_cone(p: F, a: F, b: F, ra: float, rb: float) -> F:  # pragma: no cover - compiled
     n = p.shape[0]
     out = np.empty(n, np.float32)
@@ -70,7 +70,7 @@ def round_cone(p: F, a: F, b: F, ra: float, rb: float) -> F:  # pragma: no cover
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def rounded_box(p: F, c: F, rot: F, half: F, rounding: float) -> F:  # pragma: no cover - compiled
     n = p.shape[0]
     out = np.empty(n, np.float32)
@@ -89,7 +89,7 @@ def rounded_box(p: F, c: F, rot: F, half: F, rounding: float) -> F:  # pragma: n
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def elliptic_cylinder(
     p: F, cx: float, cy: float, a: float, b: float, z0: float, z1: float, ca: float, sa: float
 ) -> F:  # pragma: no cover - compiled
@@ -112,7 +112,7 @@ def elliptic_cylinder(
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def rigid(p: F, R: F, t: F) -> F:  # pragma: no cover - compiled
     """``R @ p + t`` for every point (float32), without numpy's small-matmul overhead."""
     n = p.shape[0]
@@ -126,7 +126,7 @@ def rigid(p: F, R: F, t: F) -> F:  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def soft_tissue_grid(
     xs: F, ys: F, zs: F, cx: F, cy: F, a: F, b: F, fat: F, z_close: float, pc: F, pr: F, blend: float
 ) -> tuple[F, F]:  # pragma: no cover - compiled
@@ -163,15 +163,15 @@ def soft_tissue_grid(
     return d, f
 
 
-@njit(cache=True, fastmath=True)  # type: ignore[misc]
+@njit(cache=True, fastmath=True)
 def tile_sample(q: F, tile: F, scale: float) -> F:  # pragma: no cover - compiled
     """Periodic nearest lookup of a cubic noise tile at points ``q`` (mm), ``scale`` mm per texel."""
     n = q.shape[0]
     m = tile.shape[0]
     out = np.empty(n, np.float32)
     for i in range(n):
-        a = int(math.floor(q[i, 0] / scale)) % m
-        b = int(math.floor(q[i, 1] / scale)) % m
-        c = int(math.floor(q[i, 2] / scale)) % m
+        a = math.floor(q[i, 0] / scale) % m
+        b = math.floor(q[i, 1] / scale) % m
+        c = math.floor(q[i, 2] / scale) % m
         out[i] = tile[a, b, c]
     return out

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from appliance.analytics import landmarks as lm
+from export.simulator import sdf_kernels as kern
 from export.simulator.assembly import Limb
-from export.simulator import sdf_kernels as K
 from export.simulator.bones import F64
 from export.simulator.sdf import F, smooth_min
 
@@ -35,7 +35,10 @@ class SoftTissueProfile:
 
     def at(self, z: F) -> tuple[F, F, F, F, F]:
         zz = np.asarray(z, dtype=np.float64)
-        out = [np.interp(zz, self.z, arr).astype(np.float32) for arr in (self.cx, self.cy, self.a, self.b, self.fat)]
+        out = [
+            np.interp(zz, self.z, arr).astype(np.float32)
+            for arr in (self.cx, self.cy, self.a, self.b, self.fat)
+        ]
         return out[0], out[1], out[2], out[3], out[4]
 
 
@@ -89,7 +92,7 @@ def soft_tissue_sdf(
     """Signed distance to the skin and the local fat thickness on the grid ``xs`` x ``ys`` x ``zs``
     (right-leg coordinates, mm)."""
     cx, cy, a, b, fat = prof.at(zs)
-    d, f = K.soft_tissue_grid(
+    d, f = kern.soft_tissue_grid(
         np.ascontiguousarray(xs, dtype=np.float32),
         np.ascontiguousarray(ys, dtype=np.float32),
         np.ascontiguousarray(zs, dtype=np.float32),

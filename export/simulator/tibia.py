@@ -20,8 +20,8 @@ from export.simulator.frames import rotation
 from export.simulator.params import PhantomParams
 from export.simulator.sdf import (
     Composite,
-    EllipticCylinder,
     Ellipsoid,
+    EllipticCylinder,
     HalfSpace,
     Part,
     Polyline,
@@ -85,15 +85,15 @@ def build_tibia(p: PhantomParams) -> tuple[BoneModel, BoneModel, BoneModel]:
     )
     parts.append(Part(shaft, blend=8.0, cortex_mm=p.tibia_cortex, marrow=1.0))
     # Anterior crest: makes the shaft cross-section triangular.
-    parts.append(Part(RoundCone((0.0, 2.0 + 0.75 * rs, -100.0), (0.0, 0.6 * rs, -L + 110.0), 4.0, 3.0), blend=5.0))
+    parts.append(
+        Part(RoundCone((0.0, 2.0 + 0.75 * rs, -100.0), (0.0, 0.6 * rs, -L + 110.0), 4.0, 3.0), blend=5.0)
+    )
     # Distal metaphysis and plafond; the plafond centre is the ankle centre AC.
     dm_a, dm_b = 0.30 * p.plateau_width, 0.38 * p.plateau_depth
     parts.append(
         Part(EllipticCylinder(0.0, 0.0, dm_a, dm_b, -L, -L + 10.0, angle_deg=-p.tibial_torsion), blend=4.0)
     )
-    parts.append(
-        Part(Ellipsoid((0.0, 0.0, -L + 10.0), (dm_a, dm_b, 48.0), axes=_axes(distal)), blend=4.0)
-    )
+    parts.append(Part(Ellipsoid((0.0, 0.0, -L + 10.0), (dm_a, dm_b, 48.0), axes=_axes(distal)), blend=4.0))
     mm_a = distal(np.array([-(dm_a - 5.0), 2.0, -L + 22.0]))
     mm_b = distal(np.array([-(dm_a - 3.0), 4.0, -L - 12.0]))
     parts.append(Part(RoundCone(_t(mm_a), _t(mm_b), 9.0, 5.5), blend=4.0))
@@ -137,7 +137,14 @@ def build_tibia(p: PhantomParams) -> tuple[BoneModel, BoneModel, BoneModel]:
     fib_parts = (
         Part(Ellipsoid(_t(head), (10.0, 10.0, 12.5)), cortex_mm=1.2),
         Part(
-            Polyline((_t(head + np.array([-1.0, 1.0, -8.0])), _t(0.5 * (head + lm_a) + np.array([1.5, 0, 0])), _t(lm_a)), (7.0, 6.0, 6.5)),
+            Polyline(
+                (
+                    _t(head + np.array([-1.0, 1.0, -8.0])),
+                    _t(0.5 * (head + lm_a) + np.array([1.5, 0, 0])),
+                    _t(lm_a),
+                ),
+                (7.0, 6.0, 6.5),
+            ),
             blend=4.0,
             cortex_mm=2.5,
             marrow=0.6,
@@ -157,19 +164,41 @@ def _foot_parts(L: float, distal: object) -> list[Part]:
     assert callable(tf)
     top = -L - ANKLE_GAP
     parts = [
-        Part(Ellipsoid(_t(tf(np.array([0.0, 0.0, top - 19.0]))), (15.5, 23.0, 19.0), axes=_axes(tf)), cortex_mm=1.2),
-        Part(Ellipsoid(_t(tf(np.array([-4.0, -27.0, top - 30.0]))), (12.0, 13.0, 11.0), axes=_axes(tf)), blend=4.0),
-        Part(Ellipsoid(_t(tf(np.array([3.0, 30.0, top - 52.0]))), (16.0, 36.0, 20.0), axes=_axes(tf)), blend=5.0),
-        Part(Ellipsoid(_t(tf(np.array([-9.0, -45.0, top - 38.0]))), (15.0, 8.0, 12.0), axes=_axes(tf)), blend=3.0),
-        Part(Ellipsoid(_t(tf(np.array([10.0, -42.0, top - 50.0]))), (12.0, 12.0, 11.0), axes=_axes(tf)), blend=3.0),
-        Part(Ellipsoid(_t(tf(np.array([-5.0, -62.0, top - 47.0]))), (22.0, 12.0, 11.0), axes=_axes(tf)), blend=3.0),
+        Part(
+            Ellipsoid(_t(tf(np.array([0.0, 0.0, top - 19.0]))), (15.5, 23.0, 19.0), axes=_axes(tf)),
+            cortex_mm=1.2,
+        ),
+        Part(
+            Ellipsoid(_t(tf(np.array([-4.0, -27.0, top - 30.0]))), (12.0, 13.0, 11.0), axes=_axes(tf)),
+            blend=4.0,
+        ),
+        Part(
+            Ellipsoid(_t(tf(np.array([3.0, 30.0, top - 52.0]))), (16.0, 36.0, 20.0), axes=_axes(tf)),
+            blend=5.0,
+        ),
+        Part(
+            Ellipsoid(_t(tf(np.array([-9.0, -45.0, top - 38.0]))), (15.0, 8.0, 12.0), axes=_axes(tf)),
+            blend=3.0,
+        ),
+        Part(
+            Ellipsoid(_t(tf(np.array([10.0, -42.0, top - 50.0]))), (12.0, 12.0, 11.0), axes=_axes(tf)),
+            blend=3.0,
+        ),
+        Part(
+            Ellipsoid(_t(tf(np.array([-5.0, -62.0, top - 47.0]))), (22.0, 12.0, 11.0), axes=_axes(tf)),
+            blend=3.0,
+        ),
     ]
     for i in range(5):
         base = tf(np.array([-17.0 + 8.5 * i, -72.0, top - 52.0 - 1.5 * i]))
         head = tf(np.array([-24.0 + 12.0 * i, -140.0 + 9.0 * i, top - 68.0]))
         toe = tf(np.array([-26.0 + 13.0 * i, -168.0 + 13.0 * i, top - 70.0]))
-        parts.append(Part(RoundCone(_t(base), _t(head), 6.0 if i == 0 else 5.0, 4.5), blend=2.0, cortex_mm=1.5))
-        parts.append(Part(RoundCone(_t(head), _t(toe), 4.5 if i == 0 else 3.5, 3.0), blend=1.5, cortex_mm=1.0))
+        parts.append(
+            Part(RoundCone(_t(base), _t(head), 6.0 if i == 0 else 5.0, 4.5), blend=2.0, cortex_mm=1.5)
+        )
+        parts.append(
+            Part(RoundCone(_t(head), _t(toe), 4.5 if i == 0 else 3.5, 3.0), blend=1.5, cortex_mm=1.0)
+        )
     return parts
 
 

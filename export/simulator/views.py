@@ -33,7 +33,9 @@ class ViewRecord:
         return asdict(self)
 
 
-def sample_view(rng: np.random.Generator, view: str, *, longleg_pitch: float = 0.35, knee_pitch: float = 0.25) -> ViewRecord:
+def sample_view(
+    rng: np.random.Generator, view: str, *, longleg_pitch: float = 0.35, knee_pitch: float = 0.25
+) -> ViewRecord:
     """Long-leg standing AP: SID 2.5-3 m, 43 x 130 cm detector (stitched), central ray near the knee
     (Sabharwal & Zhao, JBJS Am 2008; films.md). Knee AP and lateral: SID 1.0-1.2 m, 24 x 30 cm cassette,
     central ray at the joint line (Bontrager's Textbook of Radiographic Positioning, 9th ed.)."""
@@ -60,7 +62,9 @@ def sample_view(rng: np.random.Generator, view: str, *, longleg_pitch: float = 0
     raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}", reason="bad_view")
 
 
-def view_geometry(limb: Limb, rec: ViewRecord, skin_extent: tuple[np.ndarray, np.ndarray]) -> ProjectionGeometry:
+def view_geometry(
+    limb: Limb, rec: ViewRecord, skin_extent: tuple[np.ndarray, np.ndarray]
+) -> ProjectionGeometry:
     """Geometry of one film for this limb; ``skin_extent`` is the LPS box of the body (for placing the
     detector against it)."""
     L = limb.landmarks()

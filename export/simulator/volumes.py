@@ -70,7 +70,7 @@ def knee_box(limb: Limb) -> tuple[F64, F64]:
 
 
 def _skin_box(vox: VoxelResult, grid: Grid) -> tuple[F64, F64]:
-    inside = np.nonzero(vox.labels.data > 0)
+    inside = np.nonzero(np.asarray(vox.labels.data, dtype=np.uint8) > 0)
     idx_lo = np.array([a.min() for a in inside], dtype=float)
     idx_hi = np.array([a.max() for a in inside], dtype=float)
     o = np.array(grid.origin)
@@ -139,7 +139,9 @@ def build_volumes(
     return CaseVolumes(leg, knee, pieces, contra_piece, s_lo, s_hi, k_lo, k_hi)
 
 
-def path_images(vols: CaseVolumes, geom: ProjectionGeometry, *, with_contralateral: bool) -> NDArray[np.float32]:
+def path_images(
+    vols: CaseVolumes, geom: ProjectionGeometry, *, with_contralateral: bool
+) -> NDArray[np.float32]:
     """Summed basis path lengths (3, rows, cols) in mm through every piece."""
     total = np.zeros((3, geom.rows, geom.columns), np.float32)
     for piece in vols.pieces:

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from appliance.geometry.volume import Volume, axis_aligned_affine
 from export.simulator import labels
-from export.simulator import sdf_kernels as K
+from export.simulator import sdf_kernels as kern
 from export.simulator.assembly import Limb, PlacedBone
 from export.simulator.bones import F64
 from export.simulator.soft_tissue import SoftTissueProfile, leg_profile, soft_tissue_sdf
@@ -71,7 +71,9 @@ class Grid:
     @staticmethod
     def covering(lo: F64, hi: F64, spacing: float) -> Grid:
         n = np.ceil((np.asarray(hi) - np.asarray(lo)) / spacing).astype(int) + 1
-        return Grid((float(lo[0]), float(lo[1]), float(lo[2])), float(spacing), (int(n[0]), int(n[1]), int(n[2])))
+        return Grid(
+            (float(lo[0]), float(lo[1]), float(lo[2])), float(spacing), (int(n[0]), int(n[1]), int(n[2]))
+        )
 
     def axis(self, a: int) -> NDArray[np.float32]:
         return (self.origin[a] + self.spacing * np.arange(self.shape[a])).astype(np.float32)
@@ -119,7 +121,7 @@ def voxelize(
 ) -> VoxelResult:
     """Evaluate the limb on ``grid``. Deterministic for a given limb, grid and materials."""
     p = limb.params
-    nx, ny, nz = grid.shape
+    nz = grid.shape[2]
     h = grid.spacing
     hu = np.full(grid.shape, -1000, dtype=np.int16)
     lab = np.zeros(grid.shape, dtype=np.uint8)
@@ -147,8 +149,10 @@ def voxelize(
             if sl is None:
                 continue
             inv = b.to_world.inverse()
-            q = K.rigid(
-                np.ascontiguousarray(pts[sl].reshape(-1, 3)), inv.R.astype(np.float32), inv.t.astype(np.float32)
+            q = kern.rigid(
+                np.ascontiguousarray(pts[sl].reshape(-1, 3)),
+                inv.R.astype(np.float32),
+                inv.t.astype(np.float32),
             )
             d, cortex, marrow = b.model.shape.sdf_and_cortex(q)
             shp = pts[sl].shape[:-1]
@@ -159,7 +163,9 @@ def voxelize(
             occ = np.clip(0.5 - d / h, 0.0, 1.0)
             depth = -d
             w_cort = np.clip((cortex - depth) / 0.8 + 0.5, 0.0, 1.0)
-            trab = materials.trabecular + materials.trabecular_noise * K.tile_sample(q, tile, 0.7).reshape(shp)
+            trab = materials.trabecular + materials.trabecular_noise * kern.tile_sample(q, tile, 0.7).reshape(
+                shp
+            )
             core = marrow * materials.marrow + (1.0 - marrow) * trab
             val = w_cort * materials.cortical + (1.0 - w_cort) * core
             for shape, add in b.model.dense:
@@ -184,12 +190,14 @@ def voxelize(
             depth = -ds
             w_skin = np.clip((1.8 - depth) / 0.8 + 0.5, 0.0, 1.0)
             w_fat = np.clip((fat - depth) / 1.5 + 0.5, 0.0, 1.0)
-            tex = K.tile_sample(np.ascontiguousarray(pts.reshape(-1, 3)), tile2, 1.6).reshape(X.shape)
+            tex = kern.tile_sample(np.ascontiguousarray(pts.reshape(-1, 3)), tile2, 1.6).reshape(X.shape)
             # Intermuscular fat septa: thin fatty sheets where the slow texture crosses zero.
             septa = np.exp(-((tex / 0.12) ** 2)) * 0.6
             muscle = materials.muscle + 6.0 * tex
             inner = (1.0 - septa) * muscle + septa * materials.fat
-            soft = w_skin * materials.skin + (1.0 - w_skin) * (w_fat * (materials.fat + 8.0 * tex) + (1 - w_fat) * inner)
+            soft = w_skin * materials.skin + (1.0 - w_skin) * (
+                w_fat * (materials.fat + 8.0 * tex) + (1 - w_fat) * inner
+            )
             soft_val = skin_occ * soft + (1.0 - skin_occ) * -1000.0
             lab_soft = np.where(skin_occ >= 0.5, np.uint8(labels.SOFT_TISSUE), np.uint8(labels.AIR))
         else:
@@ -210,10 +218,10 @@ def _overlap(
     lo: F64, hi: F64, xs: NDArray[np.float32], ys: NDArray[np.float32], zs: NDArray[np.float32]
 ) -> tuple[slice, slice, slice] | None:
     out = []
-    for a, (l, u) in enumerate(zip(lo, hi, strict=True)):
+    for a, (lo_a, hi_a) in enumerate(zip(lo, hi, strict=True)):
         ax = (xs, ys, zs)[a]
-        i0 = int(np.searchsorted(ax, l, side="left"))
-        i1 = int(np.searchsorted(ax, u, side="right"))
+        i0 = int(np.searchsorted(ax, lo_a, side="left"))
+        i1 = int(np.searchsorted(ax, hi_a, side="right"))
         if i1 <= i0:
             return None
         out.append(slice(i0, i1))
@@ -235,4 +243,3 @@ def limb_bounds(limb: Limb, *, soft_tissue: bool = True, margin: float = 12.0) -
         lo = np.minimum(lo, [float(np.min(cx - prof.a)), float(np.min(prof.cy - prof.b)), lo[2]])
         hi = np.maximum(hi, [float(np.max(cx + prof.a)), float(np.max(prof.cy + prof.b)), float(prof.z[-1])])
     return lo - margin, hi + margin
-
