@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -122,4 +123,28 @@ def run(args: argparse.Namespace) -> int:
                 bar.update()
     bar.close()
     sys.stdout.write(f"wrote {len(seeds) - failures} case(s) to {out}\n")
+    sys.stdout.write(summary_table(out, seeds))
     return 1 if failures else 0
+
+
+def summary_table(out: Path, seeds: list[int]) -> str:
+    """One line per written case: what was simulated and what a reader measures on its long-leg film."""
+    lines = [
+        f"{'case':<14}{'side':<7}{'CPAK':<6}{'mHKA 3D':>9}{'mHKA film':>11}{'mLDFA':>8}{'MPTA':>7}"
+        f"{'rot':>6}{'flex':>6}  films"
+    ]
+    for s in seeds:
+        tpath = out / f"case_{s}" / "truth.json"
+        if not tpath.is_file():
+            lines.append(f"case_{s:<9} FAILED (see log)")
+            continue
+        t = json.loads(tpath.read_text())
+        a3, p = t["angles_3d"], t["params"]
+        film = t["films"].get("longleg_ap", {}).get("angles_2d") or {}
+        m2 = film.get("mHKA")
+        lines.append(
+            f"{'case_' + str(s):<14}{t['side']:<7}{t['cpak']['label'] if t['cpak'] else '-':<6}"
+            f"{a3['mHKA']:>+9.1f}{(f'{m2:+.1f}' if m2 is not None else '-'):>11}{a3['mLDFA']:>8.1f}"
+            f"{a3['MPTA']:>7.1f}{p['rotation']:>+6.0f}{p['flexion']:>6.0f}  {', '.join(sorted(t['films']))}"
+        )
+    return "\n".join(lines) + "\n"
