@@ -20,8 +20,8 @@ demo: $(STAMP)
 	@echo "Demo output in $(DEMO_OUT)/ (films as DICOM + PNG previews, CT + labels as NIfTI, truth.json)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance engines export gui tests bench
-	$(BIN)/ruff format --check appliance engines export gui tests bench
+	$(BIN)/ruff check appliance engines export gui tests bench tools
+	$(BIN)/ruff format --check appliance engines export gui tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy appliance engines export gui
