@@ -101,8 +101,8 @@ def build_femur(p: PhantomParams) -> tuple[BoneModel, DistalFemur]:
     parts.append(Part(Ellipsoid(_t(med_facet), (0.75 * a_c + 3, 0.55 * r_l, 0.85 * r_l)), blend=3.0))
     trochlea_front = troch_y + 0.62 * r_l
     # Metaphysis joining the condyles to the shaft.
-    meta_c = np.array([0.0, 0.5 * (c_m[1] + c_l[1]) + 5.0, zc + 45.0])
-    parts.append(Part(Ellipsoid(_t(meta_c), (0.5 * cw - 1.0, 23.0, 56.0)), blend=6.0, cortex_mm=1.6))
+    meta_c = np.array([0.0, 0.5 * (c_m[1] + c_l[1]) + 8.0, zc + 45.0])
+    parts.append(Part(Ellipsoid(_t(meta_c), (0.5 * cw - 1.0, 17.5, 56.0)), blend=6.0, cortex_mm=1.6))
     # Epicondyles: the TEA is externally rotated by the condylar twist relative to the PCA, i.e. its
     # lateral end lies posterior of the PCA-parallel line (external rotation turns lateral to posterior).
     tw = math.radians(p.condylar_twist)

@@ -9,7 +9,7 @@ from export.simulator.bones import F64, BoneModel
 from export.simulator.femur import DistalFemur
 from export.simulator.frames import Rigid
 from export.simulator.params import PhantomParams
-from export.simulator.sdf import Composite, Ellipsoid, HalfSpace, Part, RoundCone, RoundedBox, Sphere
+from export.simulator.sdf import Composite, Ellipsoid, HalfSpace, Part, RoundCone, Sphere
 
 # Patellar tracking: the patella slides down the trochlea by roughly two thirds of the knee's flexion
 # angle over the first 30 deg (Nha et al., J Orthop Res 2008;26:1067).
@@ -61,11 +61,10 @@ def build_pelvis(p: PhantomParams, fhc_world: F64) -> BoneModel:
         Part(HalfSpace(_t(h + 0.25 * rh * n_open), _t(n_open)), op="clip", blend=2.0),
         # Ilium above the acetabulum, flaring laterally upward.
         Part(
-            # The wing is seen nearly face-on in an AP view: broad ML and SI, thin AP, tilted.
-            RoundedBox(
-                _t(h + np.array([10.0, 8.0, 58.0])),
-                (34.0, 7.0, 30.0),
-                5.0,
+            # The wing is seen nearly face-on in an AP view: a broad, thin, rounded fan above the cup.
+            Ellipsoid(
+                _t(h + np.array([12.0, 10.0, 62.0])),
+                (46.0, 8.0, 42.0),
                 axes=((0.9, 0.26, 0.35), (-0.28, 0.96, 0.0), (-0.34, -0.1, 0.94)),
             ),
             blend=10.0,
