@@ -282,7 +282,10 @@ def _write_case(
             "in_field": truth.in_field(reader, geom),
         }
         if view in ("longleg", "knee-ap"):
-            a2 = measure_2d(_plain(reader), pixel_spacing_mm=geom.pitch_u_mm, magnification=mag, side=p.side)
+            # A reader measures only what the film shows: a knee film has no hip or ankle, so only the
+            # joint-line angles come out of it.
+            visible = {k: v for k, v in reader.items() if entry["in_field"][k]}
+            a2 = measure_2d(_plain(visible), pixel_spacing_mm=geom.pitch_u_mm, magnification=mag, side=p.side)
             entry["angles_2d"] = a2.to_dict()
         films[name] = entry
 
@@ -315,6 +318,7 @@ def _write_case(
         "side": p.side,
         "study_instance_uid": study_uid,
         "pixel_spacing_mm": films.get("longleg_ap", next(iter(films.values()), {})).get("pixel_spacing_mm"),
+        "magnification": films.get("longleg_ap", next(iter(films.values()), {})).get("magnification"),
         "landmarks_3d": truth.as_lists(L3),
         "posterior_condyle_points": {k: np.round(v, 3).tolist() for k, v in pcp.items()},
         "angles_3d": a3d,
