@@ -136,3 +136,31 @@ def test_study_outputs_are_complete_and_deterministic(tmp_path: Path) -> None:
     assert table.count("\n") == 2 + 3 - 1
     _, png2 = rd.write_outputs(data, tmp_path / "b" / "drift")
     assert png.read_bytes() == png2.read_bytes()
+
+
+def test_example_landmarks_scale_with_pixel_centres() -> None:
+    from export.studies.sim_examples import scale_landmarks
+
+    out = scale_landmarks(
+        {"FHC": [-0.5, -0.5], "AC": [999.5, 2999.5], "FKC": [997.5, 1.5]}, (1000, 3000), (250, 750)
+    )
+    # Image edges map to image edges; the centre of 4 x 4 film pixels is the centre of one preview pixel.
+    assert out["FHC"] == pytest.approx([-0.5, -0.5])
+    assert out["AC"] == pytest.approx([249.5, 749.5])
+    assert out["FKC"] == pytest.approx([249.0, 0.0])
+
+
+def test_spectrum_guard_only_touches_the_empty_sliver_bin() -> None:
+    """kVp just above a 2 keV bin edge leaves an empty sliver bin whose mean energy is 0 keV (simulator
+    bug, reported); the examples' guard must give the spectrum a fixed simulator would give."""
+    from export.simulator.spectra import tungsten_spectrum
+    from export.studies.sim_examples import _empty_spectrum_bin_guard
+
+    with _empty_spectrum_bin_guard():
+        sliver = tungsten_spectrum(80.00117091073088, 3.93, 2.0)
+        plain = tungsten_spectrum(79.5, 3.93, 2.0)
+    assert sliver.photons.sum() == pytest.approx(1.0)
+    assert np.all(sliver.energies_kev >= 10.0)
+    np.testing.assert_array_equal(plain.photons, tungsten_spectrum(79.5, 3.93, 2.0).photons)
+    near = tungsten_spectrum(80.0, 3.93, 2.0)
+    np.testing.assert_allclose(sliver.photons, near.photons, atol=1e-5)
