@@ -215,6 +215,7 @@ def test_truth_says_ct_and_carries_records(rendered: dict[str, Path]) -> None:
         assert isinstance(film["noise_seed"], int) and film["sop_instance_uid"].startswith("2.25.")
         assert set(film["landmarks_projected"]) == {"FKC", "TKC", "KNEE_GAP"}
         assert all(film["in_field"].values())
+        assert film["ct_covers_field_height"] is False  # 180 mm of CT under a 300 mm cassette
         ds = pydicom.dcmread(rendered["nifti"] / film["file"])
         assert (ds.Rows, ds.Columns) == (film["rows"], film["columns"])
         assert ds.SOPInstanceUID == film["sop_instance_uid"]
@@ -351,7 +352,7 @@ def test_same_seed_same_films_other_seed_other_films(
 # --- table --------------------------------------------------------------------------------------------------
 def test_remove_table_keeps_the_leg_only(inputs: Inputs) -> None:
     hu = np.maximum(inputs.hu, np.float32(-1024.0))
-    cleaned = from_ct.remove_table_voxels(hu)
+    cleaned = from_ct.remove_table_voxels(hu.copy())
     table = hu == 200.0
     assert table.any() and (cleaned[table] == -1000.0).all()
     body = hu == 40.0
@@ -360,6 +361,28 @@ def test_remove_table_keeps_the_leg_only(inputs: Inputs) -> None:
     assert scene.table_removed and not (scene.volume.data == 200.0).any()
     _, hi = from_ct.body_box(scene, near_knee=True)
     assert hi[1] == pytest.approx(CENTRE_XY[1] + LEG_R, abs=2.0)  # the detector now meets the skin
+
+
+def test_lateral_film_leaves_the_other_leg_out(tmp_path: Path) -> None:
+    """Bilateral CT: on the left knee's lateral film only the left leg is in the beam."""
+    shape, sp = (80, 40, 30), 4.0
+    a = np.diag([sp, sp, sp, 1.0])
+    a[:3, 3] = [-158.0, -78.0, 440.0]
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    x, y = -158.0 + sp * i, -78.0 + sp * j
+    both = np.full(shape, -1000.0, np.float32)
+    for cx in (-90.0, 90.0):
+        both[np.hypot(x - cx, y) < 50.0] = 40.0
+    left_only = np.where((x > 0)[:, :, None], both, np.float32(-1000.0)).astype(np.float32)
+    images = []
+    for name, hu in (("both", both), ("left", left_only)):
+        save_nifti(Volume(data=hu, affine=a), tmp_path / f"{name}.nii.gz", dtype=np.int16)
+        scene = from_ct.prepare_ct(tmp_path / f"{name}.nii.gz", knee_centre_mm=(90.0, 0.0, 500.0))
+        plan = from_ct.plan_films(scene, seed=1, views=("knee-lat",), side="left", pitch_mm={"knee-lat": 2.0})
+        cut = from_ct._medial_cut(scene, "knee-lat", "left")
+        images.append(from_ct.ct_path_images(scene, plan["knee-lat"].geometry, medial_cut=cut))
+    assert images[0][0].max() == pytest.approx(100.0, abs=8.0)  # one leg's diameter of water
+    np.testing.assert_allclose(images[0], images[1], atol=0.05)
 
 
 # --- long-leg ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ How the CT becomes attenuation:
 Input errors raise :class:`~appliance.errors.InputError` with these reasons (plus those of
 :func:`~export.simulator.ct_io.load_ct`): ``bad_side``, ``bad_view``, ``bad_argument``,
 ``landmarks_not_found``, ``landmarks_unreadable``, ``bad_landmarks``, ``missing_landmarks``,
-``knee_centre_outside_ct``, ``ct_too_short_for_longleg``, ``ct_no_body``.
+``knee_centre_outside_ct``, ``ct_too_short_for_longleg``, ``ct_no_body``, ``ct_body_too_deep``,
+``bad_output``.
 """
 
 from __future__ import annotations
@@ -153,13 +154,15 @@ def load_landmarks(path: Path) -> dict[str, F64]:
 
 def _fingerprint(vol: Volume) -> str:
     h = hashlib.sha256(b"xr3d ct fingerprint v1")
-    h.update(np.ascontiguousarray(vol.data, dtype=np.float32).tobytes())
+    data = np.ascontiguousarray(vol.data, dtype=np.float32)
+    h.update(data.data)  # the buffer itself: no copy of a whole-leg CT
     h.update(np.round(np.asarray(vol.affine, dtype=np.float64), 4).tobytes())
     return h.hexdigest()
 
 
 def remove_table_voxels(hu: NDArray[np.float32]) -> NDArray[np.float32]:
     """Keep the largest connected component above ``BODY_HU`` (the body); everything else -> air.
+    Works in place on ``hu`` (when writeable) and returns it.
 
     Simple by design: a table that touches the body through blankets or cushions above -500 HU stays,
     and body parts not connected to the largest one (the other leg of a knee-only CT) are removed."""
@@ -169,9 +172,10 @@ def remove_table_voxels(hu: NDArray[np.float32]) -> NDArray[np.float32]:
         return hu
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = labels == int(np.argmax(sizes))
+    drop = labels != int(np.argmax(sizes))
     del labels
-    out = np.where(keep, hu, np.float32(-1000.0)).astype(np.float32)
+    out = hu if hu.flags.writeable else hu.copy()
+    np.copyto(out, np.float32(-1000.0), where=drop)  # in place: no second copy of a whole-leg CT
     log.info("table removal kept 1 of %d components above %.0f HU", n, BODY_HU)
     return out
 
@@ -194,9 +198,11 @@ def prepare_ct(
     vol = load_ct(Path(ct_path))
     landmarks = load_landmarks(landmarks_path) if landmarks_path is not None else {}
     data = np.asarray(vol.data, dtype=np.float32)
+    if not data.flags.writeable or not data.flags.c_contiguous:
+        data = np.array(data, dtype=np.float32, order="C")
     if not np.all(np.isfinite(data)):
-        data = np.nan_to_num(data, nan=HU_FLOOR, posinf=HU_FLOOR, neginf=HU_FLOOR)
-    data = np.maximum(data, np.float32(HU_FLOOR))
+        np.nan_to_num(data, copy=False, nan=HU_FLOOR, posinf=HU_FLOOR, neginf=HU_FLOOR)
+    np.maximum(data, np.float32(HU_FLOOR), out=data)  # in place: a whole-leg CT is ~1 GB
     if remove_table:
         data = remove_table_voxels(data)
     vol = Volume(data=np.ascontiguousarray(data), affine=np.asarray(vol.affine, dtype=np.float64))
@@ -324,9 +330,8 @@ def film_geometry(
     else:
         raise InputError(f"unknown view {rec.view!r}", reason="bad_view")
     if not 0.0 < sod < rec.sid_mm:
-        raise InputError(
-            "the body is too thick for this source-image distance", reason="bad_argument"
-        )  # pragma: no cover - needs a body over a metre deep
+        # Only reachable with a body (or table) about a metre deep: a wrong CT, not a real patient.
+        raise InputError("the body is too deep for this source-image distance", reason="ct_body_too_deep")
     return centred_geometry(
         name=FILM_NAMES[rec.view],
         isocenter_mm=iso,
@@ -522,6 +527,14 @@ def _in_field(points: Mapping[str, F64], geom: ProjectionGeometry) -> dict[str, 
     }
 
 
+def _covers_field_height(scene: CTScene, geom: ProjectionGeometry) -> bool:
+    """Whether the CT reaches the top and bottom of the film's field at the depth of the knee."""
+    col = 0.5 * (geom.columns - 1)
+    ends = geom.back_project(np.array([col, col]), np.array([0.0, geom.rows - 1.0]), scene.knee_centre_mm)
+    lo, hi = scene.volume.bounds_mm()
+    return bool(ends[:, 2].min() >= lo[2] and ends[:, 2].max() <= hi[2])
+
+
 def case_name(scene: CTScene, seed: int) -> str:
     """Output folder name: the seed and a short fingerprint of the CT (never its file name)."""
     return f"ct_{scene.fingerprint[:10]}_{seed}"
@@ -613,6 +626,13 @@ def _write_films(
         film = render_with_artifacts(paths, geom0.pitch_u_mm, plan.exposure, art, plan.noise_seed)
         del paths
         geom = padded_geometry(geom0, art.padding)
+        covered = _covers_field_height(scene, geom0)
+        if not covered and view != "longleg":
+            log.warning(
+                "the CT is shorter than the %s film's field at the knee: the film shows where the scan "
+                "ends (about 300 mm around the joint avoids that)",
+                film_name,
+            )
         mag = geom.magnification_at(knee)
         series_uid = uid_from("xr3d-sim-ct", "series", key, str(seed), film_name)
         sop_uid = uid_from("xr3d-sim-ct", "sop", key, str(seed), film_name)
@@ -661,6 +681,7 @@ def _write_films(
             "noise_seed": plan.noise_seed,
             "photometric": film.photometric,
             "bits_stored": film.bits_stored,
+            "ct_covers_field_height": covered,
             "knee_centre_projected": [round(float(x), 4) for x in proj["knee_centre"]],
             "landmarks_projected": _lists({k: v for k, v in proj.items() if k != "knee_centre"})
             if scene.landmarks
