@@ -326,3 +326,13 @@ def test_large_film_renders_in_chunks(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.fromarray((film.presentation[::8, ::8] * 255).astype(np.uint8)).save(out / "longleg_physics.png")
+
+
+@pytest.mark.parametrize("kvp", [80.00117, 70.0000001, 60.001, 81.999999])
+def test_spectrum_near_bin_edges_stays_in_table_range(kvp: float) -> None:
+    # Regression: a kVp just above an even bin edge once produced an empty bin at 0 keV.
+    from export.simulator.spectra import tungsten_spectrum
+
+    spec = tungsten_spectrum(kvp, 3.0)
+    assert np.all(spec.energies_kev >= 10.0)
+    assert np.isclose(spec.photons.sum(), 1.0)

@@ -150,17 +150,13 @@ def test_example_landmarks_scale_with_pixel_centres() -> None:
     assert out["FKC"] == pytest.approx([249.0, 0.0])
 
 
-def test_spectrum_guard_only_touches_the_empty_sliver_bin() -> None:
-    """kVp just above a 2 keV bin edge leaves an empty sliver bin whose mean energy is 0 keV (simulator
-    bug, reported); the examples' guard must give the spectrum a fixed simulator would give."""
+def test_spectrum_sliver_bin_matches_neighbouring_kvp() -> None:
+    """kVp just above a 2 keV bin edge once left an empty bin at 0 keV (fixed in spectra.py); the
+    spectrum must now equal that of the edge kVp."""
     from export.simulator.spectra import tungsten_spectrum
-    from export.studies.sim_examples import _empty_spectrum_bin_guard
 
-    with _empty_spectrum_bin_guard():
-        sliver = tungsten_spectrum(80.00117091073088, 3.93, 2.0)
-        plain = tungsten_spectrum(79.5, 3.93, 2.0)
+    sliver = tungsten_spectrum(80.00117091073088, 3.93, 2.0)
     assert sliver.photons.sum() == pytest.approx(1.0)
     assert np.all(sliver.energies_kev >= 10.0)
-    np.testing.assert_array_equal(plain.photons, tungsten_spectrum(79.5, 3.93, 2.0).photons)
     near = tungsten_spectrum(80.0, 3.93, 2.0)
     np.testing.assert_allclose(sliver.photons, near.photons, atol=1e-5)

@@ -258,7 +258,11 @@ def tungsten_spectrum(kvp: float, total_filtration_mm_al: float, bin_kev: float 
     dens = (kvp - fine_mid) / fine_mid * np.diff(fine)
     idx = np.clip(np.searchsorted(edges, fine_mid, side="right") - 1, 0, len(edges) - 2)
     photons = np.bincount(idx, weights=dens, minlength=len(edges) - 1)
-    centres = np.bincount(idx, weights=dens * fine_mid, minlength=len(edges) - 1) / np.maximum(photons, 1e-30)
+    # A kVp just above a bin edge leaves an empty sliver bin; give it its midpoint energy (its weight is 0)
+    # instead of 0 keV, which lies outside the attenuation tables.
+    mids = 0.5 * (edges[:-1] + edges[1:])
+    sums = np.bincount(idx, weights=dens * fine_mid, minlength=len(edges) - 1)
+    centres = np.where(photons > 0, sums / np.maximum(photons, 1e-30), mids)
     if kvp > TUNGSTEN_K_EDGE_KEV:
         u = kvp / TUNGSTEN_K_EDGE_KEV
         brems_at_line = (kvp - 59.32) / 59.32  # Kramers density at Kalpha1, same units as ``dens``

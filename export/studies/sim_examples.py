@@ -13,22 +13,18 @@ from truth.json (measured from the same landmarks at the film's spacing and magn
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 from PIL import Image
 
 from appliance.analytics.cpak_chart import render_cpak_chart
 from appliance.analytics.overlay import render_overlay
-from appliance.geometry.projection import FloatArray
-from export.simulator import spectra
 from export.simulator.case import CaseOptions, generate_case
 
 log = logging.getLogger(__name__)
@@ -40,30 +36,6 @@ CHART_PX = 800
 MAX_BYTES = 400_000
 
 
-@contextlib.contextmanager
-def _empty_spectrum_bin_guard() -> Iterator[None]:
-    """Work around a simulator bug that stops seed 900002 (reported to the lead, fix proposed there).
-
-    ``spectra.tungsten_spectrum`` appends a sliver bin [floor-grid edge, kVp] when kVp lies just above a
-    bin edge (kVp 80.00117 for this seed's long-leg film: bin [80.0, 80.00117]); no fine-grid sample
-    falls in it, so its photon count is 0 and its mean energy 0/1e-30 = 0 keV, which the attenuation
-    table rejects. The bin is dropped right after (``keep = photons > ...``), so any attenuation value
-    for it gives the same spectrum: this guard evaluates exactly-0 keV energies at 10 keV and leaves
-    every other energy, and every other error, untouched.
-    """
-    original = spectra.mass_attenuation
-
-    def guarded(material: str, energy_kev: ArrayLike) -> FloatArray:
-        e = np.asarray(energy_kev, dtype=np.float64)
-        return original(material, np.where(e == 0.0, 10.0, e))
-
-    spectra.mass_attenuation = guarded
-    try:
-        yield
-    finally:
-        spectra.mass_attenuation = original
-
-
 def ensure_case(seed: int, cases_dir: Path, opts: CaseOptions = OPTIONS) -> Path:
     """The case folder for ``seed``, generated unless it already holds a truth.json."""
     folder = cases_dir / f"case_{seed}"
@@ -71,8 +43,7 @@ def ensure_case(seed: int, cases_dir: Path, opts: CaseOptions = OPTIONS) -> Path
         log.info("reusing %s", folder)
         return folder
     log.info("generating case %d into %s", seed, cases_dir)
-    with _empty_spectrum_bin_guard():
-        return generate_case(seed, cases_dir, opts)
+    return generate_case(seed, cases_dir, opts)
 
 
 def scale_landmarks(
