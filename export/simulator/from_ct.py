@@ -227,6 +227,9 @@ def prepare_ct(
             "knee centre lies outside the CT volume (are the coordinates LPS millimetres?)",
             reason="knee_centre_outside_ct",
         )
+    outside = sorted(n for n, p in landmarks.items() if not _inside(vol, p, KNEE_CENTRE_TOLERANCE_MM))
+    if outside:
+        log.warning("landmark(s) %s lie outside the CT volume; they are projected all the same", outside)
     body = data > BODY_HU
     if not body.any():
         raise InputError(f"no voxel above {BODY_HU:.0f} HU: the CT holds no body", reason="ct_no_body")
