@@ -84,10 +84,32 @@ def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
     if opts.contralateral and "longleg" in opts.views:
         other = "left" if params.side == "right" else "right"
         c = sample_params(g_contra, SamplingOptions(side=other, cpak_uniform_share=0.0))
+        # Same person: bone sizes match the measured leg within a few millimetres (leg-length
+        # discrepancy is under 1 cm in most adults: Knutson, Chiropr Osteopat 2005); alignment, pose and
+        # tissue texture are the other leg's own.
+        same = {
+            k: getattr(params, k)
+            for k in (
+                "hip_half_width",
+                "head_radius",
+                "femur_shaft_radius",
+                "femur_cortex",
+                "condylar_width",
+                "epicondylar_width",
+                "condyle_radius_medial",
+                "condyle_radius_lateral",
+                "plateau_width",
+                "plateau_depth",
+                "tibia_shaft_radius",
+                "tibia_cortex",
+                "soft_tissue_scale",
+                "fat_thickness",
+            )
+        }
         contra = c.replace(
-            hip_half_width=params.hip_half_width,
-            soft_tissue_scale=params.soft_tissue_scale,
-            fat_thickness=params.fat_thickness,
+            **same,
+            femur_mech_length=params.femur_mech_length + float(g_contra.normal(0.0, 2.5)),
+            tibia_mech_length=params.tibia_mech_length + float(g_contra.normal(0.0, 2.5)),
             implant="none",
         )
     views: dict[str, ViewRecord] = {}
