@@ -63,9 +63,13 @@ def render_cpak_chart(ahka: float, jlo: float, out_png: str | Path, size_px: int
                     zorder=1 if not mine else 2,
                 )
             )
+            # In the patient's cell the numeral moves to the half away from the patient's point.
+            ty = (y0 + y1) / 2
+            if mine:
+                ty = y0 + (0.25 if jlo > ty else 0.75) * (y1 - y0)
             ax.text(
                 (x0 + x1) / 2,
-                (y0 + y1) / 2,
+                ty,
                 ROMAN[number - 1],
                 ha="center",
                 va="center",

@@ -143,9 +143,7 @@ class ProjectionGeometry:
         p = np.asarray(depth_point_mm, dtype=np.float64).reshape(3)
         n = self.normal
         t = ((self.source - p) @ n) / self.source_to_detector_mm()
-        return self.source + t[..., None] * (d - self.source) if np.ndim(t) else self.source + t * (
-            d - self.source
-        )
+        return np.asarray(self.source + t * (d - self.source), dtype=np.float64)
 
     # --- derived geometries --------------------------------------------------------------------
     def binned(self, factor: int) -> ProjectionGeometry:
