@@ -7,22 +7,19 @@ a view never changes the anatomy of a seed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.angles3d import measure_3d
 from appliance.analytics.cpak import cpak_type
-from appliance.dicomio.dx_writer import FilmInfo, Photometric, write_dx
 from appliance.dicomio.uids import uid_from
 from appliance.geometry.projection import ProjectionGeometry
 from export.simulator import labels, truth
@@ -35,6 +32,14 @@ from export.simulator.film_artifacts import (
     sample_artifacts,
     steel_ball_metal_path,
 )
+from export.simulator.film_output import (
+    FILM_NAMES,
+    PHYS_KIND,
+    VIEW_INDEX,
+    FilmIdentity,
+    write_film,
+    write_json,
+)
 from export.simulator.params import PhantomParams, SamplingOptions, sample_params
 from export.simulator.physics import ExposureParams, Film, sample_exposure
 from export.simulator.views import ViewRecord, sample_view, view_geometry
@@ -44,8 +49,6 @@ from export.simulator.voxelize import Materials, sample_materials
 log = logging.getLogger(__name__)
 
 TRUTH_SCHEMA = "xr3d.sim.truth/1"
-_FILM_NAMES = {"longleg": "longleg_ap", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
-_PHYS_KIND = {"longleg": "longleg", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def sample_case(seed: int, opts: CaseOptions) -> CaseRecord:
     for v in ("longleg", "knee-ap", "knee-lat"):  # fixed order: a view's draws never depend on others
         rng = np.random.default_rng(np.random.SeedSequence([seed, 17, VIEW_INDEX[v]]))
         views[v] = sample_view(rng, v, longleg_pitch=opts.longleg_pitch, knee_pitch=opts.knee_pitch)
-        exposures[v] = sample_exposure(rng, _PHYS_KIND[v])
+        exposures[v] = sample_exposure(rng, PHYS_KIND[v])
         noise[v] = int(rng.integers(0, 2**31 - 1))
     # A 25 mm steel calibration ball beside the knee on about half the long-leg films (films.md).
     ball = None
@@ -150,19 +153,6 @@ def _ball_position(params: PhantomParams, rng: np.random.Generator) -> tuple[flo
     return (float(x), float(knee[1] + rng.uniform(-10.0, 10.0)), float(z))
 
 
-VIEW_INDEX = {"longleg": 0, "knee-ap": 1, "knee-lat": 2}
-
-
-def _preview(img01: np.ndarray, path: Path, max_px: int) -> None:
-    im = Image.fromarray(np.rint(np.clip(img01, 0, 1) * 255).astype(np.uint8))
-    scale = max_px / max(im.size)
-    if scale < 1:
-        im = im.resize(
-            (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.Resampling.LANCZOS
-        )
-    im.save(path, optimize=True)
-
-
 def _study_meta(seed: int, params: PhantomParams) -> dict[str, Any]:
     # Synthetic identities only: nothing here describes a real person.
     return {
@@ -183,7 +173,7 @@ def _render_film(
     exposure = rec.exposures[view]
     rng = np.random.default_rng(np.random.SeedSequence([rec.seed, 29, VIEW_INDEX[view]]))
     art = sample_artifacts(
-        rng, _PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, leg_side=rec.params.side
+        rng, PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, leg_side=rec.params.side
     )
     if rec.ball is not None and view in rec.ball_views:
         paths[2] += steel_ball_metal_path(geom, rec.ball, BALL_DIAMETER_MM)
@@ -214,7 +204,7 @@ def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
     try:
         doc = _write_case(tmp, rec, limb, vols, opts)
         doc["timing_s"] = {"volumes": round(t_vol, 2), "total": round(time.perf_counter() - t0, 2)}
-        _write_json(tmp / "truth.json", doc)
+        write_json(tmp / "truth.json", doc)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -229,12 +219,6 @@ def _plain(d: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: [float(x) for x in v] for k, v in d.items()}
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False))
-    os.replace(tmp, path)
-
-
 def _write_case(
     tmp: Path, rec: CaseRecord, limb: Limb, vols: CaseVolumes, opts: CaseOptions
 ) -> dict[str, Any]:
@@ -246,7 +230,7 @@ def _write_case(
     a3 = measure_3d(_plain(L3), side=p.side, posterior_condyle_points=pcp)
     films: dict[str, Any] = {}
     for n, view in enumerate(opts.views, start=1):
-        name = _FILM_NAMES[view]
+        name = FILM_NAMES[view]
         vr = rec.views[view]
         # The detector stands against the body: the whole leg for long-leg films, the knee otherwise.
         extent = (vols.skin_lo, vols.skin_hi) if view == "longleg" else (vols.knee_skin_lo, vols.knee_skin_hi)
@@ -254,55 +238,29 @@ def _write_case(
         film, art = _render_film(vols, geom, view, rec)
         geom = padded_geometry(geom, art.padding)
         mag = geom.magnification_at(0.5 * (L3["FKC"] + L3["TKC"]))
-        series_uid = uid_from("xr3d-sim", "series", str(rec.seed), name)
-        sop_uid = uid_from("xr3d-sim", "sop", str(rec.seed), name)
-        info = FilmInfo(
+        ident = FilmIdentity(
             study_uid=study_uid,
-            series_uid=series_uid,
-            sop_uid=sop_uid,
-            view=name,  # type: ignore[arg-type]
-            laterality="L" if p.side == "left" else "R",
-            source_to_patient_mm=geom.source_to_detector_mm() / mag,
-            window_center=film.window_center,
-            window_width=film.window_width,
+            series_uid=uid_from("xr3d-sim", "series", str(rec.seed), name),
+            sop_uid=uid_from("xr3d-sim", "sop", str(rec.seed), name),
             series_number=n,
-            instance_number=1,
-            kvp=film.params.kvp,
+            laterality="L" if p.side == "left" else "R",
+            meta=meta,
             series_description=name.replace("_", " ").upper(),
-            burned_in_annotation=bool(art.texts or art.markers),
-            **meta,
         )
-        write_dx(
-            tmp / f"{name}.dcm",
-            film.pixels,
-            bits_stored=film.bits_stored,
-            photometric=cast(Photometric, film.photometric),
-            geometry=geom,
-            info=info,
+        entry = write_film(
+            tmp, name, film, geom, art, ident, magnification=mag, preview_max_px=opts.preview_max_px
         )
-        _preview(film.presentation, tmp / f"{name}.png", opts.preview_max_px)
         proj = truth.projected_landmarks(limb, geom)
         reader = truth.reader_landmarks(limb, geom)
-        entry: dict[str, Any] = {
-            "file": f"{name}.dcm",
-            "preview": f"{name}.png",
-            "sop_instance_uid": sop_uid,
-            "series_instance_uid": series_uid,
-            "rows": int(film.pixels.shape[0]),
-            "columns": int(film.pixels.shape[1]),
-            "pixel_spacing_mm": [geom.pitch_v_mm, geom.pitch_u_mm],
-            "magnification": mag,
-            "geometry": geom.to_dict(),
-            "view_record": rec.views[view].to_dict(),
-            "exposure": rec.exposures[view].to_dict(),
-            "artifacts": art.to_dict(),
-            "noise_seed": rec.noise_seeds[view],
-            "photometric": film.photometric,
-            "bits_stored": film.bits_stored,
-            "landmarks_2d": truth.as_lists(reader),
-            "landmarks_projected": truth.as_lists(proj),
-            "in_field": truth.in_field(reader, geom),
-        }
+        entry.update(
+            {
+                "view_record": rec.views[view].to_dict(),
+                "noise_seed": rec.noise_seeds[view],
+                "landmarks_2d": truth.as_lists(reader),
+                "landmarks_projected": truth.as_lists(proj),
+                "in_field": truth.in_field(reader, geom),
+            }
+        )
         if view in ("longleg", "knee-ap"):
             # A reader measures only what the film shows: a knee film has no hip or ankle, so only the
             # joint-line angles come out of it.

@@ -28,8 +28,6 @@ Input errors raise :class:`~appliance.errors.InputError` with these reasons (plu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -38,65 +36,64 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
-from scipy import ndimage
 
-from appliance.analytics import landmarks as lm
-from appliance.dicomio.dx_writer import FilmInfo, Photometric, write_dx
 from appliance.dicomio.uids import uid_from
 from appliance.errors import InputError
 from appliance.geometry.drr import line_integrals_multi
 from appliance.geometry.projection import ProjectionGeometry, centred_geometry
 from appliance.geometry.volume import Volume
-from export.simulator.ct_io import load_ct
 from export.simulator.film_artifacts import padded_geometry, render_with_artifacts, sample_artifacts
+from export.simulator.film_output import (
+    FILM_NAMES,
+    PHYS_KIND,
+    VIEW_INDEX,
+    FilmIdentity,
+    write_film,
+    write_json,
+)
+from export.simulator.from_ct_scene import (  # re-exported: this module is the public API
+    HU_FLOOR,
+    CTScene,
+    body_box,
+    check_longleg_coverage,
+    load_landmarks,
+    prepare_ct,
+    remove_table_voxels,
+)
 from export.simulator.physics import ExposureParams, sample_exposure
 from export.simulator.spectra import hu_to_basis
 from export.simulator.views import VIEWS, ViewRecord, sample_view
+
+__all__ = [
+    "HU_FLOOR",
+    "CTScene",
+    "body_box",
+    "check_longleg_coverage",
+    "ct_path_images",
+    "film_geometry",
+    "load_landmarks",
+    "plan_films",
+    "prepare_ct",
+    "remove_table_voxels",
+    "render_from_ct",
+]
 
 log = logging.getLogger(__name__)
 
 F64 = NDArray[np.float64]
 F32 = NDArray[np.float32]
 
-TRUTH_SCHEMA = "xr3d.sim.ct_truth/1"
-FILM_NAMES = {"longleg": "longleg_ap", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
-_PHYS_KIND = {"longleg": "longleg", "knee-ap": "knee_ap", "knee-lat": "knee_lat"}
-_VIEW_INDEX = {"longleg": 0, "knee-ap": 1, "knee-lat": 2}
-DEFAULT_PITCH_MM = {"longleg": 0.35, "knee-ap": 0.25, "knee-lat": 0.25}
 
-HU_FLOOR = -1024.0  # CT values below this are padding or reconstruction-circle fill: clipped
-BODY_HU = -500.0  # above this a voxel is body (or table); used for the body box and table removal
-# Hip to ankle is ~750-900 mm in adults (femur ~450, tibia ~380 mm; Sabharwal & Zhao 2008): without
-# FHC/AC landmarks a long-leg film needs at least this much CT along the patient's long axis.
-LONGLEG_MIN_EXTENT_MM = 700.0
-# With FHC and AC landmarks, the CT must reach this far above the hip centre and below the ankle centre.
-LONGLEG_LANDMARK_MARGIN_MM = 20.0
-KNEE_BODY_HALF_HEIGHT_MM = 150.0  # slab around the knee whose body surface places the knee detectors
+TRUTH_SCHEMA = "xr3d.sim.ct_truth/1"
+DEFAULT_PITCH_MM = {"longleg": 0.35, "knee-ap": 0.25, "knee-lat": 0.25}
 LATERAL_MEDIAL_LIMIT_MM = 100.0  # lateral film: tissue further medial than this from the knee is cut
 CUT_RAMP_MM = 6.0  # width of that fade
-KNEE_CENTRE_TOLERANCE_MM = 5.0
 SLAB_SLICES = 48  # third-index slices per projected piece (bounds the basis memory)
 PREVIEW_MAX_PX = 1400
-
-
-# --- records -------------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class CTScene:
-    """A loaded CT ready to be projected: HU clipped (and the table removed if asked), the body mask
-    and where the knee is. ``knee_from`` is ``given``, ``landmarks`` or ``volume_centre``."""
-
-    volume: Volume
-    body: NDArray[np.bool_]
-    knee_centre_mm: F64
-    knee_from: str
-    landmarks: dict[str, F64]
-    table_removed: bool
-    fingerprint: str  # SHA-256 of voxel values and affine: identifies the CT without naming anyone
 
 
 @dataclass(frozen=True)
@@ -111,193 +108,7 @@ class FilmPlan:
     geometry: ProjectionGeometry
 
 
-# --- inputs --------------------------------------------------------------------------------------------
-def load_landmarks(path: Path) -> dict[str, F64]:
-    """Landmarks in LPS mm from a JSON file: ``{"FKC": [x, y, z], ...}`` or a document with such a
-    mapping under ``landmarks_3d`` (a simulated ``truth.json`` works as is). An optional
-    ``"coordinate_system"`` must be ``"LPS"``. FKC and TKC are required."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("landmarks file does not exist", reason="landmarks_not_found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"landmarks file is not readable JSON: {exc}", reason="landmarks_unreadable"
-        ) from exc
-    if not isinstance(doc, dict):
-        raise InputError("landmarks JSON must be an object", reason="bad_landmarks")
-    system = doc.get("coordinate_system", "LPS")
-    if system != "LPS":
-        raise InputError(
-            f"landmarks must be in DICOM LPS millimetres, file says {system!r}", reason="bad_landmarks"
-        )
-    raw = doc.get("landmarks_3d", doc)
-    if not isinstance(raw, dict):
-        raise InputError("landmarks_3d must be an object of name -> [x, y, z]", reason="bad_landmarks")
-    out: dict[str, F64] = {}
-    for name, value in raw.items():
-        if name == "coordinate_system":
-            continue
-        try:
-            p = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"landmark {name!r} is not three numbers", reason="bad_landmarks") from exc
-        if p.shape != (3,) or not np.all(np.isfinite(p)):
-            raise InputError(f"landmark {name!r} must be three finite numbers", reason="bad_landmarks")
-        out[str(name)] = p
-    missing = [n for n in (lm.FKC, lm.TKC) if n not in out]
-    if missing:
-        raise InputError(f"landmarks file lacks {', '.join(missing)}", reason="missing_landmarks")
-    return out
-
-
-def _fingerprint(vol: Volume) -> str:
-    h = hashlib.sha256(b"xr3d ct fingerprint v1")
-    data = np.ascontiguousarray(vol.data, dtype=np.float32)
-    h.update(data.data)  # the buffer itself: no copy of a whole-leg CT
-    h.update(np.round(np.asarray(vol.affine, dtype=np.float64), 4).tobytes())
-    return h.hexdigest()
-
-
-def remove_table_voxels(hu: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Keep the largest connected component above ``BODY_HU`` (the body); everything else -> air.
-    Works in place on ``hu`` (when writeable) and returns it.
-
-    Simple by design: a table that touches the body through blankets or cushions above -500 HU stays,
-    and body parts not connected to the largest one (the other leg of a knee-only CT) are removed."""
-    mask = hu > BODY_HU
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return hu
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    drop = labels != int(np.argmax(sizes))
-    del labels
-    out = hu if hu.flags.writeable else hu.copy()
-    np.copyto(out, np.float32(-1000.0), where=drop)  # in place: no second copy of a whole-leg CT
-    log.info("table removal kept 1 of %d components above %.0f HU", n, BODY_HU)
-    return out
-
-
-def _inside(vol: Volume, point: F64, tol_mm: float) -> bool:
-    idx = vol.mm_to_index(point)[0]
-    tol = tol_mm / np.asarray(vol.spacing_mm)
-    return bool(np.all(idx >= -0.5 - tol) and np.all(idx <= np.asarray(vol.shape) - 0.5 + tol))
-
-
-def prepare_ct(
-    ct_path: Path,
-    *,
-    knee_centre_mm: tuple[float, float, float] | None = None,
-    landmarks_path: Path | None = None,
-    remove_table: bool = False,
-) -> CTScene:
-    """Load the CT and decide the knee centre: given, else the FKC-TKC midpoint of the landmarks, else
-    (with a warning) the centre of the CT's voxel box."""
-    vol = load_ct(Path(ct_path))
-    landmarks = load_landmarks(landmarks_path) if landmarks_path is not None else {}
-    data = np.asarray(vol.data, dtype=np.float32)
-    if not data.flags.writeable or not data.flags.c_contiguous:
-        data = np.array(data, dtype=np.float32, order="C")
-    if not np.all(np.isfinite(data)):
-        np.nan_to_num(data, copy=False, nan=HU_FLOOR, posinf=HU_FLOOR, neginf=HU_FLOOR)
-    np.maximum(data, np.float32(HU_FLOOR), out=data)  # in place: a whole-leg CT is ~1 GB
-    if remove_table:
-        data = remove_table_voxels(data)
-    vol = Volume(data=np.ascontiguousarray(data), affine=np.asarray(vol.affine, dtype=np.float64))
-    if knee_centre_mm is not None:
-        knee = np.asarray(knee_centre_mm, dtype=np.float64).reshape(3)
-        if not np.all(np.isfinite(knee)):
-            raise InputError("knee centre must be three finite numbers", reason="bad_argument")
-        knee_from = "given"
-    elif landmarks:
-        knee = 0.5 * (landmarks[lm.FKC] + landmarks[lm.TKC])
-        knee_from = "landmarks"
-    else:
-        lo, hi = vol.bounds_mm()
-        knee = 0.5 * (lo + hi)
-        knee_from = "volume_centre"
-        log.warning(
-            "no knee centre or landmarks given: centring the films on the middle of the CT volume; "
-            "pass a knee centre or a landmarks file for films centred on the joint"
-        )
-    if not _inside(vol, knee, KNEE_CENTRE_TOLERANCE_MM):
-        raise InputError(
-            "knee centre lies outside the CT volume (are the coordinates LPS millimetres?)",
-            reason="knee_centre_outside_ct",
-        )
-    outside = sorted(n for n, p in landmarks.items() if not _inside(vol, p, KNEE_CENTRE_TOLERANCE_MM))
-    if outside:
-        log.warning("landmark(s) %s lie outside the CT volume; they are projected all the same", outside)
-    body = data > BODY_HU
-    if not body.any():
-        raise InputError(f"no voxel above {BODY_HU:.0f} HU: the CT holds no body", reason="ct_no_body")
-    return CTScene(
-        volume=vol,
-        body=body,
-        knee_centre_mm=knee,
-        knee_from=knee_from,
-        landmarks=landmarks,
-        table_removed=remove_table,
-        fingerprint=_fingerprint(vol),
-    )
-
-
-# --- geometry ------------------------------------------------------------------------------------------
-def body_box(scene: CTScene, *, near_knee: bool, slab: int = 16) -> tuple[F64, F64]:
-    """LPS box of the body voxels' centres, widened by half a voxel: of the whole CT, or of the slab of
-    ``KNEE_BODY_HALF_HEIGHT_MM`` around the knee (the part the knee detectors stand against). Exact
-    (every body voxel counts), so it does not depend on the order the CT stores its voxels in."""
-    vol = scene.volume
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    lo_all, hi_all = lo.copy(), hi.copy()
-    z0 = float(scene.knee_centre_mm[2])
-    for k0 in range(0, vol.shape[2], slab):
-        idx = np.argwhere(scene.body[:, :, k0 : k0 + slab]).astype(np.float64)
-        if not len(idx):
-            continue
-        idx[:, 2] += k0
-        pts = vol.index_to_mm(idx)
-        lo_all = np.minimum(lo_all, pts.min(axis=0))
-        hi_all = np.maximum(hi_all, pts.max(axis=0))
-        if near_knee:
-            pts = pts[np.abs(pts[:, 2] - z0) <= KNEE_BODY_HALF_HEIGHT_MM]
-            if len(pts):
-                lo = np.minimum(lo, pts.min(axis=0))
-                hi = np.maximum(hi, pts.max(axis=0))
-    if not near_knee or not np.all(np.isfinite(lo)):
-        lo, hi = lo_all, hi_all
-    half = 0.5 * max(vol.spacing_mm)
-    return lo - half, hi + half
-
-
-def check_longleg_coverage(scene: CTScene) -> tuple[float, float]:
-    """The z range (inferior, superior) the long-leg film must show, or InputError
-    ``ct_too_short_for_longleg`` when the CT does not reach from hip to ankle."""
-    lo, hi = scene.volume.bounds_mm()
-    L = scene.landmarks
-    if lm.FHC in L and lm.AC in L:
-        top = float(L[lm.FHC][2]) + LONGLEG_LANDMARK_MARGIN_MM
-        bottom = float(L[lm.AC][2]) - LONGLEG_LANDMARK_MARGIN_MM
-        if top > hi[2] or bottom < lo[2]:
-            raise InputError(
-                "the CT does not reach from above the hip centre to below the ankle centre "
-                f"(covers z {lo[2]:.0f}..{hi[2]:.0f} mm, needs {bottom:.0f}..{top:.0f} mm)",
-                reason="ct_too_short_for_longleg",
-            )
-        return bottom, top
-    extent = float(hi[2] - lo[2])
-    if extent < LONGLEG_MIN_EXTENT_MM:
-        raise InputError(
-            f"a long-leg film needs a CT from hip to ankle: this one covers {extent:.0f} mm along the "
-            f"body axis (at least {LONGLEG_MIN_EXTENT_MM:.0f} mm, or FHC and AC landmarks inside it)",
-            reason="ct_too_short_for_longleg",
-        )
-    return float(lo[2]), float(hi[2])
-
-
+# --- planning ------------------------------------------------------------------------------------------
 def film_geometry(
     scene: CTScene,
     rec: ViewRecord,
@@ -372,10 +183,10 @@ def plan_films(
     knee_box = body_box(scene, near_knee=True)
     plans: dict[str, FilmPlan] = {}
     for view in views:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 17, _VIEW_INDEX[view]]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 17, VIEW_INDEX[view]]))
         rec = sample_view(rng, view)
         rec = dataclasses.replace(rec, pitch_mm=pitches[view])
-        exposure = sample_exposure(rng, _PHYS_KIND[view])
+        exposure = sample_exposure(rng, PHYS_KIND[view])
         # The exposure's SID drives the inverse-square fall-off: make it the film's SID.
         exposure = dataclasses.replace(exposure, sid_mm=rec.sid_mm)
         noise = int(rng.integers(0, 2**31 - 1))
@@ -504,21 +315,6 @@ def _medial_cut(scene: CTScene, view: str, side: str) -> tuple[float, float] | N
 
 
 # --- output --------------------------------------------------------------------------------------------
-def _preview(img01: F32, path: Path, max_px: int) -> None:
-    im = Image.fromarray(np.rint(np.clip(img01, 0, 1) * 255).astype(np.uint8))
-    scale = max_px / max(im.size)
-    if scale < 1:
-        size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
-        im = im.resize(size, Image.Resampling.LANCZOS)
-    im.save(path, optimize=True)
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
 def _lists(d: Mapping[str, F64], ndigits: int = 4) -> dict[str, list[float]]:
     return {k: [round(float(x), ndigits) for x in np.asarray(v).reshape(-1)] for k, v in d.items()}
 
@@ -584,7 +380,7 @@ def render_from_ct(
         doc = _write_films(tmp, scene, plans, seed=seed, side=side, preview_max_px=preview_max_px)
         doc["ct_file"] = Path(ct_path).name
         doc["timing_s"] = round(time.perf_counter() - t0, 2)
-        _write_json(tmp / "truth.json", doc)
+        write_json(tmp / "truth.json", doc)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -622,9 +418,9 @@ def _write_films(
         film_name = FILM_NAMES[view]
         geom0 = plan.geometry
         paths = ct_path_images(scene, geom0, medial_cut=_medial_cut(scene, view, side))
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 29, _VIEW_INDEX[view]]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 29, VIEW_INDEX[view]]))
         art = sample_artifacts(
-            rng, _PHYS_KIND[view], geom0.rows, geom0.columns, geom0.pitch_u_mm, plan.exposure, leg_side=side
+            rng, PHYS_KIND[view], geom0.rows, geom0.columns, geom0.pitch_u_mm, plan.exposure, leg_side=side
         )
         film = render_with_artifacts(paths, geom0.pitch_u_mm, plan.exposure, art, plan.noise_seed)
         del paths
@@ -637,65 +433,39 @@ def _write_films(
                 film_name,
             )
         mag = geom.magnification_at(knee)
-        series_uid = uid_from("xr3d-sim-ct", "series", key, str(seed), film_name)
-        sop_uid = uid_from("xr3d-sim-ct", "sop", key, str(seed), film_name)
-        info = FilmInfo(
+        ident = FilmIdentity(
             study_uid=study_uid,
-            series_uid=series_uid,
-            sop_uid=sop_uid,
-            view=film_name,  # type: ignore[arg-type]
-            laterality="L" if side == "left" else "R",
-            source_to_patient_mm=geom.source_to_detector_mm() / mag,
-            window_center=film.window_center,
-            window_width=film.window_width,
+            series_uid=uid_from("xr3d-sim-ct", "series", key, str(seed), film_name),
+            sop_uid=uid_from("xr3d-sim-ct", "sop", key, str(seed), film_name),
             series_number=n,
-            instance_number=1,
-            kvp=film.params.kvp,
+            laterality="L" if side == "left" else "R",
+            meta=meta,
             series_description=f"{film_name.replace('_', ' ').upper()} FROM CT",
-            burned_in_annotation=bool(art.texts or art.markers),
             derived=True,
             derivation_description="Digitally reconstructed radiograph simulated from a CT volume",
-            **meta,
         )
-        write_dx(
-            tmp / f"{film_name}.dcm",
-            film.pixels,
-            bits_stored=film.bits_stored,
-            photometric=cast(Photometric, film.photometric),
-            geometry=geom,
-            info=info,
+        entry: dict[str, Any] = write_film(
+            tmp, film_name, film, geom, art, ident, magnification=mag, preview_max_px=preview_max_px
         )
-        _preview(film.presentation, tmp / f"{film_name}.png", preview_max_px)
         points = {"knee_centre": knee, **scene.landmarks}
         proj = dict(zip(points, geom.project(np.array(list(points.values()))), strict=True))
-        entry: dict[str, Any] = {
-            "file": f"{film_name}.dcm",
-            "preview": f"{film_name}.png",
-            "sop_instance_uid": sop_uid,
-            "series_instance_uid": series_uid,
-            "rows": int(film.pixels.shape[0]),
-            "columns": int(film.pixels.shape[1]),
-            "pixel_spacing_mm": [geom.pitch_v_mm, geom.pitch_u_mm],
-            "magnification": mag,
-            "geometry": geom.to_dict(),
-            "view_record": plan.record.to_dict(),
-            "exposure": plan.exposure.to_dict(),
-            "artifacts": art.to_dict(),
-            "noise_seed": plan.noise_seed,
-            "photometric": film.photometric,
-            "bits_stored": film.bits_stored,
-            "ct_covers_field_height": covered,
-            "knee_centre_projected": [round(float(x), 4) for x in proj["knee_centre"]],
-            "landmarks_projected": _lists({k: v for k, v in proj.items() if k != "knee_centre"})
-            if scene.landmarks
-            else None,
-            "in_field": _in_field({k: v for k, v in proj.items() if k != "knee_centre"}, geom)
-            if scene.landmarks
-            else None,
-            "medial_cut": None
-            if (cut := _medial_cut(scene, view, side)) is None
-            else {"lateral_sign": cut[0], "x_mm": cut[1], "ramp_mm": CUT_RAMP_MM},
-        }
+        entry.update(
+            {
+                "view_record": plan.record.to_dict(),
+                "noise_seed": plan.noise_seed,
+                "ct_covers_field_height": covered,
+                "knee_centre_projected": [round(float(x), 4) for x in proj["knee_centre"]],
+                "landmarks_projected": _lists({k: v for k, v in proj.items() if k != "knee_centre"})
+                if scene.landmarks
+                else None,
+                "in_field": _in_field({k: v for k, v in proj.items() if k != "knee_centre"}, geom)
+                if scene.landmarks
+                else None,
+                "medial_cut": None
+                if (cut := _medial_cut(scene, view, side)) is None
+                else {"lateral_sign": cut[0], "x_mm": cut[1], "ramp_mm": CUT_RAMP_MM},
+            }
+        )
         films[film_name] = entry
         log.debug("film %s rendered (%dx%d)", film_name, entry["columns"], entry["rows"])
     vol = scene.volume
