@@ -1,0 +1,321 @@
+"""Latency, throughput, memory and achieved GFLOP/s per model and backend.
+
+Used by ``xr3d bench``. Every available backend on this machine is timed on the same random inputs
+(warm-up runs first, then ``iters`` timed runs with ``time.perf_counter``): p50/p95/mean latency,
+throughput (items/s at the benchmark batch), peak RSS while the backend ran (Linux ``VmHWM`` after
+resetting it through ``/proc/self/clear_refs``), and the Python-heap peak (``tracemalloc``, one
+extra run). For CPU backends the achieved GFLOP/s is the model's FLOP count (Conv, ConvTranspose,
+Gemm, MatMul from the ONNX graph, 2 FLOPs per multiply-add) over the p50 latency, compared with the
+machine's fp32 peak. A PyTorch callable may be passed per model (export side); it is timed in the
+same run so the ORT-CPU/PyTorch-CPU ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.api import Backend, ModelInfo, read_model_info
+from engines.config import EngineConfig
+from engines.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Any]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    warmup: int = 3
+    iters: int = 20
+    batch: int = 1
+    peak_gflops: float = 150.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    backend: str
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    throughput_per_s: float
+    iters: int
+    rss_peak_mb: float | None
+    py_heap_peak_mb: float
+    gflops: float | None
+    pct_of_peak: float | None
+
+
+@dataclass(frozen=True)
+class ModelBench:
+    model: str
+    onnx: str
+    batch: int
+    gflop_per_call: float | None
+    stats: tuple[BackendStats, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def get(self, backend: str) -> BackendStats | None:
+        return next((s for s in self.stats if s.backend == backend), None)
+
+    @property
+    def ort_cpu_vs_torch(self) -> float | None:
+        """PyTorch-CPU p50 / ORT-CPU p50 (> 1: ORT faster); None without both."""
+        ort, pt = self.get("ort-cpu"), self.get("pytorch-cpu")
+        if ort is None or pt is None or ort.p50_ms <= 0:
+            return None
+        return pt.p50_ms / ort.p50_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "onnx": self.onnx,
+            "batch": self.batch,
+            "gflop_per_call": self.gflop_per_call,
+            "ort_cpu_vs_pytorch_cpu": self.ort_cpu_vs_torch,
+            "backends": [s.__dict__ for s in self.stats],
+            "skipped": dict(self.skipped),
+        }
+
+
+def count_flops(onnx_path: Path, batch: int) -> int | None:
+    """FLOPs of one call at ``batch`` (Conv/ConvTranspose/Gemm/MatMul); None if ``onnx`` is missing."""
+    try:
+        import onnx
+        from onnx import numpy_helper, shape_inference
+    except ImportError:
+        log.info("onnx not installed: no FLOP count")
+        return None
+    model = onnx.load(str(onnx_path))
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    model = shape_inference.infer_shapes(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(d.dim_value for d in dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = tuple(numpy_helper.to_array(a.t).shape)
+    total = 0
+    for node in model.graph.node:
+        try:
+            total += _node_macs(node, shapes)
+        except KeyError as exc:
+            log.warning("no shape for %s in %s node %s: FLOPs undercounted", exc, node.op_type, node.name)
+    return 2 * total
+
+
+def _node_macs(node: Any, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    op = node.op_type
+    if op == "Conv":
+        return int(np.prod(shapes[node.output[0]])) * int(np.prod(shapes[node.input[1]][1:]))
+    if op == "ConvTranspose":
+        return int(np.prod(shapes[node.input[0]])) * int(np.prod(shapes[node.input[1]][1:]))
+    if op == "Gemm":
+        a = shapes[node.input[0]]
+        trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+        k = a[0] if trans_a else a[1]
+        return int(np.prod(shapes[node.output[0]])) * k
+    if op == "MatMul":
+        return int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
+    return 0
+
+
+def random_feeds(info: ModelInfo, batch: int, seed: int = 0) -> Feeds:
+    """Uniform [0, 1) inputs with the dynamic batch axis set to ``batch``."""
+    rng = np.random.default_rng(seed)
+    feeds: Feeds = {}
+    for spec in info.inputs:
+        shape: list[int] = []
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            elif i == 0:
+                shape.append(batch)
+            else:
+                raise EngineError(f"{info.name}: input {spec.name} has dynamic non-batch axes {spec.shape}")
+        feeds[spec.name] = rng.random(tuple(shape)).astype(spec.dtype)
+    return feeds
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+def time_run(
+    name: str, fn: RunFn, feeds: Feeds, settings: BenchSettings, flops: int | None, cpu: bool
+) -> BackendStats:
+    """Warm up, time ``settings.iters`` runs, then one tracemalloc run."""
+    can_reset = _reset_peak_rss()
+    for _ in range(settings.warmup):
+        fn(feeds)
+    times = np.empty(settings.iters)
+    for i in range(settings.iters):
+        t0 = time.perf_counter()
+        fn(feeds)
+        times[i] = time.perf_counter() - t0
+    rss = _peak_rss_mb() if can_reset else None
+    tracemalloc.start()
+    try:
+        fn(feeds)
+        _, py_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    p50 = float(np.percentile(times, 50))
+    gflops = flops / p50 / 1e9 if (flops and cpu and p50 > 0) else None
+    return BackendStats(
+        backend=name,
+        p50_ms=p50 * 1e3,
+        p95_ms=float(np.percentile(times, 95)) * 1e3,
+        mean_ms=float(times.mean()) * 1e3,
+        throughput_per_s=settings.batch / float(times.mean()),
+        iters=settings.iters,
+        rss_peak_mb=rss,
+        py_heap_peak_mb=py_peak / 2**20,
+        gflops=gflops,
+        pct_of_peak=100.0 * gflops / settings.peak_gflops if gflops is not None else None,
+    )
+
+
+def available_backend_names(config: EngineConfig) -> tuple[list[str], list[tuple[str, str]]]:
+    """Backends that can run here, and (backend, why not) for the others."""
+    from engines.select import probe_machine
+
+    probe = probe_machine(config)
+    names, skipped = ["ort-cpu"], []
+    if probe.has_ort_cuda:
+        names.insert(0, "ort-cuda")
+    else:
+        skipped.append(("ort-cuda", "ONNX Runtime has no CUDAExecutionProvider"))
+    if probe.has_tensorrt:
+        names.insert(0, "tensorrt")
+    else:
+        skipped.append(("tensorrt", f"{probe.gpu_error or ''} {probe.trt_error or ''}".strip()))
+    return names, skipped
+
+
+def open_named(onnx_path: Path, backend: str, config: EngineConfig) -> Backend:
+    from engines.ort_backend import OrtBackend
+
+    if backend == "tensorrt":
+        from engines.trt_build import ensure_trt_engine
+        from engines.trt_runtime import TrtBackend
+
+        res = ensure_trt_engine(onnx_path, config)
+        return TrtBackend(res.plan_path, read_model_info(onnx_path), config)
+    return OrtBackend(onnx_path, config, device="cuda" if backend == "ort-cuda" else "cpu")
+
+
+def bench_model(
+    onnx_path: Path,
+    config: EngineConfig,
+    settings: BenchSettings,
+    backends: Sequence[str],
+    skipped: Sequence[tuple[str, str]] = (),
+    torch_fn: RunFn | None = None,
+) -> ModelBench:
+    """Benchmark one ONNX model on ``backends`` (and ``torch_fn`` as ``pytorch-cpu`` if given)."""
+    info = read_model_info(onnx_path)
+    feeds = random_feeds(info, settings.batch, settings.seed)
+    flops = count_flops(onnx_path, settings.batch)
+    stats = []
+    for name in backends:
+        backend = open_named(onnx_path, name, config)
+        try:
+            log.info("bench %s on %s", info.name, name)
+            stats.append(time_run(name, backend.run, feeds, settings, flops, cpu=name == "ort-cpu"))
+        finally:
+            backend.close()
+    if torch_fn is not None:
+        stats.append(time_run("pytorch-cpu", torch_fn, feeds, settings, flops, cpu=True))
+    return ModelBench(
+        model=info.name,
+        onnx=str(onnx_path),
+        batch=settings.batch,
+        gflop_per_call=flops / 1e9 if flops is not None else None,
+        stats=tuple(stats),
+        skipped=tuple(skipped),
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import onnxruntime
+
+    info: dict[str, Any] = {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+    with contextlib.suppress(OSError):
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def render_table(results: Sequence[ModelBench], settings: BenchSettings) -> str:
+    """Plain-text (Markdown) table of the results."""
+    head = (
+        "| model | backend | batch | p50 ms | p95 ms | items/s | peak RSS MB | py heap MB "
+        f"| GFLOP/call | GFLOP/s | % of {settings.peak_gflops:.0f} GFLOP/s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        for s in r.stats:
+            rows.append(
+                f"| {r.model} | {s.backend} | {r.batch} | {s.p50_ms:.2f} | {s.p95_ms:.2f} | "
+                f"{s.throughput_per_s:.1f} | {_f(s.rss_peak_mb, 0)} | {s.py_heap_peak_mb:.1f} | "
+                f"{_f(r.gflop_per_call, 3)} | {_f(s.gflops, 1)} | {_f(s.pct_of_peak, 1)} |"
+            )
+    lines = [head + "\n".join(rows), ""]
+    for r in results:
+        ratio = r.ort_cpu_vs_torch
+        if ratio is not None:
+            lines.append(f"- {r.model}: ORT-CPU is {ratio:.2f}x PyTorch-CPU (p50 ratio, same run)")
+        for b, why in r.skipped:
+            lines.append(f"- {r.model}: {b} skipped: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: float | None, nd: int) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"

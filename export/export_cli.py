@@ -1,0 +1,338 @@
+"""``xr3d export onnx|tensorrt|triton`` and ``xr3d bench``: argparse glue.
+
+The registry of shipped models is :data:`SHIPPED_MODELS`. It is empty today: no product model has
+been trained yet. Later issues register a model by adding a :class:`ShippedModel` whose ``build``
+returns the trained module (eval mode), an example input, I/O names and metadata (version, training
+seed, input geometry), exactly like :func:`export.reference_models.build_reference` does.
+
+Only ``xr3d export onnx`` and ``xr3d bench --reference`` need torch, and import it lazily, so
+``xr3d export tensorrt`` and ``xr3d bench --onnx`` work on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.errors import InputError, Xr3dError
+from engines.config import EngineConfig
+from engines.errors import EngineError
+
+if TYPE_CHECKING:
+    from export.reference_models import ReferenceModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A product model that ``xr3d export onnx`` exports."""
+
+    name: str
+    build: Callable[[], ReferenceModel]
+    dynamic_batch: bool = True
+
+
+SHIPPED_MODELS: tuple[ShippedModel, ...] = ()
+"""Product models to export. Empty until the first model is trained (later issues add entries)."""
+
+
+def _err(exc: EngineError) -> Xr3dError:
+    """Engine errors reach the user through the CLI's Xr3dError handling, reason code intact."""
+    return Xr3dError(str(exc.args[0]) if exc.args else exc.reason, reason=exc.reason)
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``export`` (onnx, tensorrt, triton); ``bench`` registers through :func:`register_bench`."""
+    p = sub.add_parser("export", help="export models to ONNX, TensorRT engines or a Triton model repository")
+    esub = p.add_subparsers(dest="export_target", metavar="TARGET", required=True)
+
+    po = esub.add_parser(
+        "onnx",
+        help="export shipped models to ONNX (opset 17, metadata, TensorRT op check, ORT parity)",
+        description=(
+            "Export shipped models to ONNX with a fixed opset, named inputs/outputs, dynamic batch and "
+            "metadata (model version, training seed, input geometry); check each graph with onnx.checker "
+            "and against TensorRT's ONNX operator support; compare ONNX Runtime with PyTorch. "
+            f"Shipped models registered: {len(SHIPPED_MODELS)} (none until the first model is trained; "
+            "--reference exports the small reference networks)."
+        ),
+    )
+    sel = po.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--model", metavar="NAME", help="one shipped model")
+    sel.add_argument("--all", action="store_true", help="every shipped model")
+    sel.add_argument(
+        "--reference", action="store_true", help="the reference networks (engine machinery tests)"
+    )
+    po.add_argument("--out", type=Path, required=True, help="output folder")
+    po.add_argument("--opset", type=int, default=17)
+    po.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx for TensorRT 11 FP16")
+    po.add_argument("--strict", action="store_true", help="fail if TensorRT would not support a graph")
+    po.add_argument("--json", action="store_true", help="machine-readable summary")
+    po.set_defaults(func=run_export_onnx)
+
+    pt = esub.add_parser(
+        "tensorrt",
+        help="build TensorRT engines (cached per GPU/TensorRT/ONNX/profile); needs an NVIDIA GPU",
+        description=(
+            "Build TensorRT engines from ONNX files into the engine cache, or reuse cached ones. Stale "
+            "engines (other GPU, TensorRT version, ONNX, profile or precision) are rebuilt. Without an "
+            "NVIDIA GPU and TensorRT this says so and exits 2."
+        ),
+    )
+    tsel = pt.add_mutually_exclusive_group(required=True)
+    tsel.add_argument("--onnx", type=Path, nargs="+", metavar="FILE", help="ONNX file(s)")
+    tsel.add_argument("--all", type=Path, metavar="DIR", help="every *.onnx in DIR")
+    _engine_args(pt)
+    pt.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit (MiB)")
+    pt.add_argument(
+        "--fp16", action="store_true", help="FP16 engine (TRT 10: flag; TRT 11: <name>.fp16.onnx)"
+    )
+    pt.add_argument("--max-batch", type=int, default=4, help="largest batch of the optimisation profile")
+    pt.set_defaults(func=run_export_tensorrt)
+
+    pr = esub.add_parser(
+        "triton",
+        help="write a Triton Inference Server model repository (ONNX and, if given, TensorRT plans)",
+    )
+    pr.add_argument("--onnx", type=Path, nargs="+", required=True, metavar="FILE")
+    pr.add_argument("--plan", type=Path, nargs="*", default=[], metavar="FILE", help="plans, same order")
+    pr.add_argument("--out", type=Path, required=True, help="repository folder")
+    pr.add_argument("--max-batch", type=int, default=8)
+    pr.add_argument("--instances", type=int, default=1)
+    pr.add_argument("--cpu", action="store_true", help="ONNX variants on KIND_CPU instances")
+    pr.set_defaults(func=run_export_triton)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/xr3d/engines)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> EngineConfig:
+    values: dict[str, Any] = {"cpu_threads": args.threads, **extra}
+    if args.cache_dir is not None:
+        values["cache_dir"] = args.cache_dir
+    try:
+        return EngineConfig(**values)
+    except EngineError as exc:
+        raise _err(exc) from exc
+
+
+def _models_to_export(args: argparse.Namespace) -> list[tuple[str, Callable[[], ReferenceModel], bool]]:
+    if args.reference:
+        from export.reference_models import REFERENCE_NAMES, build_reference
+
+        def builder(n: str) -> Callable[[], ReferenceModel]:
+            return lambda: build_reference(n, scale="bench")
+
+        return [(f"ref-{n}", builder(n), True) for n in REFERENCE_NAMES]
+    if not SHIPPED_MODELS:
+        raise InputError(
+            "no shipped models are registered yet (no product model has been trained); models are added "
+            "to SHIPPED_MODELS in export/export_cli.py. Use --reference to export the reference networks.",
+            reason="no_shipped_models",
+        )
+    if args.all:
+        return [(m.name, m.build, m.dynamic_batch) for m in SHIPPED_MODELS]
+    for m in SHIPPED_MODELS:
+        if m.name == args.model:
+            return [(m.name, m.build, m.dynamic_batch)]
+    known = ", ".join(m.name for m in SHIPPED_MODELS)
+    raise InputError(f"unknown model {args.model!r}; shipped models: {known}", reason="unknown_model")
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_onnx, ort_parity
+
+    rows = []
+    failed = False
+    for name, build, dynamic in _models_to_export(args):
+        spec = build()
+        path = args.out / f"{name}.onnx"
+        try:
+            res = export_onnx(
+                spec.module,
+                spec.example,
+                path,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_batch=dynamic,
+                opset=args.opset,
+                metadata=spec.metadata,
+                name=name,
+                fp16=args.fp16,
+            )
+            parity = ort_parity(spec.module, spec.example, path)
+        except EngineError as exc:
+            raise _err(exc) from exc
+        failed |= not parity.ok or (args.strict and not res.opcheck.ok)
+        rows.append(
+            {
+                "model": name,
+                "onnx": str(path),
+                "sha256": res.sha256,
+                "fp16_onnx": str(res.fp16_path) if res.fp16_path else None,
+                "opset": res.opset,
+                "tensorrt_ops_ok": res.opcheck.ok,
+                "opcheck": res.opcheck.to_json(),
+                "ort_parity_max_abs_diff": parity.worst,
+                "parity_ok": parity.ok,
+            }
+        )
+        if not args.json:
+            sys.stdout.write(res.opcheck.summary() + "\n")
+            sys.stdout.write(
+                f"  -> {path} sha256 {res.sha256[:12]}; ORT vs PyTorch max |diff| {parity.worst:.2e} "
+                f"({'ok' if parity.ok else 'FAIL'} at {parity.tolerance:g})\n"
+            )
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+def run_export_tensorrt(args: argparse.Namespace) -> int:
+    from engines.trt_export import build_engines, find_onnx
+
+    config = _config(args, workspace_bytes=args.workspace_mb << 20, fp16=args.fp16, max_batch=args.max_batch)
+    try:
+        files = find_onnx(args.onnx or [], args.all)
+        outcomes = build_engines(files, config, _say)
+    except EngineError as exc:
+        raise _err(exc) from exc
+    for o in outcomes:
+        sys.stdout.write(f"{o.status:7s} {o.onnx.name}: {o.plan or '-'} ({o.detail})\n")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def run_export_triton(args: argparse.Namespace) -> int:
+    from engines.triton import RepositoryEntry, write_model_repository
+
+    if args.plan and len(args.plan) != len(args.onnx):
+        raise InputError("--plan needs one plan per --onnx file, same order", reason="bad_arguments")
+    plans: list[Path | None] = list(args.plan) if args.plan else [None] * len(args.onnx)
+    entries = [RepositoryEntry(o, p) for o, p in zip(args.onnx, plans, strict=True)]
+    try:
+        folders = write_model_repository(
+            args.out,
+            entries,
+            max_batch_size=args.max_batch,
+            instance_count=args.instances,
+            onnx_kind="KIND_CPU" if args.cpu else "KIND_GPU",
+        )
+    except EngineError as exc:
+        raise _err(exc) from exc
+    for f in folders:
+        sys.stdout.write(f"{f}\n")
+    return 0
+
+
+def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency p50/p95, throughput, memory and GFLOP/s per model and backend",
+        description=(
+            "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
+            "--reference also exports the reference networks and times PyTorch-CPU in the same run "
+            "(needs torch) for the ORT-CPU/PyTorch-CPU ratio. No shipped models exist yet, so give "
+            "--onnx FILE... or --reference."
+        ),
+    )
+    p.add_argument("--onnx", type=Path, nargs="+", default=[], metavar="FILE")
+    p.add_argument("--reference", action="store_true", help="benchmark the reference networks (+ PyTorch)")
+    p.add_argument(
+        "--work", type=Path, default=Path("build/bench_engines"), help="where --reference writes ONNX"
+    )
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--peak-gflops", type=float, default=150.0, help="this machine's fp32 peak (GFLOP/s)")
+    p.add_argument("--backends", nargs="+", default=None, help="subset, e.g. ort-cpu")
+    p.add_argument("--json", action="store_true")
+    _engine_args(p)
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from engines.bench import BenchSettings, available_backend_names, bench_model, machine_info, render_table
+
+    if not args.onnx and not args.reference:
+        raise InputError(
+            "nothing to benchmark: no shipped models are registered yet; give --onnx FILE... or --reference",
+            reason="no_models",
+        )
+    config = _config(args)
+    settings = BenchSettings(
+        warmup=args.warmup, iters=args.iters, batch=args.batch, peak_gflops=args.peak_gflops
+    )
+    names, skipped = available_backend_names(config)
+    if args.backends:
+        unknown = set(args.backends) - set(names)
+        if unknown:
+            raise InputError(
+                f"backend(s) {', '.join(sorted(unknown))} not available here", reason="bad_backend"
+            )
+        names = list(args.backends)
+    targets: list[tuple[Path, Any]] = [(f, None) for f in args.onnx]
+    if args.reference:
+        targets += _reference_targets(args.work, config.cpu_threads)
+    results = []
+    try:
+        for path, torch_fn in targets:
+            _say(f"bench {path.name} on {', '.join(names)}{' + pytorch-cpu' if torch_fn else ''}")
+            results.append(bench_model(path, config, settings, names, skipped, torch_fn))
+    except EngineError as exc:
+        raise _err(exc) from exc
+    machine = machine_info()
+    if args.json:
+        doc = {"machine": machine, "settings": settings.__dict__, "results": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"machine: {machine}\n\n{render_table(results, settings)}")
+    return 0
+
+
+def _reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
+    """Export the reference networks (bench scale) and pair each ONNX with a PyTorch runner."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.reference_models import REFERENCE_NAMES, build_reference
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = []
+    for n in REFERENCE_NAMES:
+        spec = build_reference(n, scale="bench")
+        path = work / f"{spec.name}.onnx"
+        export_onnx(
+            spec.module,
+            spec.example,
+            path,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            metadata=spec.metadata,
+            name=spec.name,
+        )
+        module = spec.module
+        names = spec.input_names
+
+        def run(feeds: dict[str, Any], module: Any = module, names: tuple[str, ...] = names) -> Any:
+            with torch.inference_mode():
+                return module(*(torch.from_numpy(feeds[k]) for k in names))
+
+        out.append((path, run))
+    return out
