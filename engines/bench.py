@@ -54,6 +54,7 @@ class BackendStats:
     throughput_per_s: float
     iters: int
     rss_peak_mb: float | None
+    rss_added_mb: float | None
     py_heap_peak_mb: float
     gflops: float | None
     pct_of_peak: float | None
@@ -175,11 +176,36 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def _rss_mb() -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+def rss_baseline() -> float | None:
+    """Reset the peak-RSS mark and return the current RSS (MB), or None where unsupported."""
+    return _rss_mb() if _reset_peak_rss() else None
+
+
 def time_run(
-    name: str, fn: RunFn, feeds: Feeds, settings: BenchSettings, flops: int | None, cpu: bool
+    name: str,
+    fn: RunFn,
+    feeds: Feeds,
+    settings: BenchSettings,
+    flops: int | None,
+    cpu: bool,
+    baseline_mb: float | None = None,
 ) -> BackendStats:
-    """Warm up, time ``settings.iters`` runs, then one tracemalloc run."""
-    can_reset = _reset_peak_rss()
+    """Warm up, time ``settings.iters`` runs, then one tracemalloc run.
+
+    ``baseline_mb`` is the RSS from :func:`rss_baseline` taken before the backend was opened, so
+    ``rss_added_mb`` covers the session and its run-time arenas; without it the mark is reset here.
+    """
+    if baseline_mb is None:
+        baseline_mb = rss_baseline()
+    can_reset = baseline_mb is not None
     for _ in range(settings.warmup):
         fn(feeds)
     times = np.empty(settings.iters)
@@ -204,6 +230,7 @@ def time_run(
         throughput_per_s=settings.batch / float(times.mean()),
         iters=settings.iters,
         rss_peak_mb=rss,
+        rss_added_mb=rss - baseline_mb if rss is not None and baseline_mb is not None else None,
         py_heap_peak_mb=py_peak / 2**20,
         gflops=gflops,
         pct_of_peak=100.0 * gflops / settings.peak_gflops if gflops is not None else None,
@@ -253,10 +280,13 @@ def bench_model(
     flops = count_flops(onnx_path, settings.batch)
     stats = []
     for name in backends:
+        base = rss_baseline()
         backend = open_named(onnx_path, name, config)
         try:
             log.info("bench %s on %s", info.name, name)
-            stats.append(time_run(name, backend.run, feeds, settings, flops, cpu=name == "ort-cpu"))
+            stats.append(
+                time_run(name, backend.run, feeds, settings, flops, cpu=name == "ort-cpu", baseline_mb=base)
+            )
         finally:
             backend.close()
     if torch_fn is not None:
@@ -295,7 +325,7 @@ def machine_info() -> dict[str, Any]:
 def render_table(results: Sequence[ModelBench], settings: BenchSettings) -> str:
     """Plain-text (Markdown) table of the results."""
     head = (
-        "| model | backend | batch | p50 ms | p95 ms | items/s | peak RSS MB | py heap MB "
+        "| model | backend | batch | p50 ms | p95 ms | items/s | peak RSS MB | RSS added MB "
         f"| GFLOP/call | GFLOP/s | % of {settings.peak_gflops:.0f} GFLOP/s |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -304,7 +334,7 @@ def render_table(results: Sequence[ModelBench], settings: BenchSettings) -> str:
         for s in r.stats:
             rows.append(
                 f"| {r.model} | {s.backend} | {r.batch} | {s.p50_ms:.2f} | {s.p95_ms:.2f} | "
-                f"{s.throughput_per_s:.1f} | {_f(s.rss_peak_mb, 0)} | {s.py_heap_peak_mb:.1f} | "
+                f"{s.throughput_per_s:.1f} | {_f(s.rss_peak_mb, 0)} | {_f(s.rss_added_mb, 0)} | "
                 f"{_f(r.gflop_per_call, 3)} | {_f(s.gflops, 1)} | {_f(s.pct_of_peak, 1)} |"
             )
     lines = [head + "\n".join(rows), ""]

@@ -288,7 +288,7 @@ def run_bench(args: argparse.Namespace) -> int:
         names = list(args.backends)
     targets: list[tuple[Path, Any]] = [(f, None) for f in args.onnx]
     if args.reference:
-        targets += _reference_targets(args.work, config.cpu_threads)
+        targets += reference_targets(args.work, config.cpu_threads)
     results = []
     try:
         for path, torch_fn in targets:
@@ -305,15 +305,16 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
+def reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
     """Export the reference networks (bench scale) and pair each ONNX with a PyTorch runner."""
+    import os
+
     import torch
 
     from export.onnx_export import export_onnx
     from export.reference_models import REFERENCE_NAMES, build_reference
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or os.cpu_count() or 1)  # same thread count as ONNX Runtime
     out = []
     for n in REFERENCE_NAMES:
         spec = build_reference(n, scale="bench")
