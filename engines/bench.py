@@ -250,7 +250,7 @@ def available_backend_names(config: EngineConfig) -> tuple[list[str], list[tuple
     if probe.has_tensorrt:
         names.insert(0, "tensorrt")
     else:
-        skipped.append(("tensorrt", f"{probe.gpu_error or ''} {probe.trt_error or ''}".strip()))
+        skipped.append(("tensorrt", "; ".join(e for e in (probe.gpu_error, probe.trt_error) if e)))
     return names, skipped
 
 
