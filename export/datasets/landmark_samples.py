@@ -1,0 +1,511 @@
+"""Training samples for the landmark model, built from simulated case folders.
+
+A case folder (``xr3d simulate``) holds ``truth.json`` and ``longleg_ap.dcm``. From it this module builds
+
+* a **whole-film sample**: the film resampled to a fixed physical pixel size at the detector (default
+  2 mm/px; spacing from the DICOM ImagerPixelSpacing) and centred in a fixed shape, with the eight
+  landmarks of ``LANDMARKS_2D`` in that frame;
+* **crop samples**: high-resolution windows (default 0.5 mm/px, 128 x 128) around hip, knee and ankle,
+  centred at a jittered position so that the crop stage learns to refine a coarse guess, with the
+  landmarks in crop pixels.
+
+Every sample carries ``affine_to_film`` (3x3, sample (col, row) -> film (col, row)), so a prediction
+maps back to film pixels exactly. Approximate femur / tibia masks come from forward-projecting the case's
+label volume (``labels_leg.nii.gz``) through the film's recorded geometry when that file exists; else
+the masks are None and ``masks_available`` is False.
+
+An index maps seeds to case folders and refuses seeds outside its split's range
+(``export.simulator.cli.SEED_RANGES``), so an evaluation case can never enter a training set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from numpy.typing import ArrayLike, NDArray
+
+from appliance.analytics.landmarks import LANDMARKS_2D
+from appliance.dicomio.geometry_tags import read_geometry
+from appliance.errors import InputError
+from appliance.geometry.drr import line_integrals_multi
+from appliance.geometry.projection import ProjectionGeometry
+from appliance.geometry.volume import RAS_TO_LPS
+from export.datasets.augment import transform_points, visible_in, warp_affine
+from export.simulator.cli import SEED_RANGES
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CROP_SHAPES",
+    "FEMUR_LABEL",
+    "LONGLEG_FILM",
+    "REGIONS",
+    "TIBIA_LABEL",
+    "BoneLabels",
+    "CaseData",
+    "CaseIndex",
+    "CropSample",
+    "CropSpec",
+    "FilmImage",
+    "SeedRangeError",
+    "WholeFilmSample",
+    "build_index",
+    "check_seeds",
+    "crop_sample",
+    "frame_geometry",
+    "load_bone_labels",
+    "load_case",
+    "project_bone_masks",
+    "read_film",
+    "sample_crop_specs",
+    "whole_film_sample",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+Shape = tuple[int, int]
+
+LONGLEG_FILM: Final = "longleg_ap"
+FEMUR_LABEL: Final = 2  # docs/simulator.md: 2 femur, 3 tibia
+TIBIA_LABEL: Final = 3
+# Landmarks each crop stage refines (appliance/analytics/landmarks.py names).
+REGIONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "hip": ("FHC",),
+        "knee": ("FKC", "MDFC", "LDFC", "MTP", "LTP", "TKC"),
+        "ankle": ("AC",),
+    }
+)
+# Crop shapes (rows, cols) at the default 0.5 mm/px: 64 mm around the hip and ankle centres; 80 x 112 mm
+# around the knee, whose landmarks span the ~75-85 mm tibial plateau, with room for the jitter.
+CROP_SHAPES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
+    {"hip": (128, 128), "knee": (160, 224), "ankle": (128, 128)}
+)
+_CASE_DIR = re.compile(r"^case_(\d+)$")
+
+
+class SeedRangeError(InputError):
+    """A seed outside the range reserved for the requested split (train / eval / demo)."""
+
+    reason = "seed_range"
+
+
+# --- reading --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class FilmImage:
+    """A film as the model sees it: ``image`` float32 in [0, 1], bone bright, pixel (col, row)."""
+
+    image: F32
+    spacing_mm: tuple[float, float]  # (row, col) at the detector (ImagerPixelSpacing)
+    photometric: str
+    geometry: ProjectionGeometry | None
+
+
+def _first(value: Any) -> float:
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return float(value[0])
+    return float(value)
+
+
+def read_film(path: Path) -> FilmImage:
+    """Read a DX film: modality rescale, the first VOI window (linear) and photometric interpretation
+    applied, so that bone is bright in [0, 1] whatever the stored polarity. Without a window the full
+    stored range is used."""
+    try:
+        ds = pydicom.dcmread(path)
+        raw = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as exc:
+        raise InputError(f"cannot read film {Path(path).name}: {exc}", reason="film_unreadable") from exc
+    if raw.ndim != 2:
+        raise InputError(f"film must be a single 2D frame, got shape {raw.shape}", reason="film_unreadable")
+    x = raw * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        wc, ww = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1e-6)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        wc, ww = (lo + hi) / 2.0, max(hi - lo, 1e-6)
+    v = np.clip((x - (wc - ww / 2.0)) / ww, 0.0, 1.0)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "MONOCHROME1":
+        v = 1.0 - v
+    spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
+    if spacing is None:
+        raise InputError("film has no pixel spacing", reason="no_pixel_spacing")
+    return FilmImage(
+        image=v.astype(np.float32),
+        spacing_mm=(float(spacing[0]), float(spacing[1])),
+        photometric=photometric,
+        geometry=read_geometry(ds),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CaseData:
+    """One simulated case's long-leg film and its truth, landmarks ordered as ``names``."""
+
+    seed: int
+    side: str
+    folder: Path
+    film: FilmImage
+    names: tuple[str, ...]
+    landmarks: F64  # (8, 2) film (col, row): the reader landmarks (truth ``landmarks_2d``)
+    in_field: NDArray[np.bool_]
+    geometry: ProjectionGeometry
+    labels_path: Path | None
+
+
+def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
+    """Read ``truth.json`` and the film of a case folder."""
+    folder = Path(folder)
+    tpath = folder / "truth.json"
+    if not tpath.is_file():
+        raise InputError(f"{folder.name}: no truth.json", reason="case_incomplete")
+    truth = json.loads(tpath.read_text())
+    entry = truth.get("films", {}).get(film)
+    if entry is None:
+        raise InputError(f"{folder.name}: truth has no film {film!r}", reason="case_incomplete")
+    image = read_film(folder / entry["file"])
+    if image.image.shape != (int(entry["rows"]), int(entry["columns"])):
+        raise InputError(f"{folder.name}: film shape differs from truth.json", reason="case_inconsistent")
+    names = tuple(LANDMARKS_2D)
+    lm = np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64)
+    infield = np.array([bool(entry["in_field"][n]) for n in names], dtype=bool)
+    geometry = ProjectionGeometry.from_dict(entry["geometry"])
+    labels_name = ((truth.get("ct") or {}).get("leg") or {}).get("labels")
+    labels = folder / labels_name if labels_name else None
+    return CaseData(
+        seed=int(truth["seed"]),
+        side=str(truth["side"]),
+        folder=folder,
+        film=image,
+        names=names,
+        landmarks=lm,
+        in_field=infield,
+        geometry=geometry,
+        labels_path=labels if labels is not None and labels.is_file() else None,
+    )
+
+
+# --- bone masks -----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class BoneLabels:
+    """Femur and tibia indicator volumes (2, n0, n1, n2) float32 on one grid; ``affine`` index -> LPS."""
+
+    volumes: F32
+    affine: F64
+
+
+def load_bone_labels(path: Path) -> BoneLabels:
+    """Femur / tibia voxels of a label NIfTI (RAS on disk, LPS here), cropped to their bounding box."""
+    img = nib.load(Path(path))
+    data = np.asarray(img.dataobj, dtype=np.uint8)  # type: ignore[attr-defined]
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"label volume must be 3D, got shape {data.shape}", reason="nifti_not_3d")
+    affine = RAS_TO_LPS @ np.asarray(img.affine, dtype=np.float64)  # type: ignore[attr-defined]
+    bone = (data == FEMUR_LABEL) | (data == TIBIA_LABEL)
+    if not bone.any():
+        raise InputError("label volume has no femur or tibia voxels", reason="no_bone_labels")
+    idx = np.nonzero(bone)
+    lo = [max(0, int(i.min()) - 1) for i in idx]
+    hi = [min(s, int(i.max()) + 2) for i, s in zip(idx, data.shape, strict=True)]
+    sub = data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    vols = np.stack([sub == FEMUR_LABEL, sub == TIBIA_LABEL]).astype(np.float32)
+    return BoneLabels(volumes=vols, affine=affine @ shift)
+
+
+def frame_geometry(
+    geometry: ProjectionGeometry, affine_to_film: ArrayLike, shape: Shape
+) -> ProjectionGeometry:
+    """The projection geometry whose pixels are those of a sample frame (axis-aligned scale + shift of
+    the film's pixels): projecting through it lands exactly on the sample's pixels."""
+    a = np.asarray(affine_to_film, dtype=np.float64)
+    if abs(a[0, 1]) > 1e-12 or abs(a[1, 0]) > 1e-12 or a[0, 0] <= 0 or a[1, 1] <= 0:
+        raise InputError("frame_geometry needs an axis-aligned, non-mirrored frame", reason="bad_frame")
+    origin = geometry.pixel_to_mm(a[0, 2], a[1, 2])
+    return ProjectionGeometry(
+        source_mm=geometry.source_mm,
+        detector_origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        u_dir=geometry.u_dir,
+        v_dir=geometry.v_dir,
+        pitch_u_mm=geometry.pitch_u_mm * float(a[0, 0]),
+        pitch_v_mm=geometry.pitch_v_mm * float(a[1, 1]),
+        columns=int(shape[1]),
+        rows=int(shape[0]),
+        name=geometry.name,
+    )
+
+
+def project_bone_masks(
+    labels: BoneLabels, geometry: ProjectionGeometry, *, threshold_mm: float = 0.0
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(femur, tibia) masks: pixels whose ray crosses more than ``threshold_mm`` of the bone label.
+
+    The labels are interpolated trilinearly, so with the default threshold 0 a mask reaches up to one
+    voxel beyond the bone surface (an approximate target, not a segmentation truth)."""
+    paths = line_integrals_multi(labels.volumes, labels.affine, geometry)
+    return paths[0] > threshold_mm, paths[1] > threshold_mm
+
+
+# --- samples --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class WholeFilmSample:
+    seed: int
+    side: str
+    names: tuple[str, ...]
+    image: F32  # (rows, cols) in [0, 1]
+    landmarks: F64  # (8, 2) sample (col, row)
+    visible: NDArray[np.bool_]
+    mm_per_px: float  # at the detector
+    affine_to_film: F64  # 3x3: sample (col, row, 1) -> film (col, row, 1)
+    femur_mask: NDArray[np.bool_] | None
+    tibia_mask: NDArray[np.bool_] | None
+
+    @property
+    def masks_available(self) -> bool:
+        return self.femur_mask is not None and self.tibia_mask is not None
+
+
+def _scale_frame(f_col: float, f_row: float, centre_film: tuple[float, float], shape: Shape) -> F64:
+    """Sample -> film affine of an axis-aligned frame of ``shape`` whose centre sits on ``centre_film``
+    and whose pixels are ``f`` film pixels wide."""
+    cq = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    return np.array(
+        [
+            [f_col, 0.0, centre_film[0] - f_col * cq[0]],
+            [0.0, f_row, centre_film[1] - f_row * cq[1]],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def whole_film_sample(
+    case: CaseData,
+    *,
+    mm_per_px: float = 2.0,
+    shape: Shape = (672, 256),
+    labels: BoneLabels | None = None,
+    fit: Literal["crop", "shrink"] = "crop",
+) -> WholeFilmSample:
+    """The film at ``mm_per_px`` (detector scale), centred in ``shape`` with black padding.
+
+    A film larger than the frame (padded exports can be ~30 % wider) is cut around its centre with
+    ``fit="crop"`` (the pixel size stays fixed; landmarks falling outside are flagged not visible), or
+    resampled coarser with ``fit="shrink"`` (the pixel size actually used is in ``mm_per_px``)."""
+    rows, cols = case.film.image.shape
+    s_row, s_col = case.film.spacing_mm
+    need = max(rows * s_row / shape[0], cols * s_col / shape[1])
+    mm = float(mm_per_px)
+    if need > mm:
+        if fit == "shrink":
+            mm = need
+        elif fit != "crop":
+            raise InputError(f"fit must be 'crop' or 'shrink', got {fit!r}")
+        log.info("case %d: film exceeds %s at %.2f mm/px (%s)", case.seed, shape, mm_per_px, fit)
+    centre = ((cols - 1) / 2.0, (rows - 1) / 2.0)
+    a = _scale_frame(mm / s_col, mm / s_row, centre, shape)
+    fwd = np.linalg.inv(a)
+    image = warp_affine(case.film.image, fwd, shape, fill=0.0)
+    lm = transform_points(fwd, case.landmarks)
+    femur = tibia = None
+    if labels is not None:
+        femur, tibia = project_bone_masks(labels, frame_geometry(case.geometry, a, shape))
+    return WholeFilmSample(
+        seed=case.seed,
+        side=case.side,
+        names=case.names,
+        image=image,
+        landmarks=lm,
+        visible=case.in_field & visible_in(lm, shape),
+        mm_per_px=mm,
+        affine_to_film=a,
+        femur_mask=femur,
+        tibia_mask=tibia,
+    )
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """Where one crop is cut: its centre in film pixels, pixel size (detector mm) and shape.
+    JSON-serialisable (``to_dict`` / ``from_dict``) so a crop replays exactly."""
+
+    region: str
+    centre_col: float
+    centre_row: float
+    mm_per_px: float
+    rows: int
+    cols: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "centre_col": self.centre_col,
+            "centre_row": self.centre_row,
+            "mm_per_px": self.mm_per_px,
+            "rows": self.rows,
+            "cols": self.cols,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CropSpec:
+        try:
+            return cls(
+                str(d["region"]),
+                float(d["centre_col"]),
+                float(d["centre_row"]),
+                float(d["mm_per_px"]),
+                int(d["rows"]),
+                int(d["cols"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"incomplete crop spec: {exc}", reason="bad_crop_spec") from exc
+
+
+def sample_crop_specs(
+    rng: np.random.Generator,
+    case: CaseData,
+    *,
+    jitter_mm: float = 10.0,
+    mm_per_px: float = 0.5,
+    shapes: Mapping[str, Shape] = CROP_SHAPES,
+    regions: Iterable[str] = ("hip", "knee", "ankle"),
+) -> tuple[CropSpec, ...]:
+    """One crop per region whose landmarks are all in the field: centred on the mean of the region's
+    landmarks plus a uniform offset of up to ``jitter_mm`` (detector mm) per axis; ``shapes`` gives
+    each region's (rows, cols). The draws do not depend on which regions are in the field."""
+    out: list[CropSpec] = []
+    s_row, s_col = case.film.spacing_mm
+    for region in regions:
+        if region not in REGIONS:
+            raise InputError(f"unknown crop region {region!r}; choose from {sorted(REGIONS)}")
+        idx = [case.names.index(n) for n in REGIONS[region]]
+        jc, jr = (float(rng.uniform(-jitter_mm, jitter_mm)) for _ in range(2))
+        if not bool(np.all(case.in_field[idx])):
+            continue
+        c = case.landmarks[idx].mean(axis=0)
+        rows, cols = shapes[region]
+        out.append(
+            CropSpec(region, float(c[0] + jc / s_col), float(c[1] + jr / s_row), mm_per_px, rows, cols)
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class CropSample:
+    seed: int
+    spec: CropSpec
+    names: tuple[str, ...]  # all eight landmarks, in LANDMARKS_2D order
+    targets: tuple[str, ...]  # the ones this crop stage is responsible for
+    image: F32
+    landmarks: F64  # (8, 2) crop (col, row)
+    visible: NDArray[np.bool_]
+    affine_to_film: F64  # 3x3: crop (col, row, 1) -> film (col, row, 1)
+    femur_mask: NDArray[np.bool_] | None
+    tibia_mask: NDArray[np.bool_] | None
+
+    @property
+    def masks_available(self) -> bool:
+        return self.femur_mask is not None and self.tibia_mask is not None
+
+
+def crop_sample(case: CaseData, spec: CropSpec, *, labels: BoneLabels | None = None) -> CropSample:
+    """Cut ``spec`` out of the case's film (bilinear, anti-aliased when coarser than the film)."""
+    s_row, s_col = case.film.spacing_mm
+    shape = (spec.rows, spec.cols)
+    a = _scale_frame(
+        spec.mm_per_px / s_col, spec.mm_per_px / s_row, (spec.centre_col, spec.centre_row), shape
+    )
+    fwd = np.linalg.inv(a)
+    image = warp_affine(case.film.image, fwd, shape, fill=0.0)
+    lm = transform_points(fwd, case.landmarks)
+    femur = tibia = None
+    if labels is not None:
+        femur, tibia = project_bone_masks(labels, frame_geometry(case.geometry, a, shape))
+    return CropSample(
+        seed=case.seed,
+        spec=spec,
+        names=case.names,
+        targets=REGIONS[spec.region],
+        image=image,
+        landmarks=lm,
+        visible=case.in_field & visible_in(lm, shape),
+        affine_to_film=a,
+        femur_mask=femur,
+        tibia_mask=tibia,
+    )
+
+
+# --- index ----------------------------------------------------------------------------------------
+def check_seeds(seeds: Iterable[int], split: str) -> None:
+    """Raise :class:`SeedRangeError` unless every seed lies in ``SEED_RANGES[split]``."""
+    if split not in SEED_RANGES:
+        raise InputError(f"unknown split {split!r}; choose from {sorted(SEED_RANGES)}", reason="bad_split")
+    lo, hi = SEED_RANGES[split]
+    bad = sorted(s for s in seeds if not lo <= s <= hi)
+    if bad:
+        shown = ", ".join(str(s) for s in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        owners = sorted({k for s in bad for k, (a, b) in SEED_RANGES.items() if a <= s <= b})
+        raise SeedRangeError(
+            f"{len(bad)} seed(s) outside the {split} range {lo}-{hi}: {shown}"
+            + (f" (they belong to: {', '.join(owners)})" if owners else "")
+            + f"; a {split} index may only hold {split} seeds",
+        )
+
+
+@dataclass(frozen=True)
+class CaseIndex:
+    """Seeds of one split mapped to their case folders (sorted by seed)."""
+
+    split: str
+    root: Path
+    seeds: tuple[int, ...]
+
+    def folder(self, seed: int) -> Path:
+        if seed not in self.seeds:
+            raise InputError(f"seed {seed} is not in this {self.split} index", reason="unknown_seed")
+        return self.root / f"case_{seed}"
+
+    def load(self, seed: int) -> CaseData:
+        return load_case(self.folder(seed))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+def build_index(root: Path, split: str, seeds: Iterable[int] | None = None) -> CaseIndex:
+    """Index the complete ``case_<seed>`` folders under ``root`` (or exactly ``seeds``), refusing any
+    seed outside ``split``'s range. Half-written folders (no truth.json) are skipped with a warning."""
+    root = Path(root)
+    if seeds is None:
+        found: list[int] = []
+        for p in sorted(root.iterdir()) if root.is_dir() else []:
+            m = _CASE_DIR.match(p.name)
+            if m is None or not p.is_dir():
+                continue
+            if not (p / "truth.json").is_file():
+                log.warning("skipping %s: no truth.json", p)
+                continue
+            found.append(int(m.group(1)))
+        chosen = sorted(found)
+    else:
+        chosen = sorted(set(int(s) for s in seeds))
+    check_seeds(chosen, split)
+    for s in chosen:
+        if not (root / f"case_{s}" / "truth.json").is_file():
+            raise InputError(f"case_{s} missing or incomplete under {root}", reason="case_incomplete")
+    if not chosen:
+        log.warning("no cases found under %s", root)
+    return CaseIndex(split=split, root=root, seeds=tuple(chosen))
