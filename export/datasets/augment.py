@@ -88,6 +88,7 @@ __all__ = [
     "transform_points",
     "visible_in",
     "warp_affine",
+    "warp_mask",
 ]
 
 F32 = NDArray[np.float32]
@@ -1068,6 +1069,17 @@ def sample_augmentation(
     if out_shape is not None and cur != (int(out_shape[0]), int(out_shape[1])):
         add(LetterboxRecord(int(out_shape[0]), int(out_shape[1])))
     return Compose(tuple(ts))
+
+
+def warp_mask(mask: ArrayLike, record: Record) -> NDArray[np.bool_]:
+    """A label mask (e.g. a projected bone mask) through the geometry of ``record``: nearest-neighbour
+    resampling with the record's total (col, row) affine; pixel-value transforms do not touch it."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise InputError(f"mask must be 2D, got shape {m.shape}")
+    mat, out_shape = record.matrix(cast(Shape, m.shape))
+    out = warp_affine(m.astype(np.float32), mat, out_shape, fill=0.0, order=0, antialias=False)
+    return np.asarray(out > 0.5, dtype=np.bool_)
 
 
 def compose_of(records: Sequence[Record]) -> Compose:

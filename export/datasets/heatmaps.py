@@ -131,7 +131,8 @@ def decode_heatmaps(
 
     ``quadratic``: integer argmax refined by a parabola through the log of its neighbours per axis
     (exact for Gaussian peaks). ``softargmax``: probability-weighted mean of the positive values within
-    ``window`` heatmap pixels of the argmax."""
+    ``window`` heatmap pixels of the argmax (choose ``window`` >= 4 sigma; a window clipped by the map
+    border biases the estimate toward the interior)."""
     h = np.asarray(heatmaps, dtype=np.float64)
     if h.ndim != 3:
         raise InputError(f"heatmaps must have shape (N, H, W), got {h.shape}")
