@@ -224,3 +224,30 @@ def test_seed_range_guard(tmp_path: Path) -> None:
     assert build_index(mixed, "train", seeds=[8]).seeds == (8,)
     with pytest.raises(InputError):
         build_index(train_root, "train", seeds=[6])  # no such case folder
+
+
+def test_augmented_crops_keep_their_targets(case: CaseData) -> None:
+    rng = np.random.default_rng(5)
+    kept = 0
+    total = 0
+    for spec in sample_crop_specs(rng, case):
+        c = crop_sample(case, spec)
+        idx = [c.names.index(n) for n in c.targets]
+        for _ in range(4):
+            rec = A.sample_augmentation(
+                rng,
+                c.image.shape,
+                c.landmarks,
+                pixel_mm=spec.mm_per_px,
+                config=A.crop_stage_config(),
+                out_shape=c.image.shape,
+            )
+            assert "crop" not in [t.kind for t in rec.transforms]
+            out = A.apply(c.image, c.landmarks, rec, c.visible)
+            assert out.image.shape == c.image.shape
+            np.testing.assert_allclose(
+                out.landmarks, A.transform_points(rec.matrix(c.image.shape)[0], c.landmarks)
+            )
+            kept += int(out.visible[idx].sum())
+            total += len(idx)
+    assert kept >= 0.7 * total  # small rotations and shifts keep most targets in the crop

@@ -63,6 +63,7 @@ __all__ = [
     "apply",
     "clahe",
     "compose_of",
+    "crop_stage_config",
     "equalize",
     "record_from_dict",
     "sample_affine",
@@ -620,7 +621,8 @@ class BorderRecord(_Base):
 @dataclass(frozen=True)
 class TextBoxRecord(_Base):
     """Burned-in annotation or lead side marker: glyphs of brightness ``value`` at (row, col), capitals
-    ``height_px`` tall, optionally on a black box. Landmarks under a box are hidden."""
+    ``height_px`` tall, optionally on a black box. Landmarks under the text's bounding box (or its black
+    box) are hidden."""
 
     kind: ClassVar[str] = "text"
     text: str
@@ -986,7 +988,7 @@ class AugmentConfig:
     p_window: float = 0.5
     p_gamma: float = 0.5
     p_sigmoid: float = 0.3
-    p_one_leg_crop: float = 0.0  # whole films: set > 0; crops around a joint: keep 0
+    p_one_leg_crop: float = 0.3  # whole films; crop_stage_config() turns it off
     p_pad: float = 0.2
     p_clahe: float = 0.3
     p_equalize: float = 0.1
@@ -994,6 +996,12 @@ class AugmentConfig:
     p_invert: float = 0.05
     p_quantize: float = 0.5
     p_jpeg: float = 0.3
+
+
+def crop_stage_config() -> AugmentConfig:
+    """The preset for high-resolution joint crops: no one-leg crop (the crop already holds one joint)
+    and less padding; everything else as for whole films."""
+    return dataclasses.replace(AugmentConfig(), p_one_leg_crop=0.0, p_pad=0.1)
 
 
 def sample_augmentation(
