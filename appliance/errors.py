@@ -6,19 +6,9 @@ quarantine record, the log line and the CLI message all name the same problem.
 
 from __future__ import annotations
 
+from engines.errors import EngineError, Xr3dError
 
-class Xr3dError(Exception):
-    """Base of every error xr3d raises on purpose."""
-
-    reason: str = "error"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-
-    def __str__(self) -> str:
-        return f"[{self.reason}] {super().__str__()}"
+__all__ = ["EngineError", "GeometryError", "InputError", "MissingLandmarksError", "Xr3dError"]
 
 
 class InputError(Xr3dError):

@@ -1,18 +1,17 @@
-"""Errors raised by the inference engines.
+"""The root of xr3d's exception family, and the errors raised by the inference engines.
 
-``engines`` sits below ``appliance`` (dependencies point gui -> appliance -> engines), so it cannot use
-``appliance.errors``. The family mirrors it: every error carries a machine-readable ``reason`` code, and
-``str(err)`` reads ``[reason] message`` like :class:`appliance.errors.Xr3dError`, so CLI glue and
-quarantine records show the same text.
+``engines`` is the lowest layer (dependencies point gui -> appliance -> engines), so the family's root
+lives here and :mod:`appliance.errors` builds on it: every error carries a machine-readable ``reason``
+code and reads ``[reason] message``, so CLI output, logs and quarantine records name the same problem.
 """
 
 from __future__ import annotations
 
 
-class EngineError(Exception):
-    """Base of every error ``engines`` raises on purpose."""
+class Xr3dError(Exception):
+    """Base of every error xr3d raises on purpose."""
 
-    reason: str = "engine_error"
+    reason: str = "error"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -21,6 +20,12 @@ class EngineError(Exception):
 
     def __str__(self) -> str:
         return f"[{self.reason}] {super().__str__()}"
+
+
+class EngineError(Xr3dError):
+    """Base of every error ``engines`` raises on purpose."""
+
+    reason = "engine_error"
 
 
 class EngineConfigError(EngineError):

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import InputError, Xr3dError
+from appliance.errors import InputError
 from engines.config import EngineConfig
-from engines.errors import EngineError
 
 if TYPE_CHECKING:
     from export.reference_models import ReferenceModel
@@ -41,11 +40,6 @@ class ShippedModel:
 
 SHIPPED_MODELS: tuple[ShippedModel, ...] = ()
 """Product models to export. Empty until the first model is trained (later issues add entries)."""
-
-
-def _err(exc: EngineError) -> Xr3dError:
-    """Engine errors reach the user through the CLI's Xr3dError handling, reason code intact."""
-    return Xr3dError(str(exc.args[0]) if exc.args else exc.reason, reason=exc.reason)
 
 
 def _say(msg: str) -> None:
@@ -126,10 +120,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> EngineConfig:
     values: dict[str, Any] = {"cpu_threads": args.threads, **extra}
     if args.cache_dir is not None:
         values["cache_dir"] = args.cache_dir
-    try:
-        return EngineConfig(**values)
-    except EngineError as exc:
-        raise _err(exc) from exc
+    return EngineConfig(**values)
 
 
 def _models_to_export(args: argparse.Namespace) -> list[tuple[str, Callable[[], ReferenceModel], bool]]:
@@ -163,22 +154,19 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     for name, build, dynamic in _models_to_export(args):
         spec = build()
         path = args.out / f"{name}.onnx"
-        try:
-            res = export_onnx(
-                spec.module,
-                spec.example,
-                path,
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_batch=dynamic,
-                opset=args.opset,
-                metadata=spec.metadata,
-                name=name,
-                fp16=args.fp16,
-            )
-            parity = ort_parity(spec.module, spec.example, path)
-        except EngineError as exc:
-            raise _err(exc) from exc
+        res = export_onnx(
+            spec.module,
+            spec.example,
+            path,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_batch=dynamic,
+            opset=args.opset,
+            metadata=spec.metadata,
+            name=name,
+            fp16=args.fp16,
+        )
+        parity = ort_parity(spec.module, spec.example, path)
         failed |= not parity.ok or (args.strict and not res.opcheck.ok)
         rows.append(
             {
@@ -208,11 +196,8 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     from engines.trt_export import build_engines, find_onnx
 
     config = _config(args, workspace_bytes=args.workspace_mb << 20, fp16=args.fp16, max_batch=args.max_batch)
-    try:
-        files = find_onnx(args.onnx or [], args.all)
-        outcomes = build_engines(files, config, _say)
-    except EngineError as exc:
-        raise _err(exc) from exc
+    files = find_onnx(args.onnx or [], args.all)
+    outcomes = build_engines(files, config, _say)
     for o in outcomes:
         sys.stdout.write(f"{o.status:7s} {o.onnx.name}: {o.plan or '-'} ({o.detail})\n")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -225,16 +210,13 @@ def run_export_triton(args: argparse.Namespace) -> int:
         raise InputError("--plan needs one plan per --onnx file, same order", reason="bad_arguments")
     plans: list[Path | None] = list(args.plan) if args.plan else [None] * len(args.onnx)
     entries = [RepositoryEntry(o, p) for o, p in zip(args.onnx, plans, strict=True)]
-    try:
-        folders = write_model_repository(
-            args.out,
-            entries,
-            max_batch_size=args.max_batch,
-            instance_count=args.instances,
-            onnx_kind="KIND_CPU" if args.cpu else "KIND_GPU",
-        )
-    except EngineError as exc:
-        raise _err(exc) from exc
+    folders = write_model_repository(
+        args.out,
+        entries,
+        max_batch_size=args.max_batch,
+        instance_count=args.instances,
+        onnx_kind="KIND_CPU" if args.cpu else "KIND_GPU",
+    )
     for f in folders:
         sys.stdout.write(f"{f}\n")
     return 0
@@ -290,12 +272,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.reference:
         targets += reference_targets(args.work, config.cpu_threads)
     results = []
-    try:
-        for path, torch_fn in targets:
-            _say(f"bench {path.name} on {', '.join(names)}{' + pytorch-cpu' if torch_fn else ''}")
-            results.append(bench_model(path, config, settings, names, skipped, torch_fn))
-    except EngineError as exc:
-        raise _err(exc) from exc
+    for path, torch_fn in targets:
+        _say(f"bench {path.name} on {', '.join(names)}{' + pytorch-cpu' if torch_fn else ''}")
+        results.append(bench_model(path, config, settings, names, skipped, torch_fn))
     machine = machine_info()
     if args.json:
         doc = {"machine": machine, "settings": settings.__dict__, "results": [r.to_json() for r in results]}
