@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-slow lint typecheck bench clean
+.PHONY: venv demo test test-slow lint typecheck bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,8 +32,16 @@ test: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Benchmarks write their numbers to stdout; BENCHMARKS.md records them with command, machine and date.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_simulate.py --n 3
+	$(BIN)/python bench/bench_drr.py --case all $(if $(wildcard .venv-peers/bin/python),,--no-peer)
+	$(BIN)/python bench/bench_engines.py --iters 20 --threads 1 0
+
+# Peers used only for comparison (DiffDRR pulls torchvision and a CUDA build of torch) live in their own
+# virtual environment, never in the project's.
+bench-peers:
+	bash bench/peers/make_venv.sh
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) .venv-peers $(DEMO_OUT) build *.egg-info
