@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -164,18 +165,23 @@ def time_ours(case: Case, channels: int, repeats: int, threads: int | None) -> d
     data = case.data[:channels] if channels > 1 else case.data.sum(axis=0, keepdims=True)
     render_with_stats(data, case.affine, case.geometry, threads=threads)  # warm-up / JIT
     times: list[float] = []
+    cpu: list[float] = []
     out = None
     stats = None
     for _ in range(repeats):
-        t = time.perf_counter()
+        # CPU time alongside wall time: on a shared machine wall time also measures the neighbours.
+        t, c = time.perf_counter(), time.process_time()
         out, stats = render_with_stats(data, case.affine, case.geometry, threads=threads)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     assert out is not None and stats is not None
     med = statistics.median(times)
     return {
         "channels": channels,
         "times_s": times,
         "median_s": med,
+        "cpu_s": cpu,
+        "median_cpu_s": statistics.median(cpu),
         "rays": stats.rays,
         "nodes": stats.nodes,
         "rays_per_s": stats.rays / med,
@@ -241,12 +247,13 @@ def machine() -> dict[str, object]:
         pass
     return {
         "cpu": model,
-        "logical_cpus": len(__import__("os").sched_getaffinity(0)),
+        "logical_cpus": len(os.sched_getaffinity(0)),
         "numba_threads": numba.get_num_threads(),
         "numba": numba.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_1_5_15": list(os.getloadavg()),
     }
 
 
@@ -304,7 +311,7 @@ def print_case(name: str, e: dict[str, object]) -> None:
         assert isinstance(r, dict)
         runs = ", ".join(f"{t:.3f}" for t in r["times_s"])
         print(
-            f"  xr3d {r['channels']} ch: median {r['median_s']:.3f} s ({runs})"
+            f"  xr3d {r['channels']} ch: median {r['median_s']:.3f} s ({runs}), cpu {r['median_cpu_s']:.3f} s"
             f"  {r['rays_per_s'] / 1e6:.2f} Mrays/s  {r['nodes_per_s'] / 1e6:.0f} Mnodes/s"
         )
     peer = e.get("peer")
