@@ -60,6 +60,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-contralateral", action="store_true", help="leave the other leg off long-leg films")
     p.add_argument("--longleg-pitch", type=float, default=0.35, help="long-leg detector pixel pitch, mm")
     p.add_argument("--knee-pitch", type=float, default=0.25, help="knee detector pixel pitch, mm")
+    p.add_argument("--leg-spacing", type=float, default=1.0, help="voxel size of the whole-leg volume, mm")
+    p.add_argument("--knee-spacing", type=float, default=0.5, help="voxel size of the knee volume, mm")
     p.set_defaults(func=run)
 
 
@@ -78,6 +80,8 @@ def options_from_args(args: argparse.Namespace) -> CaseOptions:
         raise InputError("rotation must be within 0..45 and flexion within 0..30 deg", reason="bad_argument")
     if not (0.05 <= args.longleg_pitch <= 2.0 and 0.05 <= args.knee_pitch <= 2.0):
         raise InputError("pixel pitch must be within 0.05..2 mm", reason="bad_argument")
+    if not (0.25 <= args.knee_spacing <= args.leg_spacing <= 4.0):
+        raise InputError("voxel sizes must satisfy 0.25 <= knee <= leg <= 4 mm", reason="bad_argument")
     rob = bool(args.robustness)
     sampling = SamplingOptions(
         side=args.side,
@@ -94,6 +98,8 @@ def options_from_args(args: argparse.Namespace) -> CaseOptions:
         contralateral=not args.no_contralateral,
         longleg_pitch=float(args.longleg_pitch),
         knee_pitch=float(args.knee_pitch),
+        leg_spacing=float(args.leg_spacing),
+        knee_spacing=float(args.knee_spacing),
     )
 
 
