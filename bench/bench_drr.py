@@ -11,9 +11,9 @@ The one-off reordered copy of the volume is inside every timed render. "nodes" a
 nodes (Joseph: one bilinear lookup per crossed voxel plane, plus entry/exit trilinear lookups).
 
 Peer: if .venv-peers/bin/python exists (bench/peers/make_venv.sh builds it), the volume and geometry
-are written as .npy + JSON to --workdir and bench/peers/diffdrr_render.py renders them with DiffDRR's
-Siddon renderer on CPU (median of 3 after a warm-up); we then report the time ratio and how well the
-two images agree.
+are written as .npy + JSON to --workdir and bench/peers/diffdrr_render.py renders them with DiffDRR
+(Siddon by default, --peer-renderer trilinear for its trilinear backend) on CPU (median of 3 after a
+warm-up); we then report the time ratio and how well the two images agree.
 """
 
 from __future__ import annotations
@@ -214,16 +214,18 @@ def compare(ours: F32, peer: F32) -> dict[str, float]:
     }
 
 
-def run_peer(case: Case, image: F32, workdir: Path, repeats: int, timeout_s: float) -> dict[str, object]:
+def run_peer(
+    case: Case, image: F32, workdir: Path, repeats: int, timeout_s: float, renderer: str = "siddon"
+) -> dict[str, object]:
     workdir.mkdir(parents=True, exist_ok=True)
     vol_path = workdir / f"{case.name}_volume.npy"
     meta_path = workdir / f"{case.name}_meta.json"
-    out_path = workdir / f"{case.name}_diffdrr.npy"
+    out_path = workdir / f"{case.name}_diffdrr_{renderer}.npy"
     np.save(vol_path, case.data.sum(axis=0))
     np.save(workdir / f"{case.name}_ours.npy", image)
     meta_path.write_text(json.dumps({"affine": case.affine.tolist(), "geometry": case.geometry.to_dict()}))
     cmd = [str(PEER_PYTHON), str(PEER_SCRIPT), "--volume", str(vol_path), "--meta", str(meta_path)]
-    cmd += ["--out", str(out_path), "--repeats", str(repeats)]
+    cmd += ["--out", str(out_path), "--repeats", str(repeats), "--renderer", renderer]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -265,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--peer-timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--peer-renderer",
+        choices=["siddon", "trilinear"],
+        default="siddon",
+        help="DiffDRR backend: siddon (its default, nearest voxel) or trilinear (2 x max dim samples/ray)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/xr3d_bench_drr"))
     args = ap.parse_args(argv)
 
@@ -288,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_peer:
             if PEER_PYTHON.exists():
                 assert isinstance(image, np.ndarray)
-                peer = run_peer(case, image, args.workdir, args.repeats, args.peer_timeout)
+                peer = run_peer(
+                    case, image, args.workdir, args.repeats, args.peer_timeout, args.peer_renderer
+                )
                 if "median_s" in peer:
                     peer["time_ratio_peer_over_ours"] = float(peer["median_s"]) / float(single["median_s"])  # type: ignore[arg-type]
                 entry["peer"] = peer
