@@ -12,8 +12,10 @@ defined once, for both kernels:
 Data arrive flattened, channel-last: ``flat[((i * n1 + j) * n2 + k) * C + c]``, so the several
 channels a simulator asks for share every address computation and every cache line.
 
-A ray runs from the source (``t = 0``) to a detector pixel centre (``t = 1``); its index-space point
-is ``src + t * d``. Integrals are computed in ``t`` and scaled by the ray's length in mm.
+Ray geometry arrives as one (8, 3) ``frame``: source, pixel (0, 0), per-column step and per-row step
+in index space, then the same four in mm. A ray runs from the source (``t = 0``) to a detector pixel
+centre (``t = 1``); its index-space point is ``src + t * d``. Integrals are computed in ``t`` and
+scaled by the ray's length in mm.
 """
 
 from __future__ import annotations
@@ -170,52 +172,6 @@ def _march_clamped(
 
 
 @njit(cache=True, inline="always")
-def _march_pair_clamped(
-    flat: NDArray[np.float32],
-    q0: int,
-    st_a: int,
-    st_b: int,
-    st_e: int,
-    st_b1: int,
-    st_e1: int,
-    pb0: float,
-    pe0: float,
-    step_b: float,
-    step_e: float,
-    nb: int,
-    ne: int,
-    n_from: int,
-    n_to: int,
-) -> tuple[float, float]:
-    """:func:`_march_clamped` for channels at ``q0`` and ``q0 + 1`` at once: they share every weight and,
-    being interleaved, every cache line (the simulator's water + bone pair)."""
-    b_hi = nb - 1.0
-    e_hi = ne - 1.0
-    ib_max = max(nb - 2, 0)
-    ie_max = max(ne - 2, 0)
-    total0 = 0.0
-    total1 = 0.0
-    for n in range(n_from, n_to):
-        pb = min(max(pb0 + n * step_b, 0.0), b_hi)
-        pe = min(max(pe0 + n * step_e, 0.0), e_hi)
-        ib = min(int(pb), ib_max)
-        ie = min(int(pe), ie_max)
-        fb = pb - ib
-        fe = pe - ie
-        q = q0 + n * st_a + ib * st_b + ie * st_e
-        w00 = (1.0 - fb) * (1.0 - fe)
-        w10 = fb * (1.0 - fe)
-        w01 = (1.0 - fb) * fe
-        w11 = fb * fe
-        q10 = q + st_b1
-        q01 = q + st_e1
-        q11 = q01 + st_b1
-        total0 += w00 * flat[q] + w10 * flat[q10] + w01 * flat[q01] + w11 * flat[q11]
-        total1 += w00 * flat[q + 1] + w10 * flat[q10 + 1] + w01 * flat[q01 + 1] + w11 * flat[q11 + 1]
-    return total0, total1
-
-
-@njit(cache=True, inline="always")
 def _inside_range(p0: float, step: float, n_cells: int, count: int) -> tuple[int, int]:
     """A range of nodes n (a subset of [0, count)) with ``0 <= p0 + n * step < n_cells - 1``.
 
@@ -282,7 +238,8 @@ def _march_pair_fast(
     n_from: int,
     n_to: int,
 ) -> tuple[float, float]:
-    """:func:`_march_pair_clamped` for nodes known to lie inside the grid."""
+    """:func:`_march_fast` for channels at ``q0`` and ``q0 + 1`` at once: they share every weight and,
+    being interleaved, every cache line (the simulator's water + bone pair)."""
     total0 = 0.0
     total1 = 0.0
     for n in range(n_from, n_to):
@@ -361,12 +318,17 @@ def _march_pair(
     lo_e, hi_e = _inside_range(pe0, step_e, ne, n_to)
     lo = min(max(lo_b, lo_e, n_from), n_to)
     hi = max(min(hi_b, hi_e, n_to), lo)
-    a0, a1 = _march_pair_clamped(
+    # The clamped head and tail are a few nodes at most: one channel at a time is fine there.
+    a0 = _march_clamped(
         flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, n_from, lo
     )
+    a1 = _march_clamped(
+        flat, q0 + 1, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, n_from, lo
+    )
     b0, b1 = _march_pair_fast(flat, q0, st_a, st_b, st_e, pb0, pe0, step_b, step_e, lo, hi)
-    c0, c1 = _march_pair_clamped(
-        flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, hi, n_to
+    c0 = _march_clamped(flat, q0, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, hi, n_to)
+    c1 = _march_clamped(
+        flat, q0 + 1, st_a, st_b, st_e, st_b1, st_e1, pb0, pe0, step_b, step_e, nb, ne, hi, n_to
     )
     return a0 + b0 + c0, a1 + b1 + c1
 
@@ -378,14 +340,7 @@ def joseph_render(
     n1: int,
     n2: int,
     nch: int,
-    src_idx: NDArray[np.float64],
-    org_idx: NDArray[np.float64],
-    du_idx: NDArray[np.float64],
-    dv_idx: NDArray[np.float64],
-    src_mm: NDArray[np.float64],
-    org_mm: NDArray[np.float64],
-    du_mm: NDArray[np.float64],
-    dv_mm: NDArray[np.float64],
+    frame: NDArray[np.float64],
     out: NDArray[np.float32],
 ) -> int:
     """Joseph's method: one node per integer plane of the ray's dominant index axis.
@@ -397,6 +352,8 @@ def joseph_render(
     """
     rows = out.shape[1]
     cols = out.shape[2]
+    src_idx, org_idx, du_idx, dv_idx = frame[0], frame[1], frame[2], frame[3]
+    src_mm, org_mm, du_mm, dv_mm = frame[4], frame[5], frame[6], frame[7]
     dims = np.array([n0, n1, n2])
     strides = np.array([n1 * n2 * nch, n2 * nch, nch])
     counts = np.zeros(rows, dtype=np.int64)
@@ -546,14 +503,7 @@ def uniform_render(
     n1: int,
     n2: int,
     nch: int,
-    src_idx: NDArray[np.float64],
-    org_idx: NDArray[np.float64],
-    du_idx: NDArray[np.float64],
-    dv_idx: NDArray[np.float64],
-    src_mm: NDArray[np.float64],
-    org_mm: NDArray[np.float64],
-    du_mm: NDArray[np.float64],
-    dv_mm: NDArray[np.float64],
+    frame: NDArray[np.float64],
     step_mm: float,
     out: NDArray[np.float32],
 ) -> int:
@@ -565,6 +515,8 @@ def uniform_render(
     """
     rows = out.shape[1]
     cols = out.shape[2]
+    src_idx, org_idx, du_idx, dv_idx = frame[0], frame[1], frame[2], frame[3]
+    src_mm, org_mm, du_mm, dv_mm = frame[4], frame[5], frame[6], frame[7]
     counts = np.zeros(rows, dtype=np.int64)
     for r in prange(rows):
         acc = np.empty(nch)

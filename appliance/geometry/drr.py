@@ -90,44 +90,8 @@ def _as_stack(data_stack: ArrayLike | Sequence[ArrayLike]) -> NDArray[np.float32
     return stack.astype(np.float32, copy=False)
 
 
-@dataclass(frozen=True)
-class _RayFrame:
-    """Source, pixel (0, 0) and per-column / per-row detector steps, in index space and in mm."""
-
-    src_idx: NDArray[np.float64]
-    org_idx: NDArray[np.float64]
-    du_idx: NDArray[np.float64]
-    dv_idx: NDArray[np.float64]
-    src_mm: NDArray[np.float64]
-    org_mm: NDArray[np.float64]
-    du_mm: NDArray[np.float64]
-    dv_mm: NDArray[np.float64]
-
-    def args(
-        self,
-    ) -> tuple[
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-        NDArray[np.float64],
-    ]:
-        return (
-            self.src_idx,
-            self.org_idx,
-            self.du_idx,
-            self.dv_idx,
-            self.src_mm,
-            self.org_mm,
-            self.du_mm,
-            self.dv_mm,
-        )
-
-
-def _geometry_in_index_space(affine: NDArray[np.float64], geometry: ProjectionGeometry) -> _RayFrame:
+def _ray_frame(affine: NDArray[np.float64], geometry: ProjectionGeometry) -> NDArray[np.float64]:
+    """(8, 3): source, pixel (0, 0), per-column and per-row detector steps in index space, then in mm."""
     inv = np.linalg.inv(affine)
     lin, off = inv[:3, :3], inv[:3, 3]
     src_mm = geometry.source
@@ -136,7 +100,7 @@ def _geometry_in_index_space(affine: NDArray[np.float64], geometry: ProjectionGe
     dv_mm = geometry.pitch_v_mm * geometry.v
     src_idx = lin @ src_mm + off
     org_idx = lin @ org_mm + off
-    return _RayFrame(src_idx, org_idx, lin @ du_mm, lin @ dv_mm, src_mm, org_mm, du_mm, dv_mm)
+    return np.vstack([src_idx, org_idx, lin @ du_mm, lin @ dv_mm, src_mm, org_mm, du_mm, dv_mm])
 
 
 def _memory_order(affine: NDArray[np.float64], geometry: ProjectionGeometry) -> tuple[int, int, int]:
@@ -144,9 +108,9 @@ def _memory_order(affine: NDArray[np.float64], geometry: ProjectionGeometry) -> 
 
     Joseph's method then reads four contiguous streams per ray instead of one cache line per node,
     which on the benchmark volumes is worth far more than the one-off transposed copy."""
-    f = _geometry_in_index_space(affine, geometry)
-    centre = f.org_idx + 0.5 * (geometry.columns - 1) * f.du_idx + 0.5 * (geometry.rows - 1) * f.dv_idx
-    d = np.abs(centre - f.src_idx)
+    src, org, du, dv = _ray_frame(affine, geometry)[:4]
+    centre = org + 0.5 * (geometry.columns - 1) * du + 0.5 * (geometry.rows - 1) * dv
+    d = np.abs(centre - src)
     dominant = int(np.argmax(d))
     others = [a for a in range(3) if a != dominant]
     return others[0], others[1], dominant
@@ -184,14 +148,14 @@ def render_with_stats(
     n0, n1, n2 = (int(s) for s in interleaved.shape[:3])
     flat = interleaved.reshape(-1)
 
-    geo = _geometry_in_index_space(perm_aff, geometry)
+    frame = np.ascontiguousarray(_ray_frame(perm_aff, geometry))
     out = np.empty((nch, geometry.rows, geometry.columns), dtype=np.float32)
     with _numba_threads(threads):
         if step_mm is None:
-            nodes = _k.joseph_render(flat, n0, n1, n2, nch, *geo.args(), out)
+            nodes = _k.joseph_render(flat, n0, n1, n2, nch, frame, out)
             method = "joseph"
         else:
-            nodes = _k.uniform_render(flat, n0, n1, n2, nch, *geo.args(), float(step_mm), out)
+            nodes = _k.uniform_render(flat, n0, n1, n2, nch, frame, float(step_mm), out)
             method = f"uniform({step_mm:g} mm)"
     stats = RenderStats(rays=geometry.rows * geometry.columns, nodes=int(nodes), channels=nch, method=method)
     log.debug("DRR %s: %d rays, %d nodes, %d channel(s)", method, stats.rays, stats.nodes, nch)
