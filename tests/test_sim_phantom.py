@@ -149,3 +149,51 @@ def test_sampled_limbs_build_and_stay_plausible(seed: int) -> None:
     # Knee below hip, ankle below knee, tibia just below the femur at the joint.
     assert L["FHC"][2] > L["FKC"][2] > L["AC"][2]
     assert 0 < L["FKC"][2] - L["TKC"][2] < 12
+
+
+@pytest.mark.parametrize("implant", ["tka", "plate", "hip_stem"])
+def test_implants_are_metal_and_leave_landmarks_unchanged(implant: str) -> None:
+    plain = build_limb(neutral_params("left"))
+    limb = build_limb(neutral_params("left", implant=implant))
+    for name, point in plain.landmarks().items():
+        np.testing.assert_allclose(limb.landmarks()[name], point, atol=1e-9)
+    L = limb.landmarks()
+    hip = implant == "hip_stem"
+    centre = L["FHC"] + np.array([0.0, 0.0, -50.0]) if hip else L["FKC"] + np.array([0.0, 0.0, 40.0])
+    lo = centre - np.array([60.0, 60.0, 70.0])
+    grid = Grid(tuple(lo), 2.0, (61, 61, 71))  # type: ignore[arg-type]
+    vox = voxelize(limb, grid, MAT, soft_tissue=False)
+    metal = vox.labels.data == labels.METAL
+    assert metal.sum() > 200
+    assert np.median(vox.hu.data[metal]) > 2800  # saturated as in real CT; edges partial-volume
+    assert np.all(vox.hu.data[metal] > 1000)
+    assert vox.metal.data.max() == pytest.approx(1.0)
+
+
+def test_sclerosis_densifies_the_narrowed_compartment() -> None:
+    base = neutral_params("right", JLCA=3.0)  # medial narrowing
+    plain = build_limb(base)
+    dense = build_limb(base.replace(sclerosis=True))
+    tkc = plain.landmarks()["TKC"]
+    mtp = plain.landmarks()["MTP"]
+    # A small box just under the medial plateau, between the edge and the spines.
+    centre = 0.5 * (tkc + mtp) + np.array([0.0, 0.0, -6.0])
+    grid = Grid(tuple(centre - 6.0), 1.0, (13, 13, 13))  # type: ignore[arg-type]
+    a = voxelize(plain, grid, MAT, soft_tissue=False).hu.data.astype(float).mean()
+    b = voxelize(dense, grid, MAT, soft_tissue=False).hu.data.astype(float).mean()
+    assert b > a + 100
+
+
+def test_sampler_covers_all_cpak_types_and_the_alignment_range() -> None:
+    from appliance.analytics.cpak import cpak_type
+    from export.simulator.params import sample_params
+
+    rng = np.random.default_rng(2024)
+    ps = [sample_params(rng) for _ in range(3000)]
+    types = {cpak_type(p.aHKA, p.JLO).type for p in ps}
+    assert types == set(range(1, 10))
+    mhka = np.array([p.mHKA for p in ps])
+    assert mhka.min() <= -12.0 and mhka.max() >= 9.0
+    assert all(80.0 <= p.mLDFA <= 96.0 and 80.0 <= p.MPTA <= 96.0 and abs(p.JLCA) <= 6.0 for p in ps)
+    assert {p.side for p in ps} == {"left", "right"}
+    assert max(abs(p.rotation) for p in ps) > 19.0 and max(p.flexion for p in ps) > 14.0

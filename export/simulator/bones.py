@@ -32,7 +32,7 @@ class BoneModel:
     shape: Composite
     landmarks: dict[str, F64] = field(default_factory=dict)
     patches: tuple[SurfacePatch, ...] = ()
-    # Regions of extra density (subchondral sclerosis): shape and HU added at full depth inside it.
+    # Regions of extra density (subchondral sclerosis): shape and a weight of the case's sclerosis HU.
     dense: tuple[tuple[Shape, float], ...] = ()
     # Metal implant parts fixed to this bone.
     metal: tuple[Shape, ...] = ()

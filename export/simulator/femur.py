@@ -14,6 +14,7 @@ import numpy as np
 from appliance.analytics import landmarks as lm
 from export.simulator import labels
 from export.simulator.bones import F64, BoneModel, SurfacePatch, ellipsoid_surface
+from export.simulator.implants import femur_metal, femur_sclerosis
 from export.simulator.params import PhantomParams
 from export.simulator.sdf import Composite, Ellipsoid, Part, Polyline, RoundCone, Sphere
 
@@ -169,7 +170,19 @@ def build_femur(p: PhantomParams) -> tuple[BoneModel, DistalFemur]:
         SurfacePatch("posterior_medial", _posterior_arc(c_m, r_m)),
         SurfacePatch("posterior_lateral", _posterior_arc(c_l, r_l)),
     )
-    model = BoneModel("femur", labels.FEMUR, Composite(tuple(parts)), marks, patches)
+    shape = Composite(tuple(parts))
+    metal = femur_metal(
+        p,
+        shape,
+        zc=zc,
+        fhc=fhc,
+        junction=J,
+        shaft_point=np.array([1.0, 7.0, 0.0]),
+        shaft_dir=d_s,
+        shaft_radius=rs,
+    )
+    dense = femur_sclerosis(p, mdfc=mdfc, ldfc=ldfc, a_c=a_c, r=0.5 * (r_m + r_l))
+    model = BoneModel("femur", labels.FEMUR, shape, marks, patches, dense=dense, metal=metal)
     distal = DistalFemur(c_m, c_l, r_m, r_l, float(trochlea_front))
     return model, distal
 

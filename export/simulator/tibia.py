@@ -17,6 +17,7 @@ from appliance.analytics import landmarks as lm
 from export.simulator import labels
 from export.simulator.bones import F64, BoneModel, SurfacePatch
 from export.simulator.frames import rotation
+from export.simulator.implants import tibia_metal, tibia_sclerosis
 from export.simulator.params import PhantomParams
 from export.simulator.sdf import (
     Composite,
@@ -113,10 +114,14 @@ def build_tibia(p: PhantomParams) -> tuple[BoneModel, BoneModel, BoneModel]:
         parts.append(Part(Sphere(_t(ltp + np.array([1.5, 0.0, -3.5])), 3.0), blend=3.0))
 
     rim = _plateau_rim(p, A, B, ant_c)
+    tibia_shape = Composite(tuple(parts))
+    x_m = -0.5 * A
+    centre_m = np.array([x_m, ant_c, plateau_height(p, x_m, ant_c)])
+    centre_l = np.array([-x_m, ant_c, plateau_height(p, -x_m, ant_c)])
     tibia = BoneModel(
         "tibia",
         labels.TIBIA,
-        Composite(tuple(parts)),
+        tibia_shape,
         {
             lm.TKC: np.zeros(3),
             lm.AC: ac,
@@ -127,6 +132,8 @@ def build_tibia(p: PhantomParams) -> tuple[BoneModel, BoneModel, BoneModel]:
             lm.MMAL: mmal,
         },
         (SurfacePatch("plateau_rim", rim),),
+        dense=tibia_sclerosis(p, centre_medial=centre_m, centre_lateral=centre_l, A=A, B=B),
+        metal=tibia_metal(p, tibia_shape, ant_c=ant_c),
     )
 
     # Fibula: head below the lateral plateau, posterolateral; shaft to the lateral malleolus, whose tip

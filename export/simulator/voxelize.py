@@ -168,9 +168,9 @@ def voxelize(
             )
             core = marrow * materials.marrow + (1.0 - marrow) * trab
             val = w_cort * materials.cortical + (1.0 - w_cort) * core
-            for shape, add in b.model.dense:
+            for shape, weight in b.model.dense:
                 dd = shape.sdf(q).reshape(shp)
-                val = val + add * np.clip(-dd / 3.0, 0.0, 1.0) * (1.0 - w_cort)
+                val = val + weight * materials.sclerosis * np.clip(-dd / 3.0, 0.0, 1.0) * (1.0 - w_cort)
             hu_bone[sl] += occ * val
             occ_total[sl] += occ
             take = occ > best[sl]
