@@ -38,8 +38,21 @@ class ShippedModel:
     dynamic_batch: bool = True
 
 
-SHIPPED_MODELS: tuple[ShippedModel, ...] = ()
-"""Product models to export. Empty until the first model is trained (later issues add entries)."""
+def _landmarks(stage: str) -> Callable[[], ReferenceModel]:
+    def build() -> ReferenceModel:
+        from export.training.landmarks import build_shipped
+
+        model: ReferenceModel = build_shipped(stage)
+        return model
+
+    return build
+
+
+SHIPPED_MODELS: tuple[ShippedModel, ...] = (
+    ShippedModel("landmarks_whole", _landmarks("whole")),
+    ShippedModel("landmarks_crop", _landmarks("crop")),
+)
+"""Product models to export: the two stages of the long-leg landmark model (issue 4; weights in models/)."""
 
 
 def _say(msg: str) -> None:

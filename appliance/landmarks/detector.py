@@ -1,0 +1,321 @@
+"""Two-stage landmark detection on an AP long-leg film, at runtime: numpy + ``engines`` only.
+
+1. Stage 1 (``landmarks_whole.onnx``): the film is resampled to the model's pixel size at the detector
+   (2 mm/px, from the film's pixel spacing) and centred in its input frame (672 x 256, black padding,
+   cut around the centre if larger); the eight heatmaps give coarse landmarks.
+2. Stage 2 (``landmarks_crop.onnx``): for each region (hip: FHC; knee: FKC, MDFC, LDFC, MTP, LTP, TKC;
+   ankle: AC) a 0.5 mm/px crop (160 x 224) is cut around the mean of its coarse landmarks and its
+   region's heatmap channels give the refined points. With ``refine_passes`` = 2 (default) the crop is
+   re-centred on the refined points and stage 2 runs again (a coarse guess off by more than the ~12 mm
+   training jitter is pulled in by the first pass).
+
+Heatmaps are decoded with the integer argmax refined by a parabola through the log of its neighbours
+(sub-pixel), and the heatmap peak value is the confidence (1 = as sharp and strong as a training target).
+Both stages read their input geometry, landmark names and regions from the ONNX metadata. Points are
+returned in film pixels (col, row); to get millimetres at the patient multiply by the pixel spacing and
+divide by the film's magnification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+from appliance.errors import InputError
+from engines.api import Backend, BackendChoice
+from engines.config import EngineConfig
+from engines.select import open_backend
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CROP_MODEL",
+    "DEFAULT_MODELS_DIR",
+    "WHOLE_MODEL",
+    "Detection",
+    "LandmarkDetector",
+    "decode_peaks",
+    "resample",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+WHOLE_MODEL: Final = "landmarks_whole.onnx"
+CROP_MODEL: Final = "landmarks_crop.onnx"
+DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """Landmarks of one film: ``points`` (N, 2) film (col, row), ``confidence`` (N,) in [0, 1]
+    (stage 2's peak where a crop refined the point, else stage 1's), and the stage-1 guesses."""
+
+    names: tuple[str, ...]
+    points: F64
+    confidence: F64
+    coarse_points: F64
+    coarse_confidence: F64
+    refined: NDArray[np.bool_]
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    backend: str = ""
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, tuple[float, float]]:
+        """name -> (col, row), for :func:`appliance.analytics.angles2d.measure_2d`."""
+        return {n: (float(p[0]), float(p[1])) for n, p in zip(self.names, self.points, strict=True)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "landmarks": {
+                n: {
+                    "col": float(p[0]),
+                    "row": float(p[1]),
+                    "confidence": float(c),
+                    "refined": bool(r),
+                }
+                for n, p, c, r in zip(self.names, self.points, self.confidence, self.refined, strict=True)
+            },
+            "timings_s": dict(self.timings_s),
+            "backend": self.backend,
+            "model_versions": dict(self.model_versions),
+        }
+
+
+# --- numpy helpers ----------------------------------------------------------------------------------
+def _frame(f_col: float, f_row: float, centre: tuple[float, float], shape: tuple[int, int]) -> F64:
+    """Sample -> film affine of an axis-aligned frame of ``shape`` centred on ``centre`` (film px)."""
+    cq = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+    return np.array(
+        [[f_col, 0.0, centre[0] - f_col * cq[0]], [0.0, f_row, centre[1] - f_row * cq[1]], [0.0, 0.0, 1.0]]
+    )
+
+
+def resample(image: ArrayLike, to_film: ArrayLike, shape: tuple[int, int]) -> F32:
+    """The ``shape`` frame whose pixel (col, row) sits at ``to_film @ (col, row, 1)`` of ``image``
+    (axis-aligned frames only): Gaussian low-pass when shrinking (sigma = (1/s - 1) / 2), bilinear,
+    zero outside. Mirrors the training-side resampling (``export.datasets.augment.warp_affine``)."""
+    src = np.asarray(image, dtype=np.float32)
+    a = np.asarray(to_film, dtype=np.float64)
+    rows_o, cols_o = int(shape[0]), int(shape[1])
+    s_min = 1.0 / max(abs(a[0, 0]), abs(a[1, 1]))
+    sigma = 0.5 * (1.0 / s_min - 1.0) if s_min < 1.0 else 0.0
+    corners = np.array([[0, 0, 1], [cols_o - 1, rows_o - 1, 1]], np.float64) @ a.T
+    margin = int(np.ceil(3.0 * sigma)) + 2
+    c0 = max(0, int(np.floor(corners[:, 0].min())) - margin)
+    c1 = min(src.shape[1], int(np.ceil(corners[:, 0].max())) + margin + 1)
+    r0 = max(0, int(np.floor(corners[:, 1].min())) - margin)
+    r1 = min(src.shape[0], int(np.ceil(corners[:, 1].max())) + margin + 1)
+    if c1 <= c0 or r1 <= r0:
+        return np.zeros((rows_o, cols_o), np.float32)
+    win = src[r0:r1, c0:c1]
+    if sigma > 0.05:
+        win = ndimage.gaussian_filter(win, sigma, mode="nearest")
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+    m_rc = swap @ a[:2, :2] @ swap
+    off_rc = swap @ (a[:2, 2] - np.array([c0, r0], np.float64))
+    out = ndimage.affine_transform(
+        win, m_rc, offset=off_rc, output_shape=(rows_o, cols_o), order=1, mode="constant", cval=0.0
+    )
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def _parabola(lm1: float, l0: float, lp1: float) -> float:
+    den = lm1 - 2.0 * l0 + lp1
+    if den >= -_EPS:
+        return 0.0
+    return float(np.clip(0.5 * (lm1 - lp1) / den, -1.0, 1.0))
+
+
+def decode_peaks(heatmaps: ArrayLike, stride: int) -> tuple[F64, F64]:
+    """(points (N, 2) input (col, row), confidence (N,)) of (N, H, W) heatmaps: argmax refined by a
+    log-domain parabola per axis; heatmap pixel j is centred at input ``j * stride + (stride - 1) / 2``."""
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3 or not np.all(np.isfinite(h)):
+        raise InputError(f"heatmaps must be finite (N, H, W), got shape {h.shape}", reason="bad_heatmaps")
+    n, rows, cols = h.shape
+    pts = np.full((n, 2), np.nan)
+    conf = np.zeros(n)
+    for k in range(n):
+        m = h[k]
+        r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+        peak = float(m[r, c])
+        conf[k] = float(np.clip(peak, 0.0, 1.0))
+        lg = np.log(np.maximum(m, _EPS))
+        dc = _parabola(lg[r, c - 1], lg[r, c], lg[r, c + 1]) if 0 < c < cols - 1 and peak > 0 else 0.0
+        dr = _parabola(lg[r - 1, c], lg[r, c], lg[r + 1, c]) if 0 < r < rows - 1 and peak > 0 else 0.0
+        pts[k] = (c + dc, r + dr)
+    return pts * stride + (stride - 1) / 2.0, conf
+
+
+def _apply(a: F64, pts: F64) -> F64:
+    return np.asarray(pts @ a[:2, :2].T + a[:2, 2], dtype=np.float64)
+
+
+# --- the detector -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Stage:
+    backend: Backend
+    input_name: str
+    rows: int
+    cols: int
+    mm_per_px: float
+    stride: int
+    version: str
+
+
+def _stage(backend: Backend) -> _Stage:
+    info = backend.info
+    g = info.input_geometry
+    try:
+        return _Stage(
+            backend=backend,
+            input_name=info.input_names[0],
+            rows=int(g["rows"]),
+            cols=int(g["cols"]),
+            mm_per_px=float(g["mm_per_px"]),
+            stride=int(g["stride"]),
+            version=info.version,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"{info.name}: ONNX metadata lacks the input geometry ({exc})", reason="bad_model_metadata"
+        ) from exc
+
+
+class LandmarkDetector:
+    """Loads ``landmarks_whole.onnx`` and ``landmarks_crop.onnx`` from ``models_dir`` through
+    :func:`engines.select.open_backend` and finds the eight long-leg landmarks on a film."""
+
+    def __init__(
+        self,
+        models_dir: Path | None = None,
+        config: EngineConfig | None = None,
+        *,
+        refine_passes: int = 2,
+    ) -> None:
+        d = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
+        missing = [n for n in (WHOLE_MODEL, CROP_MODEL) if not (d / n).is_file()]
+        if missing:
+            raise InputError(
+                f"landmark model file(s) missing in {d}: {', '.join(missing)}; train them with "
+                "`xr3d train landmarks --data DIR --out DIR --seed S` (writes models/)",
+                reason="model_missing",
+            )
+        if refine_passes < 0:
+            raise InputError(f"refine_passes must be >= 0, got {refine_passes}")
+        cfg = config or EngineConfig()
+        b1, self.choice = open_backend(d / WHOLE_MODEL, cfg)
+        b2, _ = open_backend(d / CROP_MODEL, cfg)
+        self._whole = _stage(b1)
+        self._crop = _stage(b2)
+        meta = b1.info.meta
+        try:
+            self.names: tuple[str, ...] = tuple(json.loads(meta["xr3d.landmarks"]))
+            regions = json.loads(b2.info.meta["xr3d.regions"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(
+                f"landmark models lack names/regions metadata ({exc})", reason="bad_model_metadata"
+            ) from exc
+        self.regions: dict[str, tuple[int, ...]] = {
+            r: tuple(self.names.index(n) for n in names) for r, names in regions.items()
+        }
+        self.refine_passes = int(refine_passes)
+        self.models_dir = d
+
+    @property
+    def backend_name(self) -> str:
+        return self._whole.backend.name
+
+    @property
+    def backend_choice(self) -> BackendChoice:
+        return self.choice
+
+    def close(self) -> None:
+        self._whole.backend.close()
+        self._crop.backend.close()
+
+    def __enter__(self) -> LandmarkDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, stage: _Stage, image: F32) -> F32:
+        out = stage.backend.run({stage.input_name: image[None, None].astype(np.float32)})
+        return np.asarray(out["heatmaps"][0], dtype=np.float32)
+
+    def whole_frame(self, shape: tuple[int, int], spacing_mm: tuple[float, float]) -> F64:
+        """Stage-1 input frame -> film affine for a film of ``shape`` and (row, col) spacing."""
+        s = self._whole
+        centre = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
+        return _frame(s.mm_per_px / spacing_mm[1], s.mm_per_px / spacing_mm[0], centre, (s.rows, s.cols))
+
+    def detect(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> Detection:
+        """Landmarks of a film: ``image`` 2D float in [0, 1] with bone bright (MONOCHROME2 sense),
+        ``spacing_mm`` the detector pixel spacing (row, col) or a scalar."""
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim != 2 or img.size == 0:
+            raise InputError(f"film must be a non-empty 2D image, got shape {img.shape}", reason="bad_film")
+        sp = np.asarray(spacing_mm, dtype=np.float64).reshape(-1)
+        if sp.size == 1:
+            sp = np.repeat(sp, 2)
+        if sp.size != 2 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise InputError(
+                f"pixel spacing must be two positive numbers, got {spacing_mm}", reason="bad_spacing"
+            )
+        spacing = (float(sp[0]), float(sp[1]))
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        a1 = self.whole_frame((img.shape[0], img.shape[1]), spacing)
+        x1 = resample(img, a1, (self._whole.rows, self._whole.cols))
+        t1 = time.perf_counter()
+        h1 = self._run(self._whole, x1)
+        t2 = time.perf_counter()
+        p1, c1 = decode_peaks(h1, self._whole.stride)
+        coarse = _apply(a1, p1)
+        timings["preprocess"] = t1 - t0
+        timings["stage1"] = t2 - t1
+        points = coarse.copy()
+        conf = c1.copy()
+        refined = np.zeros(len(self.names), bool)
+        cs = self._crop
+        t3 = time.perf_counter()
+        for _ in range(self.refine_passes):
+            for idx in self.regions.values():
+                ix = list(idx)
+                centre = points[ix].mean(axis=0)
+                a2 = _frame(
+                    cs.mm_per_px / spacing[1],
+                    cs.mm_per_px / spacing[0],
+                    (centre[0], centre[1]),
+                    (cs.rows, cs.cols),
+                )
+                crop = resample(img, a2, (cs.rows, cs.cols))
+                h2 = self._run(cs, crop)[ix]
+                p2, c2 = decode_peaks(h2, cs.stride)
+                points[ix] = _apply(a2, p2)
+                conf[ix] = c2
+                refined[ix] = True
+        timings["stage2"] = time.perf_counter() - t3
+        timings["total"] = time.perf_counter() - t0
+        return Detection(
+            names=self.names,
+            points=points,
+            confidence=conf,
+            coarse_points=coarse,
+            coarse_confidence=c1,
+            refined=refined,
+            timings_s=timings,
+            backend=self.backend_name,
+            model_versions={"landmarks_whole": self._whole.version, "landmarks_crop": self._crop.version},
+        )

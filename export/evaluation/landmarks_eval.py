@@ -1,0 +1,263 @@
+"""Evaluation of the landmark detector on held-out simulated cases (``xr3d eval landmarks``).
+
+For every complete ``case_<seed>`` folder of ``--data`` (seeds must lie in the *eval* range; a
+training-range seed is refused by :func:`export.datasets.landmark_samples.build_index`), the long-leg
+film is read as the training pipeline reads it, :class:`appliance.landmarks.LandmarkDetector` (ONNX
+Runtime through ``engines``) finds the eight landmarks, and the result is compared with the truth:
+
+* landmark error in mm at the patient: |predicted - truth| in film pixels times the pixel spacing,
+  divided by the film's magnification (truth ``films.longleg_ap.magnification``); in-field landmarks only;
+* mHKA, mLDFA, MPTA, JLCA from :func:`appliance.analytics.angles2d.measure_2d` on the predicted vs the
+  truth ``landmarks_2d`` (same spacing, magnification and side): MAE and 95th percentile of |error|;
+* CPAK type agreement (predicted vs truth landmarks through the same ``measure_2d``);
+* detector wall time per film (stage 1 + stage 2 + resampling; film reading excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from tqdm import tqdm
+
+from appliance.analytics.angles2d import measure_2d
+from appliance.analytics.results import Angles2D
+from appliance.errors import InputError, Xr3dError
+from appliance.landmarks.detector import LandmarkDetector
+from engines.config import EngineConfig
+from export.datasets.landmark_samples import build_index
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ANGLES", "TARGETS", "CaseResult", "EvalSummary", "evaluate", "format_summary"]
+
+ANGLES: Final = ("mhka", "mldfa", "mpta", "jlca")
+# Issue 4 targets on held-out simulated films.
+TARGETS: Final = {
+    "median_landmark_error_mm": 0.7,
+    "mae_deg.mhka": 0.5,
+    "mae_deg.mldfa": 0.8,
+    "mae_deg.mpta": 0.8,
+    "cpak_agreement": 0.92,
+    "whole_film_seconds": 2.0,
+}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    seed: int
+    side: str
+    errors_mm: dict[str, float]  # in-field landmarks only
+    confidence: dict[str, float]
+    angles_pred: dict[str, float | None]
+    angles_true: dict[str, float | None]
+    cpak_pred: str | None
+    cpak_true: str | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "side": self.side,
+            "errors_mm": self.errors_mm,
+            "confidence": self.confidence,
+            "angles_pred": self.angles_pred,
+            "angles_true": self.angles_true,
+            "cpak_pred": self.cpak_pred,
+            "cpak_true": self.cpak_true,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    data: str
+    seeds: tuple[int, ...]
+    landmark_error_mm: dict[str, dict[str, float]]  # name -> {median, p95, n}; "all" pooled
+    angle_error_deg: dict[str, dict[str, float]]  # angle -> {mae, p95, n}
+    cpak_agreement: float | None
+    cpak_n: int
+    seconds: dict[str, float]  # median, p95, max per film
+    backend: str
+    model_versions: dict[str, str]
+    targets: dict[str, dict[str, Any]]
+    cases: tuple[CaseResult, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "seeds": list(self.seeds),
+            "n_cases": len(self.seeds),
+            "landmark_error_mm": self.landmark_error_mm,
+            "angle_error_deg": self.angle_error_deg,
+            "cpak_agreement": self.cpak_agreement,
+            "cpak_n": self.cpak_n,
+            "seconds_per_film": self.seconds,
+            "backend": self.backend,
+            "model_versions": self.model_versions,
+            "targets": self.targets,
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"median": float("nan"), "p95": float("nan"), "mean": float("nan"), "n": 0}
+    return {
+        "median": float(np.median(v)),
+        "p95": float(np.percentile(v, 95)),
+        "mean": float(np.mean(v)),
+        "n": int(v.size),
+    }
+
+
+def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
+    from export.datasets.landmark_samples import load_case
+
+    case = load_case(folder)
+    truth = json.loads((folder / "truth.json").read_text())
+    film = truth["films"]["longleg_ap"]
+    mag = float(film.get("magnification", truth.get("magnification", 1.0)))
+    s_row, s_col = case.film.spacing_mm
+    det = detector.detect(case.film.image, (s_row, s_col))
+    d = det.points - case.landmarks
+    err = np.hypot(d[:, 0] * s_col, d[:, 1] * s_row) / mag
+    errors = {n: float(e) for n, e, f in zip(case.names, err, case.in_field, strict=True) if f}
+    truth_pts = {
+        n: (float(p[0]), float(p[1]))
+        for n, p, f in zip(case.names, case.landmarks, case.in_field, strict=True)
+        if f
+    }
+    pred_pts = {n: p for n, p in det.as_dict().items() if n in truth_pts}
+    a_true = measure_2d(truth_pts, (s_row, s_col), mag, case.side)
+    try:
+        a_pred: Angles2D | None = measure_2d(pred_pts, (s_row, s_col), mag, case.side)
+    except Xr3dError as exc:  # e.g. predicted medial/lateral points in an impossible order
+        log.warning("case %d: predicted landmarks cannot be measured: %s", case.seed, exc)
+        a_pred = None
+    return CaseResult(
+        seed=case.seed,
+        side=case.side,
+        errors_mm=errors,
+        confidence={n: float(c) for n, c in zip(det.names, det.confidence, strict=True)},
+        angles_pred={k: (getattr(a_pred, k) if a_pred is not None else None) for k in ANGLES},
+        angles_true={k: getattr(a_true, k) for k in ANGLES},
+        cpak_pred=a_pred.cpak.label if a_pred is not None and a_pred.cpak is not None else None,
+        cpak_true=a_true.cpak.label if a_true.cpak is not None else None,
+        seconds=float(det.timings_s["total"]),
+    )
+
+
+def evaluate(
+    data: Path,
+    models_dir: Path | None = None,
+    config: EngineConfig | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+) -> EvalSummary:
+    """Run the detector on every eval-range case of ``data`` and summarise the errors."""
+    index = build_index(Path(data), "eval", seeds)
+    if not index.seeds:
+        raise InputError(f"no complete eval cases under {data}", reason="no_cases")
+    results: list[CaseResult] = []
+    with LandmarkDetector(models_dir, config) as detector:
+        for seed in tqdm(index.seeds, desc="eval landmarks", unit="film"):
+            results.append(_evaluate_case(detector, index.folder(seed)))
+        backend = detector.backend_name
+        names = detector.names
+        versions = {"landmarks_whole": detector._whole.version, "landmarks_crop": detector._crop.version}
+
+    lm: dict[str, dict[str, float]] = {
+        n: _stats([r.errors_mm[n] for r in results if n in r.errors_mm]) for n in names
+    }
+    lm["all"] = _stats([e for r in results for e in r.errors_mm.values()])
+    angles: dict[str, dict[str, float]] = {}
+    for k in ANGLES:
+        diffs = [
+            abs(float(p) - float(t))
+            for r in results
+            if (p := r.angles_pred[k]) is not None and (t := r.angles_true[k]) is not None
+        ]
+        v = np.asarray(diffs)
+        n_true = sum(1 for r in results if r.angles_true[k] is not None)
+        angles[k] = {
+            "unmeasurable_pred": int(n_true - v.size),
+            "mae": float(v.mean()) if v.size else float("nan"),
+            "p95": float(np.percentile(v, 95)) if v.size else float("nan"),
+            "max": float(v.max()) if v.size else float("nan"),
+            "n": int(v.size),
+        }
+    pairs = [(r.cpak_pred, r.cpak_true) for r in results if r.cpak_true is not None]
+    agree = float(np.mean([p == t for p, t in pairs])) if pairs else None
+    secs = [r.seconds for r in results]
+    timing = {
+        "median": float(np.median(secs)),
+        "p95": float(np.percentile(secs, 95)),
+        "max": float(max(secs)),
+    }
+    measured = {
+        "median_landmark_error_mm": lm["all"]["median"],
+        "mae_deg.mhka": angles["mhka"]["mae"],
+        "mae_deg.mldfa": angles["mldfa"]["mae"],
+        "mae_deg.mpta": angles["mpta"]["mae"],
+        "cpak_agreement": agree,
+        "whole_film_seconds": timing["median"],
+    }
+    targets: dict[str, dict[str, Any]] = {}
+    for key, goal in TARGETS.items():
+        got = measured[key]
+        ok = (
+            None
+            if got is None or not np.isfinite(got)
+            else (got >= goal if key == "cpak_agreement" else got <= goal)
+        )
+        targets[key] = {"target": goal, "measured": got, "met": ok}
+    return EvalSummary(
+        data=str(data),
+        seeds=index.seeds,
+        landmark_error_mm=lm,
+        angle_error_deg=angles,
+        cpak_agreement=agree,
+        cpak_n=len(pairs),
+        seconds=timing,
+        backend=backend,
+        model_versions=versions,
+        targets=targets,
+        cases=tuple(results),
+    )
+
+
+def format_summary(s: EvalSummary) -> str:
+    """A plain-text table of the summary."""
+    lines = [
+        f"landmark evaluation: {len(s.seeds)} held-out cases (seeds {min(s.seeds)}-{max(s.seeds)}), "
+        f"backend {s.backend}, models {s.model_versions}",
+        "",
+        f"{'landmark':<8} {'median mm':>10} {'p95 mm':>8} {'n':>4}",
+    ]
+    for n, st in s.landmark_error_mm.items():
+        lines.append(f"{n:<8} {st['median']:>10.2f} {st['p95']:>8.2f} {st['n']:>4}")
+    lines += ["", f"{'angle':<8} {'MAE deg':>8} {'p95 deg':>8} {'max':>7} {'n':>4}"]
+    for k, st in s.angle_error_deg.items():
+        lines.append(f"{k:<8} {st['mae']:>8.2f} {st['p95']:>8.2f} {st['max']:>7.2f} {st['n']:>4}")
+    cp = "n/a" if s.cpak_agreement is None else f"{100 * s.cpak_agreement:.1f} % of {s.cpak_n}"
+    lines += [
+        "",
+        f"CPAK type agreement: {cp}",
+        f"seconds per film: median {s.seconds['median']:.2f}, p95 {s.seconds['p95']:.2f}, "
+        f"max {s.seconds['max']:.2f}",
+        "",
+        "issue 4 targets:",
+    ]
+    for key, t in s.targets.items():
+        got = t["measured"]
+        shown = "n/a" if got is None else f"{got:.3f}"
+        verdict = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
+        lines.append(f"  {key:<26} target {t['target']:<6} measured {shown:<8} {verdict}")
+    return "\n".join(lines)

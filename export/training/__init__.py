@@ -1,0 +1,1 @@
+"""Training loops and their CLI (``xr3d train``)."""

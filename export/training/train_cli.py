@@ -1,0 +1,119 @@
+"""``xr3d train landmarks`` and ``xr3d eval landmarks``: argparse glue (torch is imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["register", "register_eval", "run_eval_landmarks", "run_train_landmarks"]
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def register(sub: Any) -> None:
+    """``xr3d train landmarks``."""
+    p = sub.add_parser("train", help="train models on simulated cases")
+    tsub = p.add_subparsers(dest="train_target", metavar="MODEL", required=True)
+    pl = tsub.add_parser(
+        "landmarks",
+        help="train the two-stage long-leg landmark model and export it to ONNX",
+        description=(
+            "Train the whole-film (2 mm/px) and crop (0.5 mm/px) landmark networks on the simulated "
+            "training cases of --data (train-range seeds only) with recorded on-the-fly augmentation, "
+            "within a wall-clock budget; write a loss curve, a checkpoint and train_report.json to --out, "
+            "export both stages to ONNX with metadata and check ONNX Runtime against PyTorch (< 1e-3)."
+        ),
+    )
+    pl.add_argument("--data", type=Path, required=True, help="folder of case_<seed> training cases")
+    pl.add_argument("--out", type=Path, required=True, help="output folder (loss curve, checkpoint, report)")
+    pl.add_argument("--seed", type=int, required=True, help="training seed (weights, sampling, augmentation)")
+    pl.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget (default 25)")
+    pl.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        metavar=("STAGE1", "STAGE2"),
+        help="fixed step counts instead of the budget (replays a run from its train_report.json)",
+    )
+    pl.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help=f"where the ONNX/.pt files go (default: --out; the shipped ones live in {REPO_MODELS})",
+    )
+    pl.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
+    pl.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    pl.set_defaults(func=run_train_landmarks)
+
+
+def run_train_landmarks(args: argparse.Namespace) -> int:
+    from export.training.landmarks import TrainConfig, train_landmarks
+
+    if args.minutes <= 0:
+        raise InputError("--minutes must be positive", reason="bad_argument")
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        seed=int(args.seed),
+        minutes=float(args.minutes),
+        steps=(int(args.steps[0]), int(args.steps[1])) if args.steps else None,
+        models_dir=args.models_dir,
+        max_cases=args.max_cases,
+        threads=int(args.threads),
+    )
+    res = train_landmarks(cfg)
+    _say(
+        f"trained on {len(res.train_seeds)} cases (seeds {min(res.train_seeds)}-{max(res.train_seeds)}), "
+        f"steps {res.steps[0]} + {res.steps[1]}, final loss {res.final_loss[0]:.4f} / {res.final_loss[1]:.4f}"
+    )
+    _say(f"ONNX: {', '.join(str(p) for p in res.onnx)}; parity {dict(res.parity)}")
+    _say(f"loss curve {res.loss_plot}, checkpoint {res.checkpoint}, report {res.report}")
+    return 0
+
+
+def register_eval(sub: Any) -> None:
+    """``xr3d eval landmarks``."""
+    p = sub.add_parser("eval", help="evaluate trained models on held-out simulated cases")
+    esub = p.add_subparsers(dest="eval_target", metavar="MODEL", required=True)
+    pl = esub.add_parser(
+        "landmarks",
+        help="landmark error (mm), angle errors, CPAK agreement and timing on eval-range cases",
+        description=(
+            "Run the ONNX landmark detector (through engines) on every eval-range case of --data and "
+            "report per-landmark error in mm at the patient (median, 95th percentile), MAE and 95th "
+            "percentile of mHKA, mLDFA, MPTA and JLCA, CPAK type agreement and seconds per film, "
+            "against the issue-4 targets. Training-range seeds are refused."
+        ),
+    )
+    pl.add_argument("--data", type=Path, required=True, help="folder of case_<seed> eval cases")
+    pl.add_argument("--models-dir", type=Path, default=None, help=f"ONNX folder (default {REPO_MODELS})")
+    pl.add_argument("--json", action="store_true", help="print the full summary as JSON on stdout")
+    pl.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all)")
+    pl.set_defaults(func=run_eval_landmarks)
+
+
+def run_eval_landmarks(args: argparse.Namespace) -> int:
+    from engines.config import EngineConfig
+    from export.evaluation.landmarks_eval import evaluate, format_summary
+
+    summary = evaluate(
+        args.data, args.models_dir, EngineConfig(backend="auto", cpu_threads=int(args.threads))
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_summary(summary) + "\n")
+    return 0
