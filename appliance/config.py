@@ -1,0 +1,349 @@
+"""The appliance's one configuration: a TOML file read into frozen dataclasses, validated at start.
+
+Every problem raises :class:`ConfigError` with a specific ``reason``:
+
+- ``config_not_found``: the file does not exist or cannot be read
+- ``config_syntax``: not valid TOML
+- ``config_unknown_key``: a key or section this version does not know (typos are errors, not ignored)
+- ``config_missing_key``: a required key is absent (``paths.inbox``, ``paths.outbox``, ``paths.state``)
+- ``config_bad_type``: a value has the wrong type
+- ``config_bad_value``: a value is out of range or names something that does not exist
+- ``config_paths_overlap``: inbox, outbox, state and quarantine must be four distinct, non-nested folders
+
+The view-classification rules live here too (``[[classify.rules]]``), so deciding what a film is happens
+in data, not in code. docs/config.md documents every key; :data:`DEFAULT_RULES` are the shipped rules.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError
+
+VIEWS: tuple[str, ...] = ("longleg_ap", "knee_ap", "knee_lat")
+MISSING_SPACING_POLICIES: tuple[str, ...] = ("quarantine", "default")
+
+
+class ConfigError(InputError):
+    """The configuration file is missing, malformed or inconsistent; ``reason`` names the problem."""
+
+    reason = "config_invalid"
+
+
+@dataclass(frozen=True)
+class ViewRule:
+    """One declarative classification rule: a film is ``view`` if every given condition holds.
+
+    Empty tuples and ``None`` bounds mean "any". Text comparisons are case-insensitive; the empty
+    string in a list matches an absent or empty attribute. ``aspect`` is Rows / Columns; ``height_mm``
+    is Rows x row spacing and fails when the spacing is unknown.
+    """
+
+    view: str
+    modality: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    view_position: tuple[str, ...] = ()
+    laterality: tuple[str, ...] = ()
+    min_aspect: float | None = None
+    max_aspect: float | None = None
+    min_height_mm: float | None = None
+    max_height_mm: float | None = None
+
+
+_LOWER_LIMB_PARTS = ("LEG", "LOWER LIMB", "LOWERLIMB", "LOWER EXTREMITY", "LOWEREXTREMITY", "EXTREMITY", "")
+
+DEFAULT_RULES: tuple[ViewRule, ...] = (
+    ViewRule(
+        view="longleg_ap",
+        modality=("DX", "CR"),
+        body_part=(*_LOWER_LIMB_PARTS, "HIP", "FEMUR", "TIBIA", "KNEE"),
+        view_position=("AP", "PA", ""),
+        min_aspect=2.0,
+        min_height_mm=600.0,
+    ),
+    ViewRule(
+        view="knee_ap",
+        modality=("DX", "CR"),
+        body_part=(*_LOWER_LIMB_PARTS, "KNEE", "TIBIA", "FEMUR"),
+        view_position=("AP", "PA"),
+        max_aspect=2.0,
+    ),
+    ViewRule(
+        view="knee_lat",
+        modality=("DX", "CR"),
+        body_part=(*_LOWER_LIMB_PARTS, "KNEE", "TIBIA", "FEMUR"),
+        view_position=("LL", "RL", "LAT", "LATERAL", "LLO", "RLO"),
+        max_aspect=2.0,
+    ),
+)
+
+DEFAULT_NOT_LOWER_LIMB: tuple[str, ...] = (
+    "CHEST",
+    "THORAX",
+    "LUNG",
+    "ABDOMEN",
+    "SKULL",
+    "HEAD",
+    "NECK",
+    "CSPINE",
+    "TSPINE",
+    "LSPINE",
+    "SPINE",
+    "PELVIS",
+    "SHOULDER",
+    "ARM",
+    "ELBOW",
+    "FOREARM",
+    "HAND",
+    "WRIST",
+    "BREAST",
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    inbox: Path
+    outbox: Path
+    state: Path
+    quarantine: Path
+
+    @property
+    def database(self) -> Path:
+        return self.state / "jobs.sqlite3"
+
+    @property
+    def store(self) -> Path:
+        """Accepted input files, named by content hash, kept until their study is done."""
+        return self.state / "store"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    stable_seconds: float = 2.0
+    """A file counts as complete when its size and mtime have not changed for this long (and it parses)."""
+    incomplete_grace_seconds: float = 120.0
+    """A stable but unparseable (truncated) file is re-tried this long before it is quarantined."""
+    temporary_prefixes: tuple[str, ...] = (".",)
+    temporary_suffixes: tuple[str, ...] = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
+    missing_spacing: str = "quarantine"
+    """``quarantine`` or ``default`` (process with ``default_spacing_mm`` and flag the result)."""
+    default_spacing_mm: float = 0.15
+    correct_magnification: bool = True
+    """ImagerPixelSpacing is divided by EstimatedRadiographicMagnificationFactor (or SID / SOD)."""
+    max_file_mb: float = 512.0
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    rules: tuple[ViewRule, ...] = DEFAULT_RULES
+    not_lower_limb_body_parts: tuple[str, ...] = DEFAULT_NOT_LOWER_LIMB
+    not_lower_limb_keywords: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "ABDOMEN", "SKULL")
+    """Words in StudyDescription / SeriesDescription / ProtocolName that mark a film as not a lower limb."""
+    image_check: bool = True
+    min_edge_anisotropy: float = 1.3
+    """Lower-limb films are dominated by vertical edges (long bones, skin line); see docs/ingest.md."""
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    expected_views: tuple[str, ...] = VIEWS
+    quiet_seconds: float = 120.0
+    max_attempts: int = 3
+    backoff_seconds: float = 30.0
+    backoff_max_seconds: float = 900.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    polling: bool = False
+    """Use watchdog's polling observer (network shares, where inotify sees nothing)."""
+    poll_interval_seconds: float = 5.0
+    reconcile_seconds: float = 60.0
+    tick_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    paths: Paths
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    classify: ClassifySettings = field(default_factory=ClassifySettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+_TOP_SECTIONS = ("paths", "ingest", "classify", "jobs", "watch")
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{where}]: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
+            reason="config_unknown_key",
+        )
+
+
+def _number(value: Any, where: str, *, minimum: float = 0.0, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {type(value).__name__}", reason="config_bad_type")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{where} must be an integer", reason="config_bad_type")
+    if value < minimum or value != value:
+        raise ConfigError(f"{where} must be >= {minimum}, got {value}", reason="config_bad_value")
+    return float(value)
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings", reason="config_bad_type")
+    return tuple(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false", reason="config_bad_type")
+    return value
+
+
+def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table", reason="config_bad_type")
+    return table
+
+
+def _simple(cls: type[Any], table: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
+    """Build a flat settings dataclass from a TOML table, typed by the defaults' types."""
+    default = cls()
+    names = {f.name for f in fields(cls)} - set(skip)
+    _check_keys(table, names | set(skip), where)
+    values: dict[str, Any] = {}
+    for name in names:
+        if name not in table:
+            continue
+        raw, key = table[name], f"{where}.{name}"
+        current = getattr(default, name)
+        if isinstance(current, bool):
+            values[name] = _bool(raw, key)
+        elif isinstance(current, int):
+            values[name] = int(_number(raw, key, minimum=1, integer=True))
+        elif isinstance(current, float):
+            values[name] = _number(raw, key)
+        elif isinstance(current, tuple):
+            values[name] = _strings(raw, key)
+        elif isinstance(current, str):
+            if not isinstance(raw, str):
+                raise ConfigError(f"{key} must be a string", reason="config_bad_type")
+            values[name] = raw
+    return replace(default, **values)
+
+
+def _rule(item: Any, index: int) -> ViewRule:
+    where = f"classify.rules[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a table", reason="config_bad_type")
+    _check_keys(item, {f.name for f in fields(ViewRule)}, where)
+    view = item.get("view")
+    if view not in VIEWS:
+        raise ConfigError(f"{where}.view must be one of {', '.join(VIEWS)}", reason="config_bad_value")
+    kwargs: dict[str, Any] = {"view": view}
+    for name in ("modality", "body_part", "view_position", "laterality"):
+        if name in item:
+            kwargs[name] = tuple(s.strip().upper() for s in _strings(item[name], f"{where}.{name}"))
+    for name in ("min_aspect", "max_aspect", "min_height_mm", "max_height_mm"):
+        if name in item:
+            kwargs[name] = _number(item[name], f"{where}.{name}")
+    return ViewRule(**kwargs)
+
+
+def _classify(table: Mapping[str, Any]) -> ClassifySettings:
+    base: ClassifySettings = _simple(ClassifySettings, table, "classify", skip=("rules",))
+    if "rules" not in table:
+        return base
+    items = table["rules"]
+    if not isinstance(items, list) or not items:
+        raise ConfigError("classify.rules must be a non-empty array of tables", reason="config_bad_type")
+    return replace(base, rules=tuple(_rule(item, i) for i, item in enumerate(items)))
+
+
+def _paths(table: Mapping[str, Any], overrides: Mapping[str, Path | None], base: Path) -> Paths:
+    _check_keys(table, {"inbox", "outbox", "state", "quarantine"}, "paths")
+    resolved: dict[str, Path] = {}
+    for name in ("inbox", "outbox", "state", "quarantine"):
+        value: Path | None = overrides.get(name)
+        if value is None and name in table:
+            if not isinstance(table[name], str) or not table[name]:
+                raise ConfigError(f"paths.{name} must be a non-empty string", reason="config_bad_type")
+            value = Path(table[name])
+        if value is None:
+            if name == "quarantine" and "state" in resolved:
+                value = resolved["state"] / "quarantine"
+            else:
+                raise ConfigError(
+                    f"paths.{name} is required (in the file or as --{name})", reason="config_missing_key"
+                )
+        resolved[name] = (value if value.is_absolute() else base / value).resolve()
+    ordered = list(resolved.items())
+    for i, (a_name, a) in enumerate(ordered):
+        for b_name, b in ordered[i + 1 :]:
+            if a == b or ((a in b.parents or b in a.parents) and {a_name, b_name} != {"state", "quarantine"}):
+                raise ConfigError(
+                    f"paths.{a_name} and paths.{b_name} must be distinct, non-nested folders",
+                    reason="config_paths_overlap",
+                )
+    return Paths(**resolved)
+
+
+def settings_from_mapping(
+    doc: Mapping[str, Any], *, base_dir: Path, overrides: Mapping[str, Path | None] | None = None
+) -> Settings:
+    """Validate a parsed TOML document (relative paths are relative to ``base_dir``)."""
+    _check_keys(doc, set(_TOP_SECTIONS), "top level")
+    paths = _paths(_section(doc, "paths"), overrides or {}, base_dir)
+    ingest: IngestSettings = _simple(IngestSettings, _section(doc, "ingest"), "ingest")
+    if ingest.missing_spacing not in MISSING_SPACING_POLICIES:
+        raise ConfigError(
+            f"ingest.missing_spacing must be one of {', '.join(MISSING_SPACING_POLICIES)}",
+            reason="config_bad_value",
+        )
+    if ingest.default_spacing_mm <= 0 or ingest.default_spacing_mm > 5:
+        raise ConfigError("ingest.default_spacing_mm must be in (0, 5] mm", reason="config_bad_value")
+    jobs: JobSettings = _simple(JobSettings, _section(doc, "jobs"), "jobs")
+    bad = sorted(set(jobs.expected_views) - set(VIEWS))
+    if bad or not jobs.expected_views:
+        raise ConfigError(
+            f"jobs.expected_views must name views among {', '.join(VIEWS)} (bad: {', '.join(bad)})",
+            reason="config_bad_value",
+        )
+    if jobs.workers > 16:
+        raise ConfigError("jobs.workers must be between 1 and 16", reason="config_bad_value")
+    watch: WatchSettings = _simple(WatchSettings, _section(doc, "watch"), "watch")
+    if watch.tick_seconds <= 0 or watch.poll_interval_seconds <= 0:
+        raise ConfigError(
+            "watch.tick_seconds and poll_interval_seconds must be > 0", reason="config_bad_value"
+        )
+    classify = _classify(_section(doc, "classify"))
+    return Settings(paths=paths, ingest=ingest, classify=classify, jobs=jobs, watch=watch)
+
+
+def load_settings(path: Path | None, *, overrides: Mapping[str, Path | None] | None = None) -> Settings:
+    """Read and validate the TOML config at ``path`` (None: defaults, paths from ``overrides`` only)."""
+    if path is None:
+        return settings_from_mapping({}, base_dir=Path.cwd(), overrides=overrides)
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}", reason="config_not_found") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", reason="config_syntax") from exc
+    return settings_from_mapping(doc, base_dir=path.parent.resolve(), overrides=overrides)

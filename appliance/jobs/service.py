@@ -1,0 +1,120 @@
+"""The loop behind ``xr3d watch``: inbox events and scans -> intake -> study jobs -> outbox.
+
+At start: finish interrupted quarantine folders, clean the outbox of partial results, put studies
+a crash left ``running`` back in the queue, and scan the whole inbox. Then, every tick: take the
+observer's nominations, rescan every ``watch.reconcile_seconds``, take in complete files, promote
+ready studies and keep up to ``jobs.workers`` studies running. ``once`` stops when nothing more can be
+done now (files still being written or waiting out their grace time stay for the next run).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from watchdog.observers.api import BaseObserver
+
+from appliance.config import Settings
+from appliance.ingest.complete import CompletionTracker
+from appliance.ingest.quarantine import finish_interrupted
+from appliance.ingest.watch import InboxEvents, scan, start_observer
+from appliance.jobs.intake import DEFERRED, intake_file
+from appliance.jobs.processor import Processor, ingested_only_processor
+from appliance.jobs.runner import clean_outbox, run_job
+from appliance.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Summary:
+    studies: dict[str, int]
+    files: dict[str, int]
+    waiting_files: int
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor = ingested_only_processor,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.stop = stop or threading.Event()
+
+    def _prepare(self, store: JobStore) -> None:
+        p = self.settings.paths
+        for d in (p.inbox, p.outbox, p.state, p.quarantine, p.store):
+            d.mkdir(parents=True, exist_ok=True)
+        n_q = finish_interrupted(p.quarantine)
+        n_o = clean_outbox(p.outbox)
+        n_r = store.recover(time.time(), self.settings.jobs.max_attempts)
+        if n_q or n_o or n_r:
+            log.warning(
+                "recovered after an interruption: %d quarantine folder(s), %d partial output(s), "
+                "%d interrupted stud(y/ies) re-queued",
+                n_q,
+                n_o,
+                n_r,
+            )
+
+    def run(self, *, once: bool = False) -> Summary:
+        s = self.settings
+        store = JobStore(s.paths.database)
+        tracker = CompletionTracker(s.ingest)
+        events = InboxEvents()
+        observer: BaseObserver | None = None
+        executor = ThreadPoolExecutor(max_workers=s.jobs.workers, thread_name_prefix="xr3d-job")
+        inflight: set[Future[str]] = set()
+        try:
+            self._prepare(store)
+            if not once:
+                observer = start_observer(
+                    s.paths.inbox, events, polling=s.watch.polling, interval=s.watch.poll_interval_seconds
+                )
+            for path in scan(s.paths.inbox):
+                tracker.observe(path)
+            last_scan = time.monotonic()
+            log.info(
+                "watching the inbox (%s)", "once" if once else "polling" if s.watch.polling else "inotify"
+            )
+            while not self.stop.is_set():
+                for path, renamed in events.drain():
+                    tracker.observe(path, renamed=renamed)
+                if time.monotonic() - last_scan >= s.watch.reconcile_seconds:
+                    for path in scan(s.paths.inbox):
+                        tracker.observe(path)
+                    last_scan = time.monotonic()
+                tracker.release_deferred_older_than(s.ingest.incomplete_grace_seconds)
+                for path in tracker.ready():
+                    if self.stop.is_set():
+                        break
+                    if intake_file(path, s, store) == DEFERRED:
+                        tracker.defer(path)
+                    else:
+                        tracker.forget(path)
+                now = time.time()
+                store.promote_ready(now, s.jobs.expected_views, s.jobs.quiet_seconds)
+                inflight = {f for f in inflight if not f.done()}
+                while len(inflight) < s.jobs.workers and not self.stop.is_set():
+                    job = store.claim(time.time())
+                    if job is None:
+                        break
+                    inflight.add(executor.submit(run_job, job, s, store, self.processor))
+                if once and not inflight and tracker.pending() == 0 and not store.has_runnable(time.time()):
+                    break
+                self.stop.wait(s.watch.tick_seconds)
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=10)
+            executor.shutdown(wait=True)
+            summary = Summary(store.study_counts(), store.file_counts(), len(tracker))
+            store.close()
+        log.info("stopped: studies %s, files %s", summary.studies, summary.files)
+        return summary

@@ -1,0 +1,60 @@
+"""``xr3d watch``: the appliance service (hot folder -> durable jobs -> outbox)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from appliance.config import load_settings
+from appliance.jobs.service import Service
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``watch`` subcommand to the xr3d parser."""
+    p = sub.add_parser(
+        "watch",
+        help="watch the inbox and process the studies dropped there (the appliance service)",
+        description=(
+            "Watch an inbox folder for DICOM (or PNG/TIFF + sidecar JSON) films, group them by study, "
+            "process complete studies into the outbox and quarantine files that cannot be used. "
+            "See docs/ingest.md and docs/config.md. SIGTERM stops cleanly."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration (docs/config.md)")
+    p.add_argument("--inbox", type=Path, help="override paths.inbox")
+    p.add_argument("--outbox", type=Path, help="override paths.outbox")
+    p.add_argument("--state", type=Path, help="override paths.state (job database, stored inputs)")
+    p.add_argument("--once", action="store_true", help="process what is there now, then exit (tests, cron)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args.config, overrides={"inbox": args.inbox, "outbox": args.outbox, "state": args.state}
+    )
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.warning("signal %d: stopping after the running studies", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        summary = Service(settings, stop=stop).run(once=args.once)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.once:
+        sys.stdout.write(
+            json.dumps({"studies": summary.studies, "files": summary.files, "waiting": summary.waiting_files})
+            + "\n"
+        )
+    return 0
