@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import pydicom.config
+
 from appliance.config import load_settings
 from appliance.jobs.service import Service
 
@@ -37,6 +39,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # pydicom's validation warnings quote element values (patient names included): keep them out of
+    # the journal. Values are still read; the ingest checks what it needs itself.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     settings = load_settings(
         args.config, overrides={"inbox": args.inbox, "outbox": args.outbox, "state": args.state}
     )

@@ -72,7 +72,10 @@ def _parse(path: Path) -> Dataset:
 
 def _text(ds: Dataset, keyword: str) -> str:
     try:
-        value = ds.get(keyword)
+        with warnings.catch_warnings():
+            # pydicom's value warnings quote the value, which may be patient data.
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
     except Exception:  # a damaged element raises on access
         return ""
     return "" if value is None else str(value).strip()
