@@ -35,11 +35,11 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
 
 def test_full_config_parses(tmp_path: Path) -> None:
     text = BASE + (
-        "[ingest]\nstable_seconds = 1\nmissing_spacing = \"default\"\ndefault_spacing_mm = 0.14\n"
-        "[jobs]\nquiet_seconds = 30\nmax_attempts = 5\nworkers = 2\nexpected_views = [\"longleg_ap\"]\n"
+        '[ingest]\nstable_seconds = 1\nmissing_spacing = "default"\ndefault_spacing_mm = 0.14\n'
+        '[jobs]\nquiet_seconds = 30\nmax_attempts = 5\nworkers = 2\nexpected_views = ["longleg_ap"]\n'
         "[watch]\npolling = true\npoll_interval_seconds = 2\n"
         "[classify]\nimage_check = false\n"
-        "[[classify.rules]]\nview = \"knee_ap\"\nmodality = [\"cr\"]\nmax_aspect = 1.5\n"
+        '[[classify.rules]]\nview = "knee_ap"\nmodality = ["cr"]\nmax_aspect = 1.5\n'
     )
     s = load_settings(_write(tmp_path, text))
     assert s.ingest.stable_seconds == 1.0 and s.ingest.default_spacing_mm == 0.14

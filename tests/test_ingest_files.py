@@ -117,7 +117,9 @@ def test_simulated_study_views_sides_and_spacing(tmp_path: Path, sim_case: Path)
     }
 
 
-def test_calibrated_pixel_spacing_wins_and_monochrome1_8bit_compressed(tmp_path: Path, sim_case: Path) -> None:
+def test_calibrated_pixel_spacing_wins_and_monochrome1_8bit_compressed(
+    tmp_path: Path, sim_case: Path
+) -> None:
     """A knee AP rewritten as 8-bit MONOCHROME1, PixelSpacing calibrated, JPEG 2000 lossless."""
     from pydicom.uid import JPEG2000Lossless
 
