@@ -19,6 +19,7 @@ from appliance.ingest.errors import IngestError
 from appliance.ingest.image_reader import sidecar_of
 from appliance.ingest.quarantine import quarantine_file
 from appliance.ingest.reader import MAYBE_INCOMPLETE, file_sha256, is_image_file, read_film
+from appliance.jobs.runner import ENVIRONMENT_ERRNOS
 from appliance.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -69,24 +70,35 @@ def intake_file(path: Path, settings: Settings, store: JobStore, *, final: bool 
     """
     try:
         return _intake(path, settings, store, final=final)
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            # Disk full or unwritable state: the file is fine, keep it in the inbox; the next scan
+            # of the inbox tries again.
+            log.error("cannot take in an inbox file now (%s); it stays in the inbox", exc.strerror)
+            return ERROR
+        return _guarded_quarantine(path, settings, store)
     except Exception:
-        # The guard (as pynetdicom wraps each handler): log, set the file aside if we can, carry on.
-        log.exception("unexpected error taking in an inbox file")
-        try:
-            if path.exists():
-                quarantine_file(
-                    path,
-                    settings.paths.quarantine,
-                    reason="internal_error",
-                    message="unexpected error during intake",
-                    sha256=None,
-                    companions=_companions(path),
-                )
-                store.record_file(None, QUARANTINED, "internal_error", time.time())
-                return QUARANTINED
-        except Exception:
-            log.exception("could not quarantine the file either; it stays in the inbox")
-        return ERROR
+        return _guarded_quarantine(path, settings, store)
+
+
+def _guarded_quarantine(path: Path, settings: Settings, store: JobStore) -> str:
+    # The guard (as pynetdicom wraps each handler): log, set the file aside if we can, carry on.
+    log.exception("unexpected error taking in an inbox file")
+    try:
+        if path.exists():
+            quarantine_file(
+                path,
+                settings.paths.quarantine,
+                reason="internal_error",
+                message="unexpected error during intake",
+                sha256=None,
+                companions=_companions(path),
+            )
+            store.record_file(None, QUARANTINED, "internal_error", time.time())
+            return QUARANTINED
+    except Exception:
+        log.exception("could not quarantine the file either; it stays in the inbox")
+    return ERROR
 
 
 def _intake(path: Path, settings: Settings, store: JobStore, *, final: bool) -> str:

@@ -7,6 +7,7 @@ renamed to ``outbox/<key>/`` (an older result of the same study is first renamed
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -21,6 +22,9 @@ from appliance.jobs.processor import Processor, StudyInput
 from appliance.jobs.store import JobStore, StudyJob
 
 log = logging.getLogger(__name__)
+
+# OSErrors that mean the machine, not the study, is the problem.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,21 +93,37 @@ def run_job(job: StudyJob, settings: Settings, store: JobStore, processor: Proce
         store.quarantine_study(job, exc.reason, str(exc), time.time())
         log.warning("study %s quarantined: [%s]", job.study_key, exc.reason)
         return "quarantined"
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            return _failed(job, settings, store, exc)
+        # Disk full, read-only or unwritable outbox: not the study's fault. Keep its inputs, do not
+        # use up an attempt, try again after the base backoff.
+        now = time.time()
+        store.retry_later(
+            job, f"outbox not writable: {exc.strerror}", now + settings.jobs.backoff_seconds, now
+        )
+        log.error("study %s: outbox not writable (%s); will retry", job.study_key, exc.strerror)
+        return "queued"
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        j = settings.jobs
-        state = store.fail(
-            job,
-            "".join(traceback.format_exception_only(exc)).strip(),
-            time.time(),
-            max_attempts=j.max_attempts,
-            backoff=j.backoff_seconds,
-            backoff_max=j.backoff_max_seconds,
-        )
-        log.warning(
-            "study %s attempt %d failed (%s); now %s", job.study_key, job.attempts, type(exc).__name__, state
-        )
-        return state
+        return _failed(job, settings, store, exc)
     state = store.finish(job, final, time.time())
     log.info("study %s %s (%d film(s))", job.study_key, state, len(study.instances))
+    return state
+
+
+def _failed(job: StudyJob, settings: Settings, store: JobStore, exc: BaseException) -> str:
+    j = settings.jobs
+    state = store.fail(
+        job,
+        "".join(traceback.format_exception_only(exc)).strip(),
+        time.time(),
+        max_attempts=j.max_attempts,
+        backoff=j.backoff_seconds,
+        backoff_max=j.backoff_max_seconds,
+    )
+    log.warning(
+        "study %s attempt %d failed (%s); now %s", job.study_key, job.attempts, type(exc).__name__, state
+    )
     return state

@@ -269,6 +269,15 @@ class JobStore:
             )
         return state
 
+    def retry_later(self, job: StudyJob, error: str, due: float, now: float) -> None:
+        """running -> queued without using up the attempt (the environment failed, not the study)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET state = 'queued', attempts = MAX(attempts - 1, 0), error = ?, "
+                "next_attempt_at = ?, updated = ? WHERE study_uid = ?",
+                (error[:2000], due, now, job.study_uid),
+            )
+
     def quarantine_study(self, job: StudyJob, reason: str, error: str, now: float) -> None:
         with self._tx() as db:
             db.execute(
