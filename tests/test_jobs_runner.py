@@ -129,3 +129,43 @@ def test_no_patient_data_in_any_log_record(tmp_path: Path, caplog: pytest.LogCap
     text = "\n".join(r.getMessage() for r in caplog.records)
     for value in (*PHI.values(), "Quixote", "Dulcinea"):
         assert value not in text
+
+
+def test_polling_observer_and_stop_event(tmp_path: Path) -> None:
+    """The long-running loop with watchdog's polling observer (network shares); the stop event (what
+    SIGTERM sets) ends it cleanly. Files in hidden sub-folders and temporaries are left alone."""
+    import threading
+    import time
+
+    doc = {
+        "ingest": {"stable_seconds": 0.1, "missing_spacing": "default"},
+        "jobs": {"quiet_seconds": 0.0},
+        "watch": {"polling": True, "poll_interval_seconds": 0.2, "tick_seconds": 0.05},
+    }
+    inbox = tmp_path / ".hidden-parent" / "in"  # a hidden folder above the inbox is fine
+    s = settings_from_mapping(
+        doc,
+        base_dir=tmp_path,
+        overrides={"inbox": inbox, "outbox": tmp_path / "out", "state": tmp_path / "st"},
+    )
+    stop = threading.Event()
+    service = Service(s, stop=stop)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        while not s.paths.database.exists():
+            time.sleep(0.05)
+        (inbox / ".staging").mkdir(parents=True, exist_ok=True)
+        (inbox / ".staging" / "later.dcm").write_bytes(b"in progress")
+        (inbox / "upload.dcm.part").write_bytes(b"in progress")
+        uid = _drop_study(tmp_path, "poll")  # written to tmp_path/in, then moved into the inbox
+        (tmp_path / "in" / "poll.dcm").rename(inbox / "poll.dcm")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(s.paths.outbox.glob("*/result.json")):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert _state(s, uid) == ("done", 1)
+    assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == ["later.dcm", "upload.dcm.part"]

@@ -16,15 +16,21 @@ from pathlib import Path
 from appliance.config import IngestSettings
 
 
-def is_candidate(path: Path, settings: IngestSettings) -> bool:
-    """False for temporaries (by name), sidecar JSON and anything that is not a regular file name."""
+def is_candidate(path: Path, settings: IngestSettings, root: Path | None = None) -> bool:
+    """False for temporaries (by name), sidecar JSON, and files in hidden folders below ``root``."""
     name = path.name
     if not name or name.startswith(settings.temporary_prefixes):
         return False
     lower = name.lower()
     if lower.endswith(tuple(s.lower() for s in settings.temporary_suffixes)) or lower.endswith(".json"):
         return False
-    return not any(part.startswith(".") for part in path.parts[-4:-1])
+    if root is None:
+        return True
+    try:
+        folders = path.relative_to(root).parts[:-1]
+    except ValueError:
+        return False  # not inside the inbox at all
+    return not any(part.startswith(".") for part in folders)
 
 
 @dataclass
@@ -39,8 +45,11 @@ class _Entry:
 class CompletionTracker:
     """Remembers inbox paths until they are complete; :meth:`ready` lists those that are."""
 
-    def __init__(self, settings: IngestSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: IngestSettings, root: Path, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
+        self._root = root
         self._clock = clock
         self._entries: dict[Path, _Entry] = {}
 
@@ -52,7 +61,7 @@ class CompletionTracker:
         return sum(1 for e in self._entries.values() if not e.deferred)
 
     def observe(self, path: Path, *, renamed: bool = False) -> None:
-        if not is_candidate(path, self._settings):
+        if not is_candidate(path, self._settings, self._root):
             return
         try:
             st = os.stat(path)

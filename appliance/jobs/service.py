@@ -66,7 +66,7 @@ class Service:
     def run(self, *, once: bool = False) -> Summary:
         s = self.settings
         store = JobStore(s.paths.database)
-        tracker = CompletionTracker(s.ingest)
+        tracker = CompletionTracker(s.ingest, s.paths.inbox)
         events = InboxEvents()
         observer: BaseObserver | None = None
         executor = ThreadPoolExecutor(max_workers=s.jobs.workers, thread_name_prefix="xr3d-job")
