@@ -262,17 +262,17 @@ def test_sigkill_then_restart_finishes_every_study(tmp_path: Path, sim_case: Pat
 
 
 @pytest.mark.slow
-def test_soak_100_studies_10_percent_bad(tmp_path: Path, sim_case: Path) -> None:
-    """100 studies (300 films) copied in by 4 threads while the watcher runs; 10 of them carry a bad
-    file (truncated, not DICOM, a chest film) or a duplicate, or arrive partial at first."""
+def test_soak_300_studies_10_percent_bad(tmp_path: Path, sim_case: Path) -> None:
+    """300 studies (900 films) copied in by 4 threads while the watcher runs; 30 of them (10 %) carry a
+    bad file (truncated, not DICOM, a chest film) or a duplicate, or arrive partial at first."""
     cfg = write_config(tmp_path, incomplete_grace_seconds=5.0)
     inbox = tmp_path / "inbox"
-    n = 100
+    n = 300
     log = tmp_path / "watch.log"
     proc = start(watch_cmd(cfg), log)
     chest = Path(str(get_testdata_file("RG1_UNCR.dcm", download=False))).read_bytes()
-    bad_kinds = ["truncated", "not_dicom", "chest", "duplicate", "partial"] * 2
-    expected_quarantine = {"truncated": 2, "not_dicom": 2, "not_lower_limb": 2}
+    bad_kinds = ["truncated", "not_dicom", "chest", "duplicate", "partial"] * 6
+    expected_quarantine = {"truncated": 6, "not_dicom": 6, "not_lower_limb": 6}
 
     def copy(indices: list[int]) -> None:
         for i in indices:
@@ -319,11 +319,44 @@ def test_soak_100_studies_10_percent_bad(tmp_path: Path, sim_case: Path) -> None
             proc.kill()
             proc.wait()
     counts = dict(db_rows(tmp_path, "SELECT outcome, COUNT(*) FROM files GROUP BY outcome"))
-    assert counts == {"accepted": 3 * n, "duplicate": 2, "quarantined": 6}
+    assert counts == {"accepted": 3 * n, "duplicate": 6, "quarantined": 18}
     got: dict[str, int] = {}
     for rec in read_records(tmp_path / "state" / "quarantine"):
         got[str(rec["reason"])] = got.get(str(rec["reason"]), 0) + 1
     assert got == expected_quarantine
     assert db_rows(tmp_path, "SELECT MAX(attempts) FROM studies") == [(1,)]
     assert len([p for p in (tmp_path / "outbox").iterdir() if not p.name.startswith(".")]) == n
+    assert_no_phi(tmp_path, log)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, sim_case: Path) -> None:
+    """30 studies; the watcher is SIGKILLed five times at random moments (during intake, processing
+    or publishing), then runs to the end: every study done once, no output partial, nothing lost."""
+    cfg = write_config(tmp_path)
+    n = 30
+    for i in range(n):
+        for view, data in study_bytes(sim_case, 5000 + i).items():
+            (tmp_path / "inbox" / f"s{i}_{view}.dcm").write_bytes(data)
+    log = tmp_path / "watch.log"
+    rng = random.Random(11)
+    for _ in range(5):
+        proc = start([sys.executable, "-c", SLOW_SERVICE, str(cfg)], log)
+        try:
+            wait_for("the job database", lambda: (tmp_path / "state" / "jobs.sqlite3").exists(), proc)
+            time.sleep(rng.uniform(0.5, 2.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        for out in (tmp_path / "outbox").iterdir():
+            if not out.name.startswith("."):
+                assert json.loads((out / "result.json").read_text())["status"] == "ingested_only"
+    subprocess.run(watch_cmd(cfg, "--once"), capture_output=True, timeout=600, cwd=str(tmp_path), check=True)
+    rows = db_rows(tmp_path, "SELECT state, attempts FROM studies")
+    assert len(rows) == n and all(state == "done" and 1 <= int(a) <= 3 for state, a in rows)
+    assert db_rows(tmp_path, "SELECT COUNT(*) FROM instances") == [(3 * n,)]
+    assert db_rows(tmp_path, "SELECT COUNT(*) FROM files WHERE outcome = 'quarantined'") == [(0,)]
+    assert not inbox_files(tmp_path)
+    outputs = sorted((tmp_path / "outbox").iterdir())
+    assert len(outputs) == n and not any(p.name.startswith(".") for p in outputs)
     assert_no_phi(tmp_path, log)
