@@ -61,6 +61,9 @@ class CompletionTracker:
         return sum(1 for e in self._entries.values() if not e.deferred)
 
     def observe(self, path: Path, *, renamed: bool = False) -> None:
+        if path.name.lower().endswith(".json"):
+            self._sidecar_arrived(path)
+            return
         if not is_candidate(path, self._settings, self._root):
             return
         try:
@@ -73,6 +76,13 @@ class CompletionTracker:
             self._entries[path] = _Entry(st.st_size, st.st_mtime_ns, self._clock(), renamed)
         elif renamed:
             entry.renamed = True
+
+    def _sidecar_arrived(self, sidecar: Path) -> None:
+        """A sidecar JSON may complete an image deferred for lack of it: read that image again."""
+        base = sidecar.with_suffix("")  # "a.png.json" -> "a.png"; "a.json" -> "a"
+        for path, entry in self._entries.items():
+            if entry.deferred and (path == base or path.with_suffix("") == base):
+                entry.deferred = False
 
     def forget(self, path: Path) -> None:
         self._entries.pop(path, None)
