@@ -29,11 +29,19 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_export_onnx_all_says_registry_is_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_onnx_all_needs_trained_weights_or_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import export_cli
+
+    # With an empty registry, --all says so and points to --reference.
+    monkeypatch.setattr(export_cli, "SHIPPED_MODELS", ())
     assert main(["export", "onnx", "--all", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "[no_shipped_models]" in err and "SHIPPED_MODELS" in err and "--reference" in err
-    assert main(["export", "onnx", "--model", "landmarks", "--out", str(tmp_path)]) == 2
+    monkeypatch.undo()
+    # An unknown model name is a clear error whatever the registry holds.
+    assert main(["export", "onnx", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
 
 
 def test_bench_json_on_this_machine(onnx_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
