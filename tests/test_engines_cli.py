@@ -9,24 +9,12 @@ import pytest
 
 from appliance.cli.main import main
 from engines.bench import count_flops
-from export.onnx_export import export_onnx
-from export.reference_models import build_reference
+from tests.reference_onnx import export_reference
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = build_reference("volume3d")
-    path = tmp_path_factory.mktemp("cli") / "ref-volume3d.onnx"
-    export_onnx(
-        ref.module,
-        ref.example,
-        path,
-        input_names=ref.input_names,
-        output_names=ref.output_names,
-        metadata=ref.metadata,
-        name=ref.name,
-    )
-    return path
+    return export_reference(tmp_path_factory.mktemp("cli"), "volume3d")
 
 
 def test_export_onnx_all_needs_trained_weights_or_says_why(

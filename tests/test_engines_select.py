@@ -14,8 +14,7 @@ from engines.config import EngineConfig
 from engines.errors import BackendUnavailableError
 from engines.ort_backend import OrtBackend
 from engines.select import MachineProbe, choose_backend, open_backend, probe_machine
-from export.onnx_export import export_onnx
-from export.reference_models import build_reference
+from tests.reference_onnx import export_reference
 
 
 def _has_gpu_stack() -> bool:
@@ -25,17 +24,7 @@ def _has_gpu_stack() -> bool:
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = build_reference("volume3d")
-    path = tmp_path_factory.mktemp("sel") / "v.onnx"
-    export_onnx(
-        ref.module,
-        ref.example,
-        path,
-        input_names=ref.input_names,
-        output_names=ref.output_names,
-        metadata=ref.metadata,
-    )
-    return path
+    return export_reference(tmp_path_factory.mktemp("sel"), "volume3d")
 
 
 def test_this_cpu_box_picks_ort_cpu_and_says_why(tmp_path: Path) -> None:

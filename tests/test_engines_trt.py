@@ -15,25 +15,12 @@ from engines.errors import BackendUnavailableError, ModelFileError
 from engines.ort_backend import OrtBackend
 from engines.select import probe_machine
 from engines.trt_build import fp16_sibling, plan_build, trt_major
-from export.onnx_export import export_onnx
-from export.reference_models import build_reference
+from tests.reference_onnx import export_reference
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = build_reference("landmark2d")
-    path = tmp_path_factory.mktemp("trt") / "ref-landmark2d.onnx"
-    export_onnx(
-        ref.module,
-        ref.example,
-        path,
-        input_names=ref.input_names,
-        output_names=ref.output_names,
-        metadata=ref.metadata,
-        name=ref.name,
-        fp16=True,
-    )
-    return path
+    return export_reference(tmp_path_factory.mktemp("trt"), "landmark2d", fp16=True)
 
 
 def test_engines_import_without_tensorrt_or_torch() -> None:

@@ -27,8 +27,7 @@ import pytest
 from engines.config import EngineConfig
 from engines.errors import EngineBuildError
 from engines.ort_backend import OrtBackend
-from export.onnx_export import export_onnx
-from export.reference_models import build_reference
+from tests.reference_onnx import export_reference
 
 PLAN_MAGIC = b"FAKEPLAN1\n"
 
@@ -341,19 +340,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = build_reference("landmark2d")
-    path = tmp_path_factory.mktemp("fake") / "ref-landmark2d.onnx"
-    export_onnx(
-        ref.module,
-        ref.example,
-        path,
-        input_names=ref.input_names,
-        output_names=ref.output_names,
-        metadata=ref.metadata,
-        name=ref.name,
-        fp16=True,
-    )
-    return path
+    return export_reference(tmp_path_factory.mktemp("fake"), "landmark2d", fp16=True)
 
 
 def test_fake_gpu_auto_selects_builds_caches_and_matches_ort(
