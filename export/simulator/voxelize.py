@@ -111,6 +111,86 @@ def _bone_world_box(b: PlacedBone, mirrored: bool) -> tuple[F64, F64]:
     return w.min(axis=0), w.max(axis=0)
 
 
+@dataclass
+class _Slab:
+    """Per-slab accumulators (local to one call; never shared)."""
+
+    hu_bone: NDArray[np.float32]
+    occ_total: NDArray[np.float32]
+    best: NDArray[np.float32]
+    label: NDArray[np.uint8]
+    metal: NDArray[np.float32]
+    foot_sdf: NDArray[np.float32] | None = None
+
+
+def _add_bone(
+    acc: _Slab,
+    b: PlacedBone,
+    pts: NDArray[np.float32],
+    sl: tuple[slice, slice, slice],
+    h: float,
+    materials: Materials,
+    tile: NDArray[np.float32],
+    is_foot: bool,
+) -> None:
+    """Accumulate one bone's occupancy, HU, label and metal inside the slab sub-block ``sl``."""
+    inv = b.to_world.inverse()
+    q = kern.rigid(
+        np.ascontiguousarray(pts[sl].reshape(-1, 3)), inv.R.astype(np.float32), inv.t.astype(np.float32)
+    )
+    d, cortex, marrow = b.model.shape.sdf_and_cortex(q)
+    shp = pts[sl].shape[:-1]
+    d, cortex, marrow = d.reshape(shp), cortex.reshape(shp), marrow.reshape(shp)
+    if is_foot:
+        acc.foot_sdf = np.full(acc.best.shape, np.float32(1e3))
+        acc.foot_sdf[sl] = d - 9.0  # skin ~9 mm outside the foot bones
+    occ = np.clip(0.5 - d / h, 0.0, 1.0)
+    w_cort = np.clip((cortex + d) / 0.8 + 0.5, 0.0, 1.0)  # depth below the surface is -d
+    trab = materials.trabecular + materials.trabecular_noise * kern.tile_sample(q, tile, 0.7).reshape(shp)
+    core = marrow * materials.marrow + (1.0 - marrow) * trab
+    val = w_cort * materials.cortical + (1.0 - w_cort) * core
+    for shape, weight in b.model.dense:
+        dd = shape.sdf(q).reshape(shp)
+        val = val + weight * materials.sclerosis * np.clip(-dd / 3.0, 0.0, 1.0) * (1.0 - w_cort)
+    acc.hu_bone[sl] += occ * val
+    acc.occ_total[sl] += occ
+    acc.label[sl] = np.where(occ > acc.best[sl], np.uint8(b.model.label), acc.label[sl])
+    acc.best[sl] = np.maximum(acc.best[sl], occ)
+    for m in b.model.metal:
+        md = m.sdf(q).reshape(shp)
+        acc.metal[sl] = np.maximum(acc.metal[sl], np.clip(0.5 - md / h, 0.0, 1.0))
+
+
+def _soft_tissue(
+    prof: SoftTissueProfile,
+    xs_right: NDArray[np.float32],
+    ys: NDArray[np.float32],
+    zs: NDArray[np.float32],
+    pts: NDArray[np.float32],
+    foot_sdf: NDArray[np.float32] | None,
+    h: float,
+    materials: Materials,
+    tile: NDArray[np.float32],
+) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    """HU and label of skin, fat and muscle (air outside) on one slab."""
+    ds, fat = soft_tissue_sdf(prof, xs_right, ys, zs, foot_sdf)
+    skin_occ = np.clip(0.5 - ds / h, 0.0, 1.0)
+    depth = -ds
+    w_skin = np.clip((1.8 - depth) / 0.8 + 0.5, 0.0, 1.0)
+    w_fat = np.clip((fat - depth) / 1.5 + 0.5, 0.0, 1.0)
+    tex = kern.tile_sample(np.ascontiguousarray(pts.reshape(-1, 3)), tile, 1.6).reshape(ds.shape)
+    # Intermuscular fat septa: thin fatty sheets where the slow texture crosses zero.
+    septa = np.exp(-((tex / 0.12) ** 2)) * 0.6
+    muscle = materials.muscle + 6.0 * tex
+    inner = (1.0 - septa) * muscle + septa * materials.fat
+    soft = w_skin * materials.skin + (1.0 - w_skin) * (
+        w_fat * (materials.fat + 8.0 * tex) + (1 - w_fat) * inner
+    )
+    value = (skin_occ * soft + (1.0 - skin_occ) * -1000.0).astype(np.float32)
+    label = np.where(skin_occ >= 0.5, np.uint8(labels.SOFT_TISSUE), np.uint8(labels.AIR))
+    return value, label
+
+
 def voxelize(
     limb: Limb,
     grid: Grid,
@@ -138,75 +218,32 @@ def voxelize(
         k1 = min(nz, k0 + slab)
         X, Y, Z = np.meshgrid(xs, ys, zs[k0:k1], indexing="ij")
         pts = np.stack([X * sign, Y, Z], axis=-1)  # right-leg space
-        occ_total = np.zeros(X.shape, np.float32)
-        hu_bone = np.zeros(X.shape, np.float32)
-        best = np.zeros(X.shape, np.float32)
-        lab_slab = np.zeros(X.shape, np.uint8)
-        met = np.zeros(X.shape, np.float32)
-        foot_sdf: NDArray[np.float32] | None = None
+        acc = _Slab(
+            hu_bone=np.zeros(X.shape, np.float32),
+            occ_total=np.zeros(X.shape, np.float32),
+            best=np.zeros(X.shape, np.float32),
+            label=np.zeros(X.shape, np.uint8),
+            metal=np.zeros(X.shape, np.float32),
+        )
         for b, (blo, bhi) in zip(limb.bones, boxes, strict=True):
             sl = _overlap(blo - 3 * h, bhi + 3 * h, xs, ys, zs[k0:k1])
-            if sl is None:
-                continue
-            inv = b.to_world.inverse()
-            q = kern.rigid(
-                np.ascontiguousarray(pts[sl].reshape(-1, 3)),
-                inv.R.astype(np.float32),
-                inv.t.astype(np.float32),
-            )
-            d, cortex, marrow = b.model.shape.sdf_and_cortex(q)
-            shp = pts[sl].shape[:-1]
-            d, cortex, marrow = d.reshape(shp), cortex.reshape(shp), marrow.reshape(shp)
-            if b is foot:
-                foot_sdf = np.full(X.shape, np.float32(1e3))
-                foot_sdf[sl] = d - 9.0  # skin ~9 mm outside the foot bones
-            occ = np.clip(0.5 - d / h, 0.0, 1.0)
-            depth = -d
-            w_cort = np.clip((cortex - depth) / 0.8 + 0.5, 0.0, 1.0)
-            trab = materials.trabecular + materials.trabecular_noise * kern.tile_sample(q, tile, 0.7).reshape(
-                shp
-            )
-            core = marrow * materials.marrow + (1.0 - marrow) * trab
-            val = w_cort * materials.cortical + (1.0 - w_cort) * core
-            for shape, weight in b.model.dense:
-                dd = shape.sdf(q).reshape(shp)
-                val = val + weight * materials.sclerosis * np.clip(-dd / 3.0, 0.0, 1.0) * (1.0 - w_cort)
-            hu_bone[sl] += occ * val
-            occ_total[sl] += occ
-            take = occ > best[sl]
-            lab_slab[sl] = np.where(take, np.uint8(b.model.label), lab_slab[sl])
-            best[sl] = np.maximum(best[sl], occ)
-            for m in b.model.metal:
-                md = m.sdf(q).reshape(shp)
-                met[sl] = np.maximum(met[sl], np.clip(0.5 - md / h, 0.0, 1.0))
+            if sl is not None:
+                _add_bone(acc, b, pts, sl, h, materials, tile, b is foot)
         # Bones that touch (fibular head on the tibia) overlap by a voxel: average, never add, their HU.
-        over = occ_total > 1.0
-        hu_bone = np.where(over, hu_bone / np.maximum(occ_total, 1.0), hu_bone)
-        occ_total = np.minimum(occ_total, 1.0)
+        hu_bone = np.where(acc.occ_total > 1.0, acc.hu_bone / np.maximum(acc.occ_total, 1.0), acc.hu_bone)
+        occ_total = np.minimum(acc.occ_total, 1.0)
         if soft_tissue:
-            xs_r = xs * sign
-            ds, fat = soft_tissue_sdf(prof, xs_r, ys, zs[k0:k1], foot_sdf)
-            skin_occ = np.clip(0.5 - ds / h, 0.0, 1.0)
-            depth = -ds
-            w_skin = np.clip((1.8 - depth) / 0.8 + 0.5, 0.0, 1.0)
-            w_fat = np.clip((fat - depth) / 1.5 + 0.5, 0.0, 1.0)
-            tex = kern.tile_sample(np.ascontiguousarray(pts.reshape(-1, 3)), tile2, 1.6).reshape(X.shape)
-            # Intermuscular fat septa: thin fatty sheets where the slow texture crosses zero.
-            septa = np.exp(-((tex / 0.12) ** 2)) * 0.6
-            muscle = materials.muscle + 6.0 * tex
-            inner = (1.0 - septa) * muscle + septa * materials.fat
-            soft = w_skin * materials.skin + (1.0 - w_skin) * (
-                w_fat * (materials.fat + 8.0 * tex) + (1 - w_fat) * inner
+            soft_val, lab_soft = _soft_tissue(
+                prof, xs * sign, ys, zs[k0:k1], pts, acc.foot_sdf, h, materials, tile2
             )
-            soft_val = skin_occ * soft + (1.0 - skin_occ) * -1000.0
-            lab_soft = np.where(skin_occ >= 0.5, np.uint8(labels.SOFT_TISSUE), np.uint8(labels.AIR))
         else:
             soft_val = np.full(X.shape, -1000.0, np.float32)
             lab_soft = np.zeros(X.shape, np.uint8)
+        met = acc.metal
         value = soft_val * (1.0 - occ_total) + hu_bone
         value = value * (1.0 - met) + METAL_HU * met
         hu[:, :, k0:k1] = np.clip(np.rint(value), -1024, 3071).astype(np.int16)
-        bone_lab = np.where(best >= 0.5, lab_slab, lab_soft)
+        bone_lab = np.where(acc.best >= 0.5, acc.label, lab_soft)
         lab[:, :, k0:k1] = np.where(met >= 0.5, np.uint8(labels.METAL), bone_lab)
         metal[:, :, k0:k1] = met
     aff = grid.affine()
