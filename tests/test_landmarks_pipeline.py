@@ -180,3 +180,8 @@ def test_shipped_models_load_and_run(eval_dir: Path) -> None:
         out = det.detect(case.film.image, case.film.spacing_mm)
     assert out.points.shape == (8, 2) and np.all(np.isfinite(out.points))
     assert out.model_versions["landmarks_whole"]
+
+
+def test_training_refuses_eval_seeds(eval_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SeedRangeError):
+        train_landmarks(TrainConfig(data=eval_dir, out=tmp_path, seed=1, steps=(1, 1)))

@@ -237,6 +237,10 @@ class LandmarkDetector:
         return self._whole.backend.name
 
     @property
+    def model_versions(self) -> dict[str, str]:
+        return {"landmarks_whole": self._whole.version, "landmarks_crop": self._crop.version}
+
+    @property
     def backend_choice(self) -> BackendChoice:
         return self.choice
 
@@ -259,6 +263,41 @@ class LandmarkDetector:
         s = self._whole
         centre = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
         return _frame(s.mm_per_px / spacing_mm[1], s.mm_per_px / spacing_mm[0], centre, (s.rows, s.cols))
+
+    def _refine(
+        self, img: F32, spacing: tuple[float, float], points: F64, conf: F64, passes: int
+    ) -> tuple[F64, F64, NDArray[np.bool_]]:
+        cs = self._crop
+        points, conf = points.copy(), conf.copy()
+        refined = np.zeros(len(self.names), bool)
+        for _ in range(passes):
+            for idx in self.regions.values():
+                ix = list(idx)
+                centre = points[ix].mean(axis=0)
+                a2 = _frame(
+                    cs.mm_per_px / spacing[1],
+                    cs.mm_per_px / spacing[0],
+                    (float(centre[0]), float(centre[1])),
+                    (cs.rows, cs.cols),
+                )
+                crop = resample(img, a2, (cs.rows, cs.cols))
+                h2 = self._run(cs, crop)[ix]
+                p2, c2 = decode_peaks(h2, cs.stride)
+                points[ix] = _apply(a2, p2)
+                conf[ix] = c2
+                refined[ix] = True
+        return points, conf, refined
+
+    def refine(
+        self, image: ArrayLike, spacing_mm: tuple[float, float], guess: ArrayLike, passes: int = 1
+    ) -> tuple[F64, F64]:
+        """Stage 2 alone from ``guess`` (N, 2) film points (diagnostics: the crop stage's own error
+        when the crops are centred near the truth). Returns (points, confidence)."""
+        img = np.asarray(image, dtype=np.float32)
+        g = np.asarray(guess, dtype=np.float64).reshape(len(self.names), 2)
+        sp = (float(spacing_mm[0]), float(spacing_mm[1]))
+        p, c, _ = self._refine(img, sp, g, np.zeros(len(self.names)), passes)
+        return p, c
 
     def detect(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> Detection:
         """Landmarks of a film: ``image`` 2D float in [0, 1] with bone bright (MONOCHROME2 sense),
@@ -288,24 +327,8 @@ class LandmarkDetector:
         points = coarse.copy()
         conf = c1.copy()
         refined = np.zeros(len(self.names), bool)
-        cs = self._crop
         t3 = time.perf_counter()
-        for _ in range(self.refine_passes):
-            for idx in self.regions.values():
-                ix = list(idx)
-                centre = points[ix].mean(axis=0)
-                a2 = _frame(
-                    cs.mm_per_px / spacing[1],
-                    cs.mm_per_px / spacing[0],
-                    (centre[0], centre[1]),
-                    (cs.rows, cs.cols),
-                )
-                crop = resample(img, a2, (cs.rows, cs.cols))
-                h2 = self._run(cs, crop)[ix]
-                p2, c2 = decode_peaks(h2, cs.stride)
-                points[ix] = _apply(a2, p2)
-                conf[ix] = c2
-                refined[ix] = True
+        points, conf, refined = self._refine(img, spacing, points, conf, self.refine_passes)
         timings["stage2"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         return Detection(
@@ -317,5 +340,5 @@ class LandmarkDetector:
             refined=refined,
             timings_s=timings,
             backend=self.backend_name,
-            model_versions={"landmarks_whole": self._whole.version, "landmarks_crop": self._crop.version},
+            model_versions=self.model_versions,
         )

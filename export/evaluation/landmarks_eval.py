@@ -10,7 +10,10 @@ Runtime through ``engines``) finds the eight landmarks, and the result is compar
 * mHKA, mLDFA, MPTA, JLCA from :func:`appliance.analytics.angles2d.measure_2d` on the predicted vs the
   truth ``landmarks_2d`` (same spacing, magnification and side): MAE and 95th percentile of |error|;
 * CPAK type agreement (predicted vs truth landmarks through the same ``measure_2d``);
-* detector wall time per film (stage 1 + stage 2 + resampling; film reading excluded).
+* detector wall time per film (stage 1 + stage 2 + resampling; film reading excluded);
+* diagnostics: stage 1 alone (coarse points), and stage 2 alone from crops centred on the truth shifted
+  by up to 10 mm per axis at the patient (seeded by the case seed), which bounds what the crop stage can
+  do with a good coarse guess.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class CaseResult:
     seed: int
     side: str
     errors_mm: dict[str, float]  # in-field landmarks only
+    coarse_errors_mm: dict[str, float]  # stage 1 alone
+    crop_only_errors_mm: dict[str, float]  # stage 2 alone, from the truth +-10 mm
     confidence: dict[str, float]
     angles_pred: dict[str, float | None]
     angles_true: dict[str, float | None]
@@ -65,6 +70,8 @@ class CaseResult:
             "seed": self.seed,
             "side": self.side,
             "errors_mm": self.errors_mm,
+            "coarse_errors_mm": self.coarse_errors_mm,
+            "crop_only_errors_mm": self.crop_only_errors_mm,
             "confidence": self.confidence,
             "angles_pred": self.angles_pred,
             "angles_true": self.angles_true,
@@ -79,6 +86,8 @@ class EvalSummary:
     data: str
     seeds: tuple[int, ...]
     landmark_error_mm: dict[str, dict[str, float]]  # name -> {median, p95, n}; "all" pooled
+    coarse_error_mm: dict[str, float]  # stage 1 alone, pooled
+    crop_only_error_mm: dict[str, float]  # stage 2 alone from truth +-10 mm, pooled
     angle_error_deg: dict[str, dict[str, float]]  # angle -> {mae, p95, n}
     cpak_agreement: float | None
     cpak_n: int
@@ -94,6 +103,8 @@ class EvalSummary:
             "seeds": list(self.seeds),
             "n_cases": len(self.seeds),
             "landmark_error_mm": self.landmark_error_mm,
+            "coarse_error_mm": self.coarse_error_mm,
+            "crop_only_error_mm": self.crop_only_error_mm,
             "angle_error_deg": self.angle_error_deg,
             "cpak_agreement": self.cpak_agreement,
             "cpak_n": self.cpak_n,
@@ -129,6 +140,16 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     d = det.points - case.landmarks
     err = np.hypot(d[:, 0] * s_col, d[:, 1] * s_row) / mag
     errors = {n: float(e) for n, e, f in zip(case.names, err, case.in_field, strict=True) if f}
+    dc = det.coarse_points - case.landmarks
+    cerr = np.hypot(dc[:, 0] * s_col, dc[:, 1] * s_row) / mag
+    coarse = {n: float(e) for n, e, f in zip(case.names, cerr, case.in_field, strict=True) if f}
+    # stage 2 alone: one pass from the truth shifted by up to 10 mm (seeded by the case), as in training
+    rng = np.random.default_rng(case.seed)
+    shift = rng.uniform(-10.0, 10.0, size=(len(case.names), 2)) * mag / np.array([s_col, s_row])
+    p_or, _ = detector.refine(case.film.image, (s_row, s_col), case.landmarks + shift)
+    do = p_or - case.landmarks
+    oerr = np.hypot(do[:, 0] * s_col, do[:, 1] * s_row) / mag
+    oracle = {n: float(e) for n, e, f in zip(case.names, oerr, case.in_field, strict=True) if f}
     truth_pts = {
         n: (float(p[0]), float(p[1]))
         for n, p, f in zip(case.names, case.landmarks, case.in_field, strict=True)
@@ -145,6 +166,8 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
         seed=case.seed,
         side=case.side,
         errors_mm=errors,
+        coarse_errors_mm=coarse,
+        crop_only_errors_mm=oracle,
         confidence={n: float(c) for n, c in zip(det.names, det.confidence, strict=True)},
         angles_pred={k: (getattr(a_pred, k) if a_pred is not None else None) for k in ANGLES},
         angles_true={k: getattr(a_true, k) for k in ANGLES},
@@ -171,7 +194,7 @@ def evaluate(
             results.append(_evaluate_case(detector, index.folder(seed)))
         backend = detector.backend_name
         names = detector.names
-        versions = {"landmarks_whole": detector._whole.version, "landmarks_crop": detector._crop.version}
+        versions = detector.model_versions
 
     lm: dict[str, dict[str, float]] = {
         n: _stats([r.errors_mm[n] for r in results if n in r.errors_mm]) for n in names
@@ -222,6 +245,8 @@ def evaluate(
         data=str(data),
         seeds=index.seeds,
         landmark_error_mm=lm,
+        coarse_error_mm=_stats([e for r in results for e in r.coarse_errors_mm.values()]),
+        crop_only_error_mm=_stats([e for r in results for e in r.crop_only_errors_mm.values()]),
         angle_error_deg=angles,
         cpak_agreement=agree,
         cpak_n=len(pairs),
@@ -243,6 +268,13 @@ def format_summary(s: EvalSummary) -> str:
     ]
     for n, st in s.landmark_error_mm.items():
         lines.append(f"{n:<8} {st['median']:>10.2f} {st['p95']:>8.2f} {st['n']:>4}")
+    c = s.coarse_error_mm
+    o = s.crop_only_error_mm
+    lines.append(f"(stage 1 alone, all landmarks: median {c['median']:.2f} mm, p95 {c['p95']:.2f} mm)")
+    lines.append(
+        f"(stage 2 alone, crops centred within 10 mm of the truth: median {o['median']:.2f} mm, "
+        f"p95 {o['p95']:.2f} mm)"
+    )
     lines += ["", f"{'angle':<8} {'MAE deg':>8} {'p95 deg':>8} {'max':>7} {'n':>4}"]
     for k, st in s.angle_error_deg.items():
         lines.append(f"{k:<8} {st['mae']:>8.2f} {st['p95']:>8.2f} {st['max']:>7.2f} {st['n']:>4}")

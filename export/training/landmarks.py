@@ -84,7 +84,7 @@ class TrainConfig:
     seed: int
     minutes: float = 25.0
     steps: tuple[int, int] | None = None  # (stage 1, stage 2); None: fit the wall-clock budget
-    stage1_share: float = 0.45  # of the budget; the rest minus export time goes to stage 2
+    stage1_share: float = 0.6  # of the budget; the rest minus export time goes to stage 2
     batch_whole: int = 4
     batch_crop: int = 8
     lr: float = 2e-3
