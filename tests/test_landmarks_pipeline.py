@@ -185,3 +185,23 @@ def test_shipped_models_load_and_run(eval_dir: Path) -> None:
 def test_training_refuses_eval_seeds(eval_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SeedRangeError):
         train_landmarks(TrainConfig(data=eval_dir, out=tmp_path, seed=1, steps=(1, 1)))
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_by_seed(train_dir: Path, tmp_path: Path) -> None:
+    states = []
+    for k in ("a", "b"):
+        cfg = TrainConfig(
+            data=train_dir,
+            out=tmp_path / k,
+            seed=9,
+            steps=(3, 3),
+            batch_whole=2,
+            batch_crop=2,
+            crops_per_region=1,
+        )
+        res = train_landmarks(cfg)
+        states.append(torch.load(res.checkpoint, weights_only=False))
+    for stage in ("whole", "crop"):
+        for name, v in states[0][stage].items():
+            assert torch.equal(v, states[1][stage][name]), f"{stage}.{name} differs between runs"
