@@ -1,7 +1,7 @@
 """``xr3d export onnx|tensorrt|triton`` and ``xr3d bench``: argparse glue.
 
-The registry of shipped models is :data:`SHIPPED_MODELS`. It is empty today: no product model has
-been trained yet. Later issues register a model by adding a :class:`ShippedModel` whose ``build``
+The registry of shipped models is :data:`SHIPPED_MODELS` (today the two stages of the long-leg landmark
+model, weights in ``models/``). A model registers by adding a :class:`ShippedModel` whose ``build``
 returns the trained module (eval mode), an example input, I/O names and metadata (version, training
 seed, input geometry), exactly like :func:`export.reference_models.build_reference` does.
 
@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Export shipped models to ONNX with a fixed opset, named inputs/outputs, dynamic batch and "
             "metadata (model version, training seed, input geometry); check each graph with onnx.checker "
             "and against TensorRT's ONNX operator support; compare ONNX Runtime with PyTorch. "
-            f"Shipped models registered: {len(SHIPPED_MODELS)} (none until the first model is trained; "
-            "--reference exports the small reference networks)."
+            f"Shipped models registered: {len(SHIPPED_MODELS)} (--reference exports the small "
+            "reference networks)."
         ),
     )
     sel = po.add_mutually_exclusive_group(required=True)
