@@ -18,6 +18,7 @@ import dataclasses
 import io
 import itertools
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -213,11 +214,11 @@ def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-class _PixelOp(_Base):
+class _PixelOp(_Base, ABC):
     """A transform of pixel values only: landmarks and visibility pass unchanged."""
 
-    def pixels(self, image: F32) -> F32:
-        raise NotImplementedError
+    @abstractmethod
+    def pixels(self, image: F32) -> F32: ...
 
     def transform(self, s: Augmented) -> Augmented:
         return Augmented(_clip01(self.pixels(s.image)), s.landmarks.copy(), s.visible.copy())
