@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-_BUILTIN: tuple[str, ...] = ("appliance.analytics.measure_cli", "appliance.service_cli")
+_BUILTIN: tuple[str, ...] = (
+    "appliance.analytics.measure_cli",
+    "appliance.service_cli",
+    "appliance.process_cli",
+)
 
 
 def _builtin_registrars() -> list[Register]:

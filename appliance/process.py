@@ -1,0 +1,256 @@
+"""One long-leg AP film -> landmarks, 2D alignment, CPAK and pictures in ``OUT/<StudyInstanceUID>/``.
+
+The pipeline of ``xr3d process`` (docs/result-schema.md):
+
+1. :func:`appliance.ingest.reader.read_film` accepts and classifies the file (DICOM, or PNG/TIFF with
+   a sidecar JSON); a rejected file raises :class:`~appliance.ingest.errors.IngestError` with its
+   reason code. Only ``longleg_ap`` films are measured (``reason = not_longleg``).
+2. The pixels are brought to [0, 1] with bone bright the way the landmark models were trained (DICOM:
+   modality rescale, first VOI window, MONOCHROME1 inverted; other images: their own min-max).
+3. :class:`~appliance.landmarks.detector.LandmarkDetector` finds the eight landmarks. The models work in
+   detector millimetres, so they get the detector pixel spacing (patient-plane spacing times the film's
+   magnification, when the ingest divided by one).
+4. :func:`~appliance.analytics.angles2d.measure_2d` measures with the same spacing and magnification.
+   A landmark whose confidence is below :data:`LOW_CONFIDENCE` is flagged, and so is every value that
+   needs it (values are still reported, never hidden).
+5. result.json, the overlay (full size and preview) and the CPAK chart are written to a temporary
+   folder next to the destination, which is then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+
+from appliance import __version__
+from appliance.analytics.angles2d import _NEEDS as ANGLE_LANDMARKS
+from appliance.analytics.angles2d import measure_2d
+from appliance.analytics.cpak_chart import render_cpak_chart
+from appliance.analytics.overlay import render_overlay
+from appliance.analytics.results import Angles2D
+from appliance.config import Settings
+from appliance.errors import InputError
+from appliance.ingest.dicom_reader import decode_pixels
+from appliance.ingest.film import Film
+from appliance.ingest.reader import load_pixels, read_film
+from appliance.landmarks.detector import Detection, LandmarkDetector
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LOW_CONFIDENCE",
+    "RESULT_SCHEMA",
+    "ProcessResult",
+    "film_image01",
+    "process_film",
+]
+
+RESULT_SCHEMA: Final = "xr3d.process/1"
+LOW_CONFIDENCE: Final = 0.3
+"""A landmark whose heatmap peak (confidence, 1 = as sharp as a training target) is below this is
+flagged ``low_confidence``. Not yet calibrated against landmark error: on a held-out simulated film
+the eight peaks were 0.66-1.0, on a wrongly normalised (unusable) input 0.09-0.56 (docs/result-schema.md)."""
+LONGLEG_VIEW: Final = "longleg_ap"
+RESULT_FILE: Final = "result.json"
+OVERLAY_FILE: Final = "overlay.png"
+OVERLAY_PREVIEW_FILE: Final = "overlay_preview.png"
+CPAK_CHART_FILE: Final = "cpak_chart.png"
+PREVIEW_MAX_PX: Final = 1024
+# CPAK needs aHKA and JLO, which need all eight landmarks.
+_DEPENDS: Final[dict[str, tuple[str, ...]]] = {**ANGLE_LANDMARKS, "CPAK": ANGLE_LANDMARKS["aHKA"]}
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """Where one film's outputs went, and the document written to ``result.json``."""
+
+    study_uid: str
+    out_dir: Path
+    files: tuple[str, ...]
+    document: Mapping[str, Any]
+
+
+def _first(value: Any) -> float:
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return float(value[0])
+    return float(value)
+
+
+def film_image01(path: Path, film: Film) -> NDArray[np.float32]:
+    """The film's pixels in [0, 1], bone bright, as the landmark models were trained on them.
+
+    DICOM: RescaleSlope/Intercept, then the first WindowCenter/WindowWidth (linear; the full range
+    without a window), MONOCHROME1 inverted (``export.datasets.landmark_samples.read_film``). PNG/TIFF:
+    min-max of the image (the ingest already made bone bright).
+    """
+    if film.kind != "dicom":
+        x = np.asarray(load_pixels(path), dtype=np.float64)
+        if x.ndim == 3:
+            x = x[..., :3].mean(axis=2)
+        lo, hi = float(x.min()), float(x.max())
+        return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+    ds = pydicom.dcmread(path)
+    x = np.asarray(decode_pixels(ds), dtype=np.float64)
+    x = x * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    try:
+        wc, ww = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1e-6)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        lo, hi = float(x.min()), float(x.max())
+        wc, ww = (lo + hi) / 2.0, max(hi - lo, 1e-6)
+    v = np.clip((x - (wc - ww / 2.0)) / ww, 0.0, 1.0)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        v = 1.0 - v
+    return v.astype(np.float32)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _flags(film: Film, det: Detection, angles: Angles2D, threshold: float) -> dict[str, Any]:
+    low = sorted(n for n, c in zip(det.names, det.confidence, strict=True) if float(c) < threshold)
+    flagged = {key: sorted(set(needs) & set(low)) for key, needs in _DEPENDS.items() if set(needs) & set(low)}
+    return {
+        "low_confidence_threshold": threshold,
+        "low_confidence_landmarks": low,
+        "flagged_values": flagged,
+        "missing": {k: list(v) for k, v in angles.missing.items()},
+        "spacing": film.spacing_flag or None,
+        "side_mismatch": bool(angles.side and angles.apparent_side and angles.side != angles.apparent_side),
+        "notes": list(angles.notes),
+    }
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an older result is moved aside first and removed afterwards."""
+    old: Path | None = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def process_film(
+    path: Path,
+    out_root: Path,
+    settings: Settings,
+    detector: LandmarkDetector,
+    *,
+    low_confidence: float = LOW_CONFIDENCE,
+) -> ProcessResult:
+    """Process one long-leg AP film into ``out_root/<StudyInstanceUID>/`` (see module docstring).
+
+    Raises :class:`~appliance.errors.InputError` (an IngestError for a rejected file) for bad input.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path.name}: no such file", reason="file_not_found")
+    film = read_film(path, settings)
+    if film.view != LONGLEG_VIEW:
+        raise InputError(
+            f"{path.name}: view is {film.view}, only {LONGLEG_VIEW} films are measured", reason="not_longleg"
+        )
+    image = film_image01(path, film)
+    t_read = time.perf_counter()
+    mag = float(film.magnification) if film.magnification else 1.0
+    detector_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
+    det = detector.detect(image, detector_spacing)
+    t_detect = time.perf_counter()
+    points = det.as_dict()
+    angles = measure_2d(points, detector_spacing, mag, film.side or None)
+    flags = _flags(film, det, angles, low_confidence)
+    t_measure = time.perf_counter()
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / film.study_uid
+    tmp = out_root / f".{film.study_uid}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files = [RESULT_FILE, OVERLAY_FILE, OVERLAY_PREVIEW_FILE]
+    try:
+        render_overlay(image, points, angles, tmp / OVERLAY_FILE, tmp / OVERLAY_PREVIEW_FILE, PREVIEW_MAX_PX)
+        if angles.ahka is not None and angles.jlo is not None:
+            render_cpak_chart(angles.ahka, angles.jlo, tmp / CPAK_CHART_FILE)
+            files.append(CPAK_CHART_FILE)
+        t_render = time.perf_counter()
+        low = set(flags["low_confidence_landmarks"])
+        doc: dict[str, Any] = {
+            "schema": RESULT_SCHEMA,
+            "software": f"xr3d {__version__}",
+            "status": "measured",
+            "study_uid": film.study_uid,
+            "side": film.side or None,
+            "apparent_side": angles.apparent_side,
+            "input": {
+                "kind": film.kind,
+                "sha256": film.sha256,
+                "series_uid": film.series_uid,
+                "sop_uid": film.sop_uid,
+                "view": film.view,
+                "rows": film.rows,
+                "columns": film.columns,
+                "spacing_mm": list(film.spacing_mm),
+                "spacing_source": film.spacing_source,
+                "magnification": film.magnification,
+                "detector_spacing_mm": list(detector_spacing),
+                "photometric": film.photometric,
+            },
+            "landmarks": {
+                n: {
+                    "col": float(p[0]),
+                    "row": float(p[1]),
+                    "confidence": float(c),
+                    "low_confidence": n in low,
+                }
+                for n, p, c in zip(det.names, det.points, det.confidence, strict=True)
+            },
+            "angles_2d": {k: _finite(v) for k, v in angles.to_dict().items()},
+            "cpak": angles.cpak.to_dict() if angles.cpak is not None else None,
+            "flags": flags,
+            "engine": detector.backend_choice.to_json(),
+            "model_versions": dict(det.model_versions),
+            "timings_s": {
+                "read": t_read - t0,
+                **{f"detect_{k}": float(v) for k, v in det.timings_s.items()},
+                "detect": t_detect - t_read,
+                "measure": t_measure - t_detect,
+                "render": t_render - t_measure,
+                "total": time.perf_counter() - t0,
+            },
+            "files": sorted(files),
+        }
+        with open(tmp / RESULT_FILE, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "processed study %s: mHKA %s, %d low-confidence landmark(s), %.2f s",
+        film.study_uid,
+        "n/a" if angles.mhka is None else f"{angles.mhka:.1f}",
+        len(low),
+        doc["timings_s"]["total"],
+    )
+    return ProcessResult(study_uid=film.study_uid, out_dir=final, files=tuple(sorted(files)), document=doc)
