@@ -119,10 +119,45 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+# Anatomical plausibility on a standing long-leg film: the mechanical axes stand within a few degrees of
+# the film's vertical (hip-ankle line ~3 deg: Moreland, Bassett & Hanker, JBJS Am 1987) and mechanical
+# lengths stay within adult ranges (femur ~370-500 mm, tibia ~310-440 mm: Paley 2002). Wider limits leave
+# room for lean, rotation and flexion; outside them a landmark sits on the wrong structure (e.g. the other
+# leg's hip).
+MAX_AXIS_TILT_DEG = 15.0
+FEMUR_MM = (300.0, 580.0)
+TIBIA_MM = (250.0, 500.0)
+
+
+def _implausible(det: Detection, angles: Angles2D) -> dict[str, list[str]]:
+    """Reasons the detected landmarks cannot describe one standing leg, with the landmarks involved."""
+    pts = det.as_dict()
+    out: dict[str, list[str]] = {}
+
+    def tilt(a: str, b: str) -> float:
+        d = np.asarray(pts[a], dtype=float) - np.asarray(pts[b], dtype=float)
+        return math.degrees(math.atan2(abs(d[0]), abs(d[1]) + 1e-9))
+
+    if tilt("FHC", "FKC") > MAX_AXIS_TILT_DEG:
+        out["femoral_axis_tilt"] = ["FHC", "FKC"]
+    if tilt("TKC", "AC") > MAX_AXIS_TILT_DEG:
+        out["tibial_axis_tilt"] = ["TKC", "AC"]
+    fem, tib = angles.femoral_mech_axis_mm, angles.tibial_mech_axis_mm
+    if fem is not None and not FEMUR_MM[0] <= fem <= FEMUR_MM[1]:
+        out["femoral_length"] = ["FHC", "FKC"]
+    if tib is not None and not TIBIA_MM[0] <= tib <= TIBIA_MM[1]:
+        out["tibial_length"] = ["TKC", "AC"]
+    return out
+
+
 def _flags(film: Film, det: Detection, angles: Angles2D, threshold: float) -> dict[str, Any]:
     low = sorted(n for n, c in zip(det.names, det.confidence, strict=True) if float(c) < threshold)
-    flagged = {key: sorted(set(needs) & set(low)) for key, needs in _DEPENDS.items() if set(needs) & set(low)}
+    implausible = _implausible(det, angles)
+    suspect = set(low) | {n for names in implausible.values() for n in names}
+    flagged = {key: sorted(set(needs) & suspect) for key, needs in _DEPENDS.items() if set(needs) & suspect}
     return {
+        "needs_review": bool(suspect),
+        "implausible": implausible,
         "low_confidence_threshold": threshold,
         "low_confidence_landmarks": low,
         "flagged_values": flagged,

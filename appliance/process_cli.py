@@ -85,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
                 mhka = "n/a" if a["mHKA"] is None else f"{a['mHKA']:+.1f} deg"
                 cpak = doc["cpak"]["label"] if doc["cpak"] else "n/a"
                 low = ", ".join(doc["flags"]["low_confidence_landmarks"]) or "none"
+                review = ", ".join(doc["flags"]["implausible"])
                 sys.stdout.write(
-                    f"{path}: {res.out_dir}  mHKA {mhka}, CPAK {cpak}, low-confidence landmarks: {low}\n"
+                    f"{path}: {res.out_dir}  mHKA {mhka}, CPAK {cpak}, low-confidence landmarks: {low}"
+                    + (f"  NEEDS REVIEW (implausible: {review})" if review else "")
+                    + "\n"
                 )
     if args.json:
         sys.stdout.write(json.dumps({"processed": processed, "failed": failed}, indent=2) + "\n")

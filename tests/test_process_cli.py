@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance.analytics.landmarks import LANDMARKS_2D
@@ -107,3 +108,31 @@ def test_low_confidence_flags_dependent_values(case: Path, tmp_path: Path) -> No
     assert set(flagged) >= {"mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO", "MAD_mm", "CPAK"}
     assert flagged["mHKA"] == ["AC", "FHC", "FKC", "TKC"]
     assert doc["angles_2d"]["mHKA"] is not None  # flagged, still reported
+
+
+def test_landmarks_on_the_other_leg_are_flagged_for_review() -> None:
+    """A hip found on the contralateral leg (a failure seen on bilateral films) must not pass silently."""
+    from appliance.analytics.angles2d import measure_2d
+    from appliance.landmarks.detector import Detection
+    from appliance.process import _implausible
+
+    names = ("FHC", "FKC", "MDFC", "LDFC", "MTP", "LTP", "TKC", "AC")
+    good = np.array(
+        [
+            [383, 655],
+            [370, 1926],
+            [431, 1930],
+            [308, 1922],
+            [460, 1946],
+            [278, 1939],
+            [370, 1942],
+            [434, 3092],
+        ],
+        dtype=float,
+    )
+    bad = good.copy()
+    bad[0] = [890, 655]  # the other leg's femoral head
+    for pts, expect in ((good, set()), (bad, {"femoral_axis_tilt"})):
+        det = Detection(names, pts, np.ones(8), pts, np.ones(8), np.ones(8, dtype=bool))
+        angles = measure_2d(det.as_dict(), 0.35, 1.05)
+        assert set(_implausible(det, angles)) == expect
