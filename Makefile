@@ -17,7 +17,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/xr3d simulate --n 2 --seed 900001 --out $(DEMO_OUT) --workers 2
-	@echo "Demo output in $(DEMO_OUT)/ (films as DICOM + PNG previews, CT + labels as NIfTI, truth.json)"
+	@echo "Measuring the simulated long-leg films with the shipped landmark model (compare with the table above):"
+	-$(BIN)/xr3d process $(DEMO_OUT)/case_*/longleg_ap.dcm --out $(DEMO_OUT)/results
+	@echo "Demo output in $(DEMO_OUT)/: films as DICOM + PNG previews, CT + labels as NIfTI, truth.json;"
+	@echo "measurements (result.json, overlay, CPAK chart) in $(DEMO_OUT)/results/"
 
 lint: $(STAMP)
 	$(BIN)/ruff check appliance engines export gui tests bench tools
