@@ -44,6 +44,7 @@ from appliance.config import Settings
 from appliance.errors import InputError
 from appliance.ingest.dicom_reader import decode_pixels
 from appliance.ingest.film import Film
+from appliance.ingest.presentation import bone_bright_unit
 from appliance.ingest.reader import load_pixels, read_film
 from appliance.landmarks.detector import Detection, LandmarkDetector
 
@@ -82,12 +83,6 @@ class ProcessResult:
     document: Mapping[str, Any]
 
 
-def _first(value: Any) -> float:
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return float(value[0])
-    return float(value)
-
-
 def film_image01(path: Path, film: Film) -> NDArray[np.float32]:
     """The film's pixels in [0, 1], bone bright, as the landmark models were trained on them.
 
@@ -102,17 +97,7 @@ def film_image01(path: Path, film: Film) -> NDArray[np.float32]:
         lo, hi = float(x.min()), float(x.max())
         return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
     ds = pydicom.dcmread(path)
-    x = np.asarray(decode_pixels(ds), dtype=np.float64)
-    x = x * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    try:
-        wc, ww = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1e-6)
-    except (AttributeError, TypeError, ValueError, IndexError):
-        lo, hi = float(x.min()), float(x.max())
-        wc, ww = (lo + hi) / 2.0, max(hi - lo, 1e-6)
-    v = np.clip((x - (wc - ww / 2.0)) / ww, 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        v = 1.0 - v
-    return v.astype(np.float32)
+    return bone_bright_unit(ds, decode_pixels(ds))
 
 
 def _finite(value: float | None) -> float | None:

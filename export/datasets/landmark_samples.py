@@ -40,6 +40,7 @@ from appliance.errors import InputError
 from appliance.geometry.drr import line_integrals_multi
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import RAS_TO_LPS
+from appliance.ingest.presentation import bone_bright_unit
 from export.datasets.augment import transform_points, visible_in, warp_affine
 from export.simulator.cli import SEED_RANGES
 
@@ -111,12 +112,6 @@ class FilmImage:
     geometry: ProjectionGeometry | None
 
 
-def _first(value: Any) -> float:
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return float(value[0])
-    return float(value)
-
-
 def read_film(path: Path) -> FilmImage:
     """Read a DX film: modality rescale, the first VOI window (linear) and photometric interpretation
     applied, so that bone is bright in [0, 1] whatever the stored polarity. Without a window the full
@@ -128,21 +123,14 @@ def read_film(path: Path) -> FilmImage:
         raise InputError(f"cannot read film {Path(path).name}: {exc}", reason="film_unreadable") from exc
     if raw.ndim != 2:
         raise InputError(f"film must be a single 2D frame, got shape {raw.shape}", reason="film_unreadable")
-    x = raw * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        wc, ww = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1e-6)
-    else:
-        lo, hi = float(x.min()), float(x.max())
-        wc, ww = (lo + hi) / 2.0, max(hi - lo, 1e-6)
-    v = np.clip((x - (wc - ww / 2.0)) / ww, 0.0, 1.0)
+    # The runtime's own conversion, so training sees films exactly as `xr3d process` will.
+    v = bone_bright_unit(ds, raw)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric == "MONOCHROME1":
-        v = 1.0 - v
     spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
     if spacing is None:
         raise InputError("film has no pixel spacing", reason="no_pixel_spacing")
     return FilmImage(
-        image=v.astype(np.float32),
+        image=v,
         spacing_mm=(float(spacing[0]), float(spacing[1])),
         photometric=photometric,
         geometry=read_geometry(ds),
