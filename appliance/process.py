@@ -53,9 +53,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LOW_CONFIDENCE",
     "RESULT_SCHEMA",
+    "FilmMeasurement",
     "ProcessResult",
     "film_image01",
+    "measure_film",
     "process_film",
+    "render_pictures",
 ]
 
 RESULT_SCHEMA: Final = "xr3d.process/1"
@@ -166,6 +169,81 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass(frozen=True, eq=False)
+class FilmMeasurement:
+    """One long-leg AP film measured: what ``xr3d process`` and the study pipeline both report."""
+
+    film: Film
+    image: NDArray[np.float32]
+    detection: Detection
+    angles: Angles2D
+    detector_spacing_mm: tuple[float, float]
+    flags: Mapping[str, Any]
+    timings_s: Mapping[str, float]
+
+    def landmarks_json(self) -> dict[str, dict[str, Any]]:
+        low = set(self.flags["low_confidence_landmarks"])
+        det = self.detection
+        return {
+            n: {"col": float(p[0]), "row": float(p[1]), "confidence": float(c), "low_confidence": n in low}
+            for n, p, c in zip(det.names, det.points, det.confidence, strict=True)
+        }
+
+    def angles_json(self) -> dict[str, float | None]:
+        return {k: _finite(v) for k, v in self.angles.to_dict().items()}
+
+    def cpak_json(self) -> dict[str, Any] | None:
+        return self.angles.cpak.to_dict() if self.angles.cpak is not None else None
+
+
+def measure_film(
+    path: Path, film: Film, detector: LandmarkDetector, *, low_confidence: float = LOW_CONFIDENCE
+) -> FilmMeasurement:
+    """Landmarks, 2D angles, CPAK and flags of one accepted long-leg AP film (steps 2-4 above)."""
+    t0 = time.perf_counter()
+    image = film_image01(path, film)
+    t_read = time.perf_counter()
+    mag = float(film.magnification) if film.magnification else 1.0
+    detector_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
+    det = detector.detect(image, detector_spacing)
+    t_detect = time.perf_counter()
+    angles = measure_2d(det.as_dict(), detector_spacing, mag, film.side or None)
+    flags = _flags(film, det, angles, low_confidence)
+    t_measure = time.perf_counter()
+    timings = {
+        "read": t_read - t0,
+        **{f"detect_{k}": float(v) for k, v in det.timings_s.items()},
+        "detect": t_detect - t_read,
+        "measure": t_measure - t_detect,
+    }
+    return FilmMeasurement(film, image, det, angles, detector_spacing, flags, timings)
+
+
+def render_pictures(m: FilmMeasurement, out_dir: Path) -> list[str]:
+    """Overlay (full size and preview) and, when aHKA and JLO were measured, the CPAK chart."""
+    render_overlay(
+        m.image,
+        m.detection.as_dict(),
+        m.angles,
+        out_dir / OVERLAY_FILE,
+        out_dir / OVERLAY_PREVIEW_FILE,
+        PREVIEW_MAX_PX,
+    )
+    files = [OVERLAY_FILE, OVERLAY_PREVIEW_FILE]
+    if m.angles.ahka is not None and m.angles.jlo is not None:
+        render_cpak_chart(m.angles.ahka, m.angles.jlo, out_dir / CPAK_CHART_FILE)
+        files.append(CPAK_CHART_FILE)
+    return files
+
+
+def write_json_durably(path: Path, doc: Mapping[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def process_film(
     path: Path,
     out_root: Path,
@@ -187,15 +265,7 @@ def process_film(
         raise InputError(
             f"{path.name}: view is {film.view}, only {LONGLEG_VIEW} films are measured", reason="not_longleg"
         )
-    image = film_image01(path, film)
-    t_read = time.perf_counter()
-    mag = float(film.magnification) if film.magnification else 1.0
-    detector_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
-    det = detector.detect(image, detector_spacing)
-    t_detect = time.perf_counter()
-    points = det.as_dict()
-    angles = measure_2d(points, detector_spacing, mag, film.side or None)
-    flags = _flags(film, det, angles, low_confidence)
+    m = measure_film(path, film, detector, low_confidence=low_confidence)
     t_measure = time.perf_counter()
 
     out_root.mkdir(parents=True, exist_ok=True)
@@ -204,21 +274,16 @@ def process_film(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    files = [RESULT_FILE, OVERLAY_FILE, OVERLAY_PREVIEW_FILE]
     try:
-        render_overlay(image, points, angles, tmp / OVERLAY_FILE, tmp / OVERLAY_PREVIEW_FILE, PREVIEW_MAX_PX)
-        if angles.ahka is not None and angles.jlo is not None:
-            render_cpak_chart(angles.ahka, angles.jlo, tmp / CPAK_CHART_FILE)
-            files.append(CPAK_CHART_FILE)
+        files = [RESULT_FILE, *render_pictures(m, tmp)]
         t_render = time.perf_counter()
-        low = set(flags["low_confidence_landmarks"])
         doc: dict[str, Any] = {
             "schema": RESULT_SCHEMA,
             "software": f"xr3d {__version__}",
             "status": "measured",
             "study_uid": film.study_uid,
             "side": film.side or None,
-            "apparent_side": angles.apparent_side,
+            "apparent_side": m.angles.apparent_side,
             "input": {
                 "kind": film.kind,
                 "sha256": film.sha256,
@@ -230,47 +295,27 @@ def process_film(
                 "spacing_mm": list(film.spacing_mm),
                 "spacing_source": film.spacing_source,
                 "magnification": film.magnification,
-                "detector_spacing_mm": list(detector_spacing),
+                "detector_spacing_mm": list(m.detector_spacing_mm),
                 "photometric": film.photometric,
             },
-            "landmarks": {
-                n: {
-                    "col": float(p[0]),
-                    "row": float(p[1]),
-                    "confidence": float(c),
-                    "low_confidence": n in low,
-                }
-                for n, p, c in zip(det.names, det.points, det.confidence, strict=True)
-            },
-            "angles_2d": {k: _finite(v) for k, v in angles.to_dict().items()},
-            "cpak": angles.cpak.to_dict() if angles.cpak is not None else None,
-            "flags": flags,
+            "landmarks": m.landmarks_json(),
+            "angles_2d": m.angles_json(),
+            "cpak": m.cpak_json(),
+            "flags": dict(m.flags),
             "engine": detector.backend_choice.to_json(),
-            "model_versions": dict(det.model_versions),
-            "timings_s": {
-                "read": t_read - t0,
-                **{f"detect_{k}": float(v) for k, v in det.timings_s.items()},
-                "detect": t_detect - t_read,
-                "measure": t_measure - t_detect,
-                "render": t_render - t_measure,
-                "total": time.perf_counter() - t0,
-            },
+            "model_versions": dict(m.detection.model_versions),
+            "timings_s": {**m.timings_s, "render": t_render - t_measure, "total": time.perf_counter() - t0},
             "files": sorted(files),
         }
-        with open(tmp / RESULT_FILE, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_json_durably(tmp / RESULT_FILE, doc)
         _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info(
-        "processed study %s: mHKA %s, %d low-confidence landmark(s), %.2f s",
-        film.study_uid,
-        "n/a" if angles.mhka is None else f"{angles.mhka:.1f}",
-        len(low),
+        "processed a long-leg film: mHKA %s, %d low-confidence landmark(s), %.2f s",
+        "n/a" if m.angles.mhka is None else f"{m.angles.mhka:.1f}",
+        len(m.flags["low_confidence_landmarks"]),
         doc["timings_s"]["total"],
     )
     return ProcessResult(study_uid=film.study_uid, out_dir=final, files=tuple(sorted(files)), document=doc)

@@ -15,6 +15,9 @@ import pydicom.config
 
 from appliance.config import load_settings
 from appliance.jobs.service import Service
+from appliance.landmarks.detector import LandmarkDetector
+from appliance.pipeline.study import StudyProcessor
+from appliance.process import LOW_CONFIDENCE
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="watch the inbox and process the studies dropped there (the appliance service)",
         description=(
             "Watch an inbox folder for DICOM (or PNG/TIFF + sidecar JSON) films, group them by study, "
-            "process complete studies into the outbox and quarantine files that cannot be used. "
+            "process complete studies into the outbox (landmarks and angles of the long-leg film, "
+            "pictures, report and DICOM objects, 3D knee when available: docs/study-outputs.md) and "
+            "quarantine files that cannot be used. "
             "See docs/ingest.md and docs/config.md. SIGTERM stops cleanly."
         ),
     )
@@ -35,6 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--outbox", type=Path, help="override paths.outbox")
     p.add_argument("--state", type=Path, help="override paths.state (job database, stored inputs)")
     p.add_argument("--once", action="store_true", help="process what is there now, then exit (tests, cron)")
+    p.add_argument("--models", type=Path, help="folder with the landmark ONNX models (default: models/)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = Service(settings, stop=stop).run(once=args.once)
+        # The models are loaded once, before the first study: a missing model stops the service at
+        # start (exit 2, reason model_missing) instead of failing every study.
+        with LandmarkDetector(args.models) as detector:
+            processor = StudyProcessor(detector, low_confidence=LOW_CONFIDENCE)
+            summary = Service(settings, processor=processor, stop=stop).run(once=args.once)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

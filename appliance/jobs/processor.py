@@ -5,8 +5,9 @@ there; the runner publishes the folder atomically. It raises :class:`~appliance.
 when the study itself cannot be processed (the study is quarantined, not retried) and anything else
 for a failure worth retrying.
 
-The landmark and reconstruction pipeline arrives with later issues; until then
-:func:`ingested_only_processor` records what would be processed, and says so in ``status``.
+The real processor is :class:`appliance.pipeline.study.StudyProcessor` (``xr3d watch``, ``xr3d demo``).
+:func:`ingested_only_processor` is the model-free fallback the service uses when no processor is given
+(tests of the job machinery): it records what would be processed, and says so in ``status``.
 """
 
 from __future__ import annotations

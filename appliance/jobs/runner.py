@@ -1,8 +1,10 @@
 """Running one claimed study and publishing its outputs so that no partial output is ever visible.
 
-The processor writes into ``outbox/.tmp-<key>-<random>/``; when it returns, the folder is fsynced and
-renamed to ``outbox/<key>/`` (an older result of the same study is first renamed aside to
-``.old-<key>-<random>`` and removed afterwards). :func:`clean_outbox` removes what a crash left.
+The processor writes into ``outbox/.<name>.tmp-<pid>-<random>/``; when it returns, every file and
+folder in it is fsynced and it is renamed to ``outbox/<name>/`` (an older result of the same study is
+first renamed aside to ``.<name>.old-<random>`` and removed afterwards). ``<name>`` is the
+StudyInstanceUID (docs/study-outputs.md), or the study key for an identifier that is not a plain DICOM
+UID. :func:`clean_outbox` removes what a crash left, including the older ``.tmp-<key>-*`` names.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -27,6 +30,14 @@ log = logging.getLogger(__name__)
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
+_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def outbox_name(study_uid: str, study_key: str) -> str:
+    """The study's folder name in the outbox: its UID when that is a plain DICOM UID, else its key."""
+    return study_uid if len(study_uid) <= 64 and _PLAIN_UID.fullmatch(study_uid) else study_key
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -37,14 +48,14 @@ def _fsync_dir(path: Path) -> None:
 
 def publish(tmp: Path, final: Path) -> None:
     """Rename the finished folder ``tmp`` to ``final``, replacing an older one."""
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
+    for root, _dirs, files in os.walk(tmp):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+        _fsync_dir(Path(root))
     old: Path | None = None
     if final.exists():
-        old = final.with_name(f".old-{final.name}-{secrets.token_hex(4)}")
+        old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
@@ -58,11 +69,17 @@ def clean_outbox(outbox: Path) -> int:
         return 0
     n = 0
     for entry in outbox.iterdir():
-        if entry.name.startswith(".tmp-"):
+        name = entry.name
+        if not name.startswith("."):
+            continue
+        if name.startswith(".tmp-") or ".tmp-" in name:
             shutil.rmtree(entry, ignore_errors=True)
             n += 1
-        elif entry.name.startswith(".old-"):
-            key = entry.name[len(".old-") :].rsplit("-", 1)[0]
+        elif ".old-" in name:
+            if name.startswith(".old-"):  # the earlier naming, .old-<key>-<random>
+                key = name[len(".old-") :].rsplit("-", 1)[0]
+            else:
+                key = name[1:].rsplit(".old-", 1)[0]
             final = outbox / key
             if final.exists():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -75,7 +92,8 @@ def clean_outbox(outbox: Path) -> int:
 def run_job(job: StudyJob, settings: Settings, store: JobStore, processor: Processor) -> str:
     """Process one claimed study; returns its new state. Never raises."""
     outbox = settings.paths.outbox
-    tmp = outbox / f".tmp-{job.study_key}-{secrets.token_hex(4)}"
+    name = outbox_name(job.study_uid, job.study_key)
+    tmp = outbox / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         outbox.mkdir(parents=True, exist_ok=True)
         study = StudyInput(
@@ -86,7 +104,7 @@ def run_job(job: StudyJob, settings: Settings, store: JobStore, processor: Proce
         )
         tmp.mkdir()
         processor(study, tmp)
-        final = outbox / job.study_key
+        final = outbox / name
         publish(tmp, final)
     except InputError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""The films of a study as the pipeline uses them: one per view, copied into ``films/``, described.
+
+When a view was received more than once (a re-sent or corrected film with a new SOPInstanceUID) the
+latest one is used and the count is reported, so nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pydicom
+
+from appliance.dicomio.geometry_tags import read_geometry
+from appliance.errors import GeometryError
+from appliance.ingest.film import Film
+from appliance.jobs.store import StoredInstance
+
+log = logging.getLogger(__name__)
+
+FILMS_DIR: Final = "films"
+VIEW_ORDER: Final = ("longleg_ap", "knee_ap", "knee_lat")
+
+
+@dataclass(frozen=True)
+class StudyFilm:
+    """One film chosen for its view: the accepted description, the stored source and its outbox copy."""
+
+    film: Film
+    source: Path
+    copy: Path  # relative to the study folder, e.g. films/longleg_ap.dcm
+
+    @property
+    def view(self) -> str:
+        return self.film.view
+
+
+def choose_films(instances: Sequence[StoredInstance]) -> tuple[dict[str, StoredInstance], dict[str, int]]:
+    """The latest-received instance of every view, and views received more than once -> count.
+
+    ``instances`` come from :meth:`JobStore.instances` in order of view, then arrival.
+    """
+    chosen: dict[str, StoredInstance] = {}
+    counts: dict[str, int] = {}
+    for inst in instances:
+        chosen[inst.film.view] = inst
+        counts[inst.film.view] = counts.get(inst.film.view, 0) + 1
+    ordered = {v: chosen[v] for v in sorted(chosen, key=_view_rank)}
+    return ordered, {v: n for v, n in counts.items() if n > 1}
+
+
+def _view_rank(view: str) -> tuple[int, str]:
+    return (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view)
+
+
+def copy_films(chosen: Mapping[str, StoredInstance], study_dir: Path) -> dict[str, StudyFilm]:
+    """Copy each chosen film's stored bytes to ``films/<view>.<ext>`` (PNG/TIFF: plus a sidecar JSON
+    rebuilt from what the ingest accepted, since the original sidecar is not kept)."""
+    (study_dir / FILMS_DIR).mkdir(exist_ok=True)
+    out: dict[str, StudyFilm] = {}
+    for view, inst in chosen.items():
+        film = inst.film
+        suffix = ".dcm" if film.kind == "dicom" else inst.stored_path.suffix.lower() or ".png"
+        rel = Path(FILMS_DIR) / f"{view}{suffix}"
+        shutil.copyfile(inst.stored_path, study_dir / rel)
+        if film.kind != "dicom":
+            side = {"view": view, "spacing_mm": list(film.spacing_mm), "side": film.side or None}
+            (study_dir / FILMS_DIR / f"{view}.json").write_text(json.dumps(side, indent=2) + "\n")
+        out[view] = StudyFilm(film=film, source=inst.stored_path, copy=rel)
+    return out
+
+
+def _geometry(sf: StudyFilm, study_dir: Path) -> dict[str, Any] | None:
+    if sf.film.kind != "dicom":
+        return None
+    try:
+        ds = pydicom.dcmread(study_dir / sf.copy, stop_before_pixels=True)
+        geom = read_geometry(ds)
+    except (GeometryError, OSError, ValueError) as exc:
+        log.warning("%s film: projection geometry unreadable (%s); reported as null", sf.view, exc)
+        return None
+    return None if geom is None else geom.to_dict()
+
+
+def film_entry(
+    sf: StudyFilm, study_dir: Path, detector_spacing_mm: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """The ``films.<view>`` entry of result.json (no patient data: UIDs, sizes, spacing, hash)."""
+    f = sf.film
+    mag = float(f.magnification) if f.magnification else 1.0
+    det = detector_spacing_mm or (f.spacing_mm[0] * mag, f.spacing_mm[1] * mag)
+    return {
+        "file": sf.copy.as_posix(),
+        "kind": f.kind,
+        "sop_uid": f.sop_uid,
+        "series_uid": f.series_uid,
+        "rows": f.rows,
+        "columns": f.columns,
+        "spacing_mm": list(f.spacing_mm),
+        "detector_spacing_mm": list(det),
+        "magnification": f.magnification,
+        "spacing_source": f.spacing_source,
+        "spacing_flag": f.spacing_flag or None,
+        "side": f.side or None,
+        "photometric": f.photometric,
+        "sha256": f.sha256,
+        "geometry": _geometry(sf, study_dir),
+    }
