@@ -24,6 +24,7 @@ _BUILTIN: tuple[str, ...] = (
     "appliance.analytics.measure_cli",
     "appliance.service_cli",
     "appliance.process_cli",
+    "appliance.demo_cli",
 )
 
 
