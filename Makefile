@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-slow lint typecheck bench bench-peers clean
+.PHONY: venv demo test test-slow lint typecheck bench bench-peers clean tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,7 +29,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy appliance engines export gui
 
-test: lint typecheck
+# dcmtk's dsrdump checks the DICOM SR in tests/test_outputs_*.py (those tests skip when it is missing).
+tools:
+	@command -v dsrdump >/dev/null || (apt-get update && apt-get install -y dcmtk) || \
+		echo "warning: could not install dcmtk (dsrdump); the SR dsrdump checks will be skipped"
+
+test: lint typecheck tools
 	$(BIN)/python -m pytest -n 2 -q
 
 test-slow: $(STAMP)

@@ -88,3 +88,44 @@ def dciodvfy() -> Callable[[Path | str], list[str]]:
     if find_dciodvfy() is None:
         pytest.skip("dciodvfy (dicom3tools) is not installed")
     return dciodvfy_errors
+
+
+# dcmtk's dsrdump reads and renders an SR; "E:" lines are errors (a broken content tree, wrong value
+# types, an unreadable file), "W:" lines warnings (e.g. a character set its VR checker cannot check).
+_DSRDUMP = "dsrdump"
+
+
+@cache
+def find_dsrdump() -> Path | None:
+    """dcmtk's dsrdump on PATH (``apt-get install dcmtk``), or None."""
+    found = shutil.which(_DSRDUMP)
+    return Path(found) if found else None
+
+
+def dsrdump_errors(path: Path | str) -> list[str]:
+    """The error lines of ``dsrdump`` for the SR at ``path`` (empty when it reads cleanly)."""
+    exe = find_dsrdump()
+    if exe is None:
+        raise FileNotFoundError("dsrdump not found (apt-get install dcmtk)")
+    proc = subprocess.run(
+        [str(exe), str(path)], capture_output=True, text=True, errors="replace", check=False
+    )
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()]
+    errors = [ln for ln in lines if ln.startswith(("E:", "F:"))]
+    if proc.returncode != 0 and not errors:
+        errors.append(f"E: dsrdump exited with status {proc.returncode}")
+    return errors
+
+
+@pytest.fixture
+def dsrdump() -> Callable[[Path | str], list[str]]:
+    """``dsrdump_errors``, or skip the test when dcmtk is not installed."""
+    if find_dsrdump() is None:
+        pytest.skip("dsrdump (dcmtk) is not installed")
+    return dsrdump_errors
+
+
+requires_dciodvfy = pytest.mark.skipif(
+    find_dciodvfy() is None, reason="dciodvfy (dicom3tools) is not installed"
+)
+requires_dsrdump = pytest.mark.skipif(find_dsrdump() is None, reason="dsrdump (dcmtk) is not installed")

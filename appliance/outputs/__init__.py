@@ -1,0 +1,1 @@
+"""DICOM and PDF outputs of a processed study (docs/outputs.md)."""
