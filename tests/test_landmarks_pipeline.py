@@ -117,6 +117,7 @@ def test_training_writes_curve_checkpoint_and_onnx_with_parity(trained: TrainRes
         m = onnx.load(str(p))
         meta = {x.key: x.value for x in m.metadata_props}
         assert meta["xr3d.training_seed"] == "3"
+        assert meta["xr3d.canonical_side"] == "R"  # trained on films mirrored to a right leg
         assert json.loads(meta["xr3d.input_geometry"])["mm_per_px"] in (2.0, 0.5)
 
 
@@ -127,7 +128,7 @@ def test_detector_matches_pytorch_and_returns_named_landmarks(trained: TrainResu
     with LandmarkDetector(models, EngineConfig(backend="ort-cpu")) as det:
         a = det.whole_frame(case.film.image.shape, case.film.spacing_mm)
         x = resample(case.film.image, a, WHOLE_GEOMETRY.shape)
-        out = det.detect(case.film.image, case.film.spacing_mm)
+        out = det.detect(case.film.image, case.film.spacing_mm, case.side)
     with torch.no_grad():
         ref = whole(torch.from_numpy(x[None, None]))[0].numpy()
     with OrtBackend(models / WHOLE_MODEL, EngineConfig()) as b:

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from appliance.errors import InputError
+from appliance.landmarks.heatmaps import decode_heatmaps, frame_affine
 from engines.api import Backend, BackendChoice
 from engines.config import EngineConfig
 from engines.select import open_backend
@@ -40,10 +41,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CROP_MODEL",
     "DEFAULT_MODELS_DIR",
+    "SAME_LEG_MM",
     "WHOLE_MODEL",
     "Detection",
     "LandmarkDetector",
     "decode_peaks",
+    "normalise_side",
     "resample",
 ]
 
@@ -51,8 +54,11 @@ F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 WHOLE_MODEL: Final = "landmarks_whole.onnx"
 CROP_MODEL: Final = "landmarks_crop.onnx"
+SAME_LEG_MM: Final = 60.0
+"""Knee centres of the two orientations closer than this (detector mm) are the same leg: knees of
+the two legs of a standing adult stand >= ~150 mm apart centre to centre, so 60 mm separates them while
+leaving room for two detections of one knee that disagree by a few mm."""
 DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
-_EPS = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +75,11 @@ class Detection:
     timings_s: Mapping[str, float] = field(default_factory=dict)
     backend: str = ""
     model_versions: Mapping[str, str] = field(default_factory=dict)
+    side: str | None = None  # "R" / "L": the leg the models were asked to measure; None: not asked
+
+    @property
+    def mean_confidence(self) -> float:
+        return float(np.mean(self.confidence)) if len(self.confidence) else 0.0
 
     def as_dict(self) -> dict[str, tuple[float, float]]:
         """name -> (col, row), for :func:`appliance.analytics.angles2d.measure_2d`."""
@@ -85,6 +96,7 @@ class Detection:
                 }
                 for n, p, c, r in zip(self.names, self.points, self.confidence, self.refined, strict=True)
             },
+            "side": self.side,
             "timings_s": dict(self.timings_s),
             "backend": self.backend,
             "model_versions": dict(self.model_versions),
@@ -92,18 +104,10 @@ class Detection:
 
 
 # --- numpy helpers ----------------------------------------------------------------------------------
-def _frame(f_col: float, f_row: float, centre: tuple[float, float], shape: tuple[int, int]) -> F64:
-    """Sample -> film affine of an axis-aligned frame of ``shape`` centred on ``centre`` (film px)."""
-    cq = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    return np.array(
-        [[f_col, 0.0, centre[0] - f_col * cq[0]], [0.0, f_row, centre[1] - f_row * cq[1]], [0.0, 0.0, 1.0]]
-    )
-
-
 def resample(image: ArrayLike, to_film: ArrayLike, shape: tuple[int, int]) -> F32:
     """The ``shape`` frame whose pixel (col, row) sits at ``to_film @ (col, row, 1)`` of ``image``
-    (axis-aligned frames only): Gaussian low-pass when shrinking (sigma = (1/s - 1) / 2), bilinear,
-    zero outside. Mirrors the training-side resampling (``export.datasets.augment.warp_affine``)."""
+    (axis-aligned frames, mirrored or not): Gaussian low-pass when shrinking (sigma = (1/s - 1) / 2),
+    bilinear, zero outside. Mirrors the training-side resampling (``export.datasets.augment.warp_affine``)."""
     src = np.asarray(image, dtype=np.float32)
     a = np.asarray(to_film, dtype=np.float64)
     rows_o, cols_o = int(shape[0]), int(shape[1])
@@ -129,32 +133,11 @@ def resample(image: ArrayLike, to_film: ArrayLike, shape: tuple[int, int]) -> F3
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def _parabola(lm1: float, l0: float, lp1: float) -> float:
-    den = lm1 - 2.0 * l0 + lp1
-    if den >= -_EPS:
-        return 0.0
-    return float(np.clip(0.5 * (lm1 - lp1) / den, -1.0, 1.0))
-
-
 def decode_peaks(heatmaps: ArrayLike, stride: int) -> tuple[F64, F64]:
-    """(points (N, 2) input (col, row), confidence (N,)) of (N, H, W) heatmaps: argmax refined by a
-    log-domain parabola per axis; heatmap pixel j is centred at input ``j * stride + (stride - 1) / 2``."""
-    h = np.asarray(heatmaps, dtype=np.float64)
-    if h.ndim != 3 or not np.all(np.isfinite(h)):
-        raise InputError(f"heatmaps must be finite (N, H, W), got shape {h.shape}", reason="bad_heatmaps")
-    n, rows, cols = h.shape
-    pts = np.full((n, 2), np.nan)
-    conf = np.zeros(n)
-    for k in range(n):
-        m = h[k]
-        r, c = np.unravel_index(int(np.argmax(m)), m.shape)
-        peak = float(m[r, c])
-        conf[k] = float(np.clip(peak, 0.0, 1.0))
-        lg = np.log(np.maximum(m, _EPS))
-        dc = _parabola(lg[r, c - 1], lg[r, c], lg[r, c + 1]) if 0 < c < cols - 1 and peak > 0 else 0.0
-        dr = _parabola(lg[r - 1, c], lg[r, c], lg[r + 1, c]) if 0 < r < rows - 1 and peak > 0 else 0.0
-        pts[k] = (c + dc, r + dr)
-    return pts * stride + (stride - 1) / 2.0, conf
+    """(points (N, 2) input (col, row), confidence (N,)) of (N, H, W) heatmaps
+    (:func:`appliance.landmarks.heatmaps.decode_heatmaps`, quadratic)."""
+    d = decode_heatmaps(heatmaps, stride)
+    return d.points, d.confidence
 
 
 def _apply(a: F64, pts: F64) -> F64:
@@ -192,9 +175,24 @@ def _stage(backend: Backend) -> _Stage:
         ) from exc
 
 
+def normalise_side(side: str | None) -> str | None:
+    """ "R" / "L" from R, L, right, left (any case); None for None, "" or anything else unknown."""
+    if side is None:
+        return None
+    s = str(side).strip().upper()
+    return {"R": "R", "RIGHT": "R", "L": "L", "LEFT": "L"}.get(s)
+
+
 class LandmarkDetector:
     """Loads ``landmarks_whole.onnx`` and ``landmarks_crop.onnx`` from ``models_dir`` through
-    :func:`engines.select.open_backend` and finds the eight long-leg landmarks on a film."""
+    :func:`engines.select.open_backend` and finds the eight long-leg landmarks of one leg on a film.
+
+    Models whose metadata carries ``xr3d.canonical_side`` (e.g. "R") were trained on films mirrored so
+    that the measured leg always looks like that side's leg in the standard radiological display (a
+    right leg on the viewer's left, lateral toward -col); on a bilateral film they measure the leg on
+    that side. The detector then mirrors the film for the other side, so ``detect(..., side="L")``
+    measures the left leg. Older models without the key ignore ``side`` (they were trained on one-leg
+    films of either side and may pick either leg of a bilateral film)."""
 
     def __init__(
         self,
@@ -229,6 +227,7 @@ class LandmarkDetector:
         self.regions: dict[str, tuple[int, ...]] = {
             r: tuple(self.names.index(n) for n in names) for r, names in regions.items()
         }
+        self.canonical_side: str | None = normalise_side(meta.get("xr3d.canonical_side"))
         self.refine_passes = int(refine_passes)
         self.models_dir = d
 
@@ -258,14 +257,31 @@ class LandmarkDetector:
         out = stage.backend.run({stage.input_name: image[None, None].astype(np.float32)})
         return np.asarray(out["heatmaps"][0], dtype=np.float32)
 
-    def whole_frame(self, shape: tuple[int, int], spacing_mm: tuple[float, float]) -> F64:
+    def _mirror(self, side: str | None) -> bool:
+        return self.canonical_side is not None and side is not None and side != self.canonical_side
+
+    def whole_frame(
+        self, shape: tuple[int, int], spacing_mm: tuple[float, float], *, mirror: bool = False
+    ) -> F64:
         """Stage-1 input frame -> film affine for a film of ``shape`` and (row, col) spacing."""
         s = self._whole
         centre = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-        return _frame(s.mm_per_px / spacing_mm[1], s.mm_per_px / spacing_mm[0], centre, (s.rows, s.cols))
+        return frame_affine(
+            s.mm_per_px / spacing_mm[1],
+            s.mm_per_px / spacing_mm[0],
+            centre,
+            (s.rows, s.cols),
+            mirror=mirror,
+        )
 
     def _refine(
-        self, img: F32, spacing: tuple[float, float], points: F64, conf: F64, passes: int
+        self,
+        img: F32,
+        spacing: tuple[float, float],
+        points: F64,
+        conf: F64,
+        passes: int,
+        mirror: bool,
     ) -> tuple[F64, F64, NDArray[np.bool_]]:
         cs = self._crop
         points, conf = points.copy(), conf.copy()
@@ -274,11 +290,12 @@ class LandmarkDetector:
             for idx in self.regions.values():
                 ix = list(idx)
                 centre = points[ix].mean(axis=0)
-                a2 = _frame(
+                a2 = frame_affine(
                     cs.mm_per_px / spacing[1],
                     cs.mm_per_px / spacing[0],
                     (float(centre[0]), float(centre[1])),
                     (cs.rows, cs.cols),
+                    mirror=mirror,
                 )
                 crop = resample(img, a2, (cs.rows, cs.cols))
                 h2 = self._run(cs, crop)[ix]
@@ -289,19 +306,27 @@ class LandmarkDetector:
         return points, conf, refined
 
     def refine(
-        self, image: ArrayLike, spacing_mm: tuple[float, float], guess: ArrayLike, passes: int = 1
+        self,
+        image: ArrayLike,
+        spacing_mm: tuple[float, float],
+        guess: ArrayLike,
+        passes: int = 1,
+        *,
+        side: str | None = None,
     ) -> tuple[F64, F64]:
         """Stage 2 alone from ``guess`` (N, 2) film points (diagnostics: the crop stage's own error
         when the crops are centred near the truth). Returns (points, confidence)."""
         img = np.asarray(image, dtype=np.float32)
         g = np.asarray(guess, dtype=np.float64).reshape(len(self.names), 2)
         sp = (float(spacing_mm[0]), float(spacing_mm[1]))
-        p, c, _ = self._refine(img, sp, g, np.zeros(len(self.names)), passes)
+        mirror = self._mirror(normalise_side(side))
+        p, c, _ = self._refine(img, sp, g, np.zeros(len(self.names)), passes, mirror)
         return p, c
 
-    def detect(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> Detection:
-        """Landmarks of a film: ``image`` 2D float in [0, 1] with bone bright (MONOCHROME2 sense),
-        ``spacing_mm`` the detector pixel spacing (row, col) or a scalar."""
+    @staticmethod
+    def _checked(
+        image: ArrayLike, spacing_mm: tuple[float, float] | float
+    ) -> tuple[F32, tuple[float, float]]:
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2 or img.size == 0:
             raise InputError(f"film must be a non-empty 2D image, got shape {img.shape}", reason="bad_film")
@@ -312,10 +337,13 @@ class LandmarkDetector:
             raise InputError(
                 f"pixel spacing must be two positive numbers, got {spacing_mm}", reason="bad_spacing"
             )
-        spacing = (float(sp[0]), float(sp[1]))
+        return img, (float(sp[0]), float(sp[1]))
+
+    def _detect_one(self, img: F32, spacing: tuple[float, float], side: str | None) -> Detection:
+        mirror = self._mirror(side)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        a1 = self.whole_frame((img.shape[0], img.shape[1]), spacing)
+        a1 = self.whole_frame((img.shape[0], img.shape[1]), spacing, mirror=mirror)
         x1 = resample(img, a1, (self._whole.rows, self._whole.cols))
         t1 = time.perf_counter()
         h1 = self._run(self._whole, x1)
@@ -324,11 +352,8 @@ class LandmarkDetector:
         coarse = _apply(a1, p1)
         timings["preprocess"] = t1 - t0
         timings["stage1"] = t2 - t1
-        points = coarse.copy()
-        conf = c1.copy()
-        refined = np.zeros(len(self.names), bool)
         t3 = time.perf_counter()
-        points, conf, refined = self._refine(img, spacing, points, conf, self.refine_passes)
+        points, conf, refined = self._refine(img, spacing, coarse, c1, self.refine_passes, mirror)
         timings["stage2"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         return Detection(
@@ -341,4 +366,56 @@ class LandmarkDetector:
             timings_s=timings,
             backend=self.backend_name,
             model_versions=self.model_versions,
+            side=side if self.canonical_side is not None else None,
         )
+
+    def detect_legs(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> dict[str, Detection]:
+        """Both legs of a film whose side is unknown: {"R": ..., "L": ...} from the two orientations.
+
+        On a one-leg film both orientations find the same leg (their knee centres closer than
+        :data:`SAME_LEG_MM` at the detector); then only the more confident one is returned, since the
+        film alone does not say which leg it shows. A model without ``canonical_side`` gives one
+        detection keyed by the side its landmarks look like ("R" if that cannot be told)."""
+        img, spacing = self._checked(image, spacing_mm)
+        if self.canonical_side is None:
+            det = self._detect_one(img, spacing, None)
+            return {_apparent_side(det) or "R": det}
+        legs = {s: self._detect_one(img, spacing, s) for s in ("R", "L")}
+        k = self.names.index("FKC") if "FKC" in self.names else 0
+        d = legs["R"].points[k] - legs["L"].points[k]
+        if float(np.hypot(d[0] * spacing[1], d[1] * spacing[0])) < SAME_LEG_MM:
+            best = max(legs.values(), key=lambda x: x.mean_confidence)
+            return {str(best.side): best}
+        return legs
+
+    def detect(
+        self,
+        image: ArrayLike,
+        spacing_mm: tuple[float, float] | float,
+        side: str | None = None,
+    ) -> Detection:
+        """Landmarks of one leg: ``image`` 2D float in [0, 1] with bone bright (MONOCHROME2 sense),
+        ``spacing_mm`` the detector pixel spacing (row, col) or a scalar, ``side`` the leg the study is
+        about (R/L/right/left: the DICOM laterality or the sidecar's side).
+
+        Without a side, both legs are measured (:meth:`detect_legs`) and the one with the higher mean
+        landmark confidence is returned (its ``side`` says which); callers that know nothing about the
+        side of a bilateral film should report both from :meth:`detect_legs` instead."""
+        img, spacing = self._checked(image, spacing_mm)
+        s = normalise_side(side)
+        if s is not None or self.canonical_side is None:
+            return self._detect_one(img, spacing, s)
+        legs = self.detect_legs(img, spacing)
+        best = max(legs.values(), key=lambda x: x.mean_confidence)
+        log.info("side unknown: measured leg %s of %d found", best.side, len(legs))
+        return best
+
+
+def _apparent_side(det: Detection) -> str | None:
+    """R / L from the condyles and plateaus in the standard display (lateral toward -col: right leg)."""
+    p = det.as_dict()
+    try:
+        ml = (np.asarray(p["LDFC"]) - np.asarray(p["MDFC"])) + (np.asarray(p["LTP"]) - np.asarray(p["MTP"]))
+    except KeyError:
+        return None
+    return "R" if ml[0] < 0 else "L"

@@ -41,6 +41,8 @@ from appliance.geometry.drr import line_integrals_multi
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import RAS_TO_LPS
 from appliance.ingest.presentation import bone_bright_unit
+from appliance.landmarks.detector import normalise_side
+from appliance.landmarks.heatmaps import frame_affine
 from export.datasets.augment import transform_points, visible_in, warp_affine
 from export.simulator.cli import SEED_RANGES
 
@@ -66,6 +68,7 @@ __all__ = [
     "frame_geometry",
     "load_bone_labels",
     "load_case",
+    "mirrors",
     "project_bone_masks",
     "read_film",
     "sample_crop_specs",
@@ -267,17 +270,35 @@ class WholeFilmSample:
         return self.femur_mask is not None and self.tibia_mask is not None
 
 
-def _scale_frame(f_col: float, f_row: float, centre_film: tuple[float, float], shape: Shape) -> F64:
+def _scale_frame(
+    f_col: float, f_row: float, centre_film: tuple[float, float], shape: Shape, *, mirror: bool = False
+) -> F64:
     """Sample -> film affine of an axis-aligned frame of ``shape`` whose centre sits on ``centre_film``
-    and whose pixels are ``f`` film pixels wide."""
-    cq = ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    return np.array(
-        [
-            [f_col, 0.0, centre_film[0] - f_col * cq[0]],
-            [0.0, f_row, centre_film[1] - f_row * cq[1]],
-            [0.0, 0.0, 1.0],
-        ]
-    )
+    and whose pixels are ``f`` film pixels wide (the runtime's :func:`frame_affine`)."""
+    return frame_affine(f_col, f_row, centre_film, shape, mirror=mirror)
+
+
+def mirrors(case_side: str, canonical_side: str | None) -> bool:
+    """Whether a case's frames are mirrored so its leg looks like a ``canonical_side`` leg."""
+    if canonical_side is None:
+        return False
+    want = normalise_side(canonical_side)
+    have = normalise_side(case_side)
+    if want is None or have is None:
+        raise InputError(f"cannot mirror side {case_side!r} to {canonical_side!r}", reason="bad_side")
+    return have != want
+
+
+def _masks(
+    labels: BoneLabels, case: CaseData, a: F64, shape: Shape, mirror: bool
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Bone masks of a frame: projected through the unmirrored frame, then flipped if mirrored."""
+    if not mirror:
+        return project_bone_masks(labels, frame_geometry(case.geometry, a, shape))
+    # The mirrored frame's column c is the unmirrored frame's column cols - 1 - c.
+    flip = np.array([[-1.0, 0.0, shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    fm, tm = project_bone_masks(labels, frame_geometry(case.geometry, a @ flip, shape))
+    return fm[:, ::-1].copy(), tm[:, ::-1].copy()
 
 
 def whole_film_sample(
@@ -287,8 +308,11 @@ def whole_film_sample(
     shape: Shape = (672, 256),
     labels: BoneLabels | None = None,
     fit: Literal["crop", "shrink"] = "crop",
+    canonical_side: str | None = None,
 ) -> WholeFilmSample:
-    """The film at ``mm_per_px`` (detector scale), centred in ``shape`` with black padding.
+    """The film at ``mm_per_px`` (detector scale), centred in ``shape`` with black padding; mirrored
+    left-right when ``canonical_side`` is given and the case's leg is the other side (so the measured
+    leg always looks like a ``canonical_side`` leg, and on a bilateral film sits on that side).
 
     A film larger than the frame (padded exports can be ~30 % wider) is cut around its centre with
     ``fit="crop"`` (the pixel size stays fixed; landmarks falling outside are flagged not visible), or
@@ -304,13 +328,14 @@ def whole_film_sample(
             raise InputError(f"fit must be 'crop' or 'shrink', got {fit!r}")
         log.info("case %d: film exceeds %s at %.2f mm/px (%s)", case.seed, shape, mm_per_px, fit)
     centre = ((cols - 1) / 2.0, (rows - 1) / 2.0)
-    a = _scale_frame(mm / s_col, mm / s_row, centre, shape)
+    mirror = mirrors(case.side, canonical_side)
+    a = _scale_frame(mm / s_col, mm / s_row, centre, shape, mirror=mirror)
     fwd = np.linalg.inv(a)
     image = warp_affine(case.film.image, fwd, shape, fill=0.0)
     lm = transform_points(fwd, case.landmarks)
     femur = tibia = None
     if labels is not None:
-        femur, tibia = project_bone_masks(labels, frame_geometry(case.geometry, a, shape))
+        femur, tibia = _masks(labels, case, a, shape, mirror)
     return WholeFilmSample(
         seed=case.seed,
         side=case.side,
@@ -409,19 +434,31 @@ class CropSample:
         return self.femur_mask is not None and self.tibia_mask is not None
 
 
-def crop_sample(case: CaseData, spec: CropSpec, *, labels: BoneLabels | None = None) -> CropSample:
-    """Cut ``spec`` out of the case's film (bilinear, anti-aliased when coarser than the film)."""
+def crop_sample(
+    case: CaseData,
+    spec: CropSpec,
+    *,
+    labels: BoneLabels | None = None,
+    canonical_side: str | None = None,
+) -> CropSample:
+    """Cut ``spec`` out of the case's film (bilinear, anti-aliased when coarser than the film),
+    mirrored like :func:`whole_film_sample` when ``canonical_side`` is given."""
     s_row, s_col = case.film.spacing_mm
     shape = (spec.rows, spec.cols)
+    mirror = mirrors(case.side, canonical_side)
     a = _scale_frame(
-        spec.mm_per_px / s_col, spec.mm_per_px / s_row, (spec.centre_col, spec.centre_row), shape
+        spec.mm_per_px / s_col,
+        spec.mm_per_px / s_row,
+        (spec.centre_col, spec.centre_row),
+        shape,
+        mirror=mirror,
     )
     fwd = np.linalg.inv(a)
     image = warp_affine(case.film.image, fwd, shape, fill=0.0)
     lm = transform_points(fwd, case.landmarks)
     femur = tibia = None
     if labels is not None:
-        femur, tibia = project_bone_masks(labels, frame_geometry(case.geometry, a, shape))
+        femur, tibia = _masks(labels, case, a, shape, mirror)
     return CropSample(
         seed=case.seed,
         spec=spec,

@@ -13,7 +13,12 @@ Runtime through ``engines``) finds the eight landmarks, and the result is compar
 * detector wall time per film (stage 1 + stage 2 + resampling; film reading excluded);
 * diagnostics: stage 1 alone (coarse points), and stage 2 alone from crops centred on the truth shifted
   by up to 10 mm per axis at the patient (seeded by the case seed), which bounds what the crop stage can
-  do with a good coarse guess.
+  do with a good coarse guess;
+* the detector is told the case's side (the DICOM laterality / sidecar side at runtime); separately it
+  is run without a side (:meth:`LandmarkDetector.detect_legs` and its documented pick) to count how
+  often it then measures the case's leg and how many legs it finds;
+* the low-confidence threshold: the confidence below which :func:`fit_low_confidence` flags a given
+  share (sensitivity) of the landmarks whose error exceeds ``error_mm``, and what else it flags.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from appliance.analytics.angles2d import measure_2d
@@ -37,7 +43,17 @@ from export.datasets.landmark_samples import build_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ANGLES", "TARGETS", "CaseResult", "EvalSummary", "evaluate", "format_summary"]
+__all__ = [
+    "ANGLES",
+    "TARGETS",
+    "CaseResult",
+    "ConfidenceFit",
+    "EvalSummary",
+    "evaluate",
+    "fit_low_confidence",
+    "flag_rates",
+    "format_summary",
+]
 
 ANGLES: Final = ("mhka", "mldfa", "mpta", "jlca")
 # Issue 4 targets on held-out simulated films.
@@ -64,9 +80,13 @@ class CaseResult:
     cpak_pred: str | None
     cpak_true: str | None
     seconds: float
+    legs_found: int = 0  # without a side: how many legs the detector reports
+    unknown_side_on_target: bool | None = None  # without a side: the picked leg is the case's leg
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "legs_found": self.legs_found,
+            "unknown_side_on_target": self.unknown_side_on_target,
             "seed": self.seed,
             "side": self.side,
             "errors_mm": self.errors_mm,
@@ -96,6 +116,8 @@ class EvalSummary:
     model_versions: dict[str, str]
     targets: dict[str, dict[str, Any]]
     cases: tuple[CaseResult, ...] = field(default=())
+    confidence_fit: ConfidenceFit | None = None
+    unknown_side: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,8 +134,70 @@ class EvalSummary:
             "backend": self.backend,
             "model_versions": self.model_versions,
             "targets": self.targets,
+            "confidence_fit": None if self.confidence_fit is None else self.confidence_fit.to_dict(),
+            "unknown_side": self.unknown_side,
             "cases": [c.to_dict() for c in self.cases],
         }
+
+
+@dataclass(frozen=True)
+class ConfidenceFit:
+    """A low-confidence threshold fitted to landmark errors: landmarks with confidence < ``threshold``
+    are flagged; ``sensitivity`` = flagged share of the ``n_bad`` landmarks whose error exceeds
+    ``error_mm``, ``flag_rate_good`` = flagged share of the ``n_good`` others."""
+
+    error_mm: float
+    target_sensitivity: float
+    threshold: float
+    sensitivity: float
+    flag_rate_good: float
+    n_bad: int
+    n_good: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def flag_rates(
+    conf: ArrayLike, err: ArrayLike, threshold: float, error_mm: float
+) -> tuple[float, float]:
+    """(sensitivity, flag rate among good landmarks) of flagging confidence < ``threshold``."""
+    c = np.asarray(conf, dtype=np.float64)
+    e = np.asarray(err, dtype=np.float64)
+    bad = e > error_mm
+    flagged = c < threshold
+    sens = float(flagged[bad].mean()) if bad.any() else float("nan")
+    fpr = float(flagged[~bad].mean()) if (~bad).any() else float("nan")
+    return sens, fpr
+
+
+def fit_low_confidence(
+    conf: ArrayLike, err: ArrayLike, *, error_mm: float = 3.0, sensitivity: float = 0.8
+) -> ConfidenceFit:
+    """The smallest threshold on confidence whose flags (confidence < threshold) catch at least
+    ``sensitivity`` of the landmarks with error > ``error_mm`` (pure function of the pairs)."""
+    c = np.asarray(conf, dtype=np.float64)
+    e = np.asarray(err, dtype=np.float64)
+    if c.shape != e.shape or c.size == 0:
+        raise InputError("need as many confidences as errors, at least one", reason="bad_fit_input")
+    bad = e > error_mm
+    if not bad.any():
+        thr = 0.0
+    else:
+        # flagging the k least confident bad landmarks needs a threshold just above the k-th confidence
+        cb = np.sort(c[bad])
+        k = max(1, int(np.ceil(sensitivity * cb.size)))
+        thr = float(np.nextafter(cb[k - 1], np.inf))
+    sens, fpr = flag_rates(c, e, thr, error_mm)
+    return ConfidenceFit(
+        error_mm=float(error_mm),
+        target_sensitivity=float(sensitivity),
+        threshold=thr,
+        sensitivity=sens,
+        flag_rate_good=fpr,
+        n_bad=int(bad.sum()),
+        n_good=int((~bad).sum()),
+    )
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -136,7 +220,7 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     film = truth["films"]["longleg_ap"]
     mag = float(film.get("magnification", truth.get("magnification", 1.0)))
     s_row, s_col = case.film.spacing_mm
-    det = detector.detect(case.film.image, (s_row, s_col))
+    det = detector.detect(case.film.image, (s_row, s_col), case.side)
     d = det.points - case.landmarks
     err = np.hypot(d[:, 0] * s_col, d[:, 1] * s_row) / mag
     errors = {n: float(e) for n, e, f in zip(case.names, err, case.in_field, strict=True) if f}
@@ -146,7 +230,13 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     # stage 2 alone: one pass from the truth shifted by up to 10 mm (seeded by the case), as in training
     rng = np.random.default_rng(case.seed)
     shift = rng.uniform(-10.0, 10.0, size=(len(case.names), 2)) * mag / np.array([s_col, s_row])
-    p_or, _ = detector.refine(case.film.image, (s_row, s_col), case.landmarks + shift)
+    p_or, _ = detector.refine(case.film.image, (s_row, s_col), case.landmarks + shift, side=case.side)
+    # without a side: how many legs, and is the documented pick the case's leg (knee within 30 mm)
+    legs = detector.detect_legs(case.film.image, (s_row, s_col))
+    pick = max(legs.values(), key=lambda x: x.mean_confidence)
+    k = case.names.index("FKC")
+    dk = (pick.points[k] - case.landmarks[k]) * np.array([s_col, s_row]) / mag
+    on_target = bool(np.hypot(*dk) < 30.0)
     do = p_or - case.landmarks
     oerr = np.hypot(do[:, 0] * s_col, do[:, 1] * s_row) / mag
     oracle = {n: float(e) for n, e, f in zip(case.names, oerr, case.in_field, strict=True) if f}
@@ -174,6 +264,8 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
         cpak_pred=a_pred.cpak.label if a_pred is not None and a_pred.cpak is not None else None,
         cpak_true=a_true.cpak.label if a_true.cpak is not None else None,
         seconds=float(det.timings_s["total"]),
+        legs_found=len(legs),
+        unknown_side_on_target=on_target,
     )
 
 
@@ -183,8 +275,11 @@ def evaluate(
     config: EngineConfig | None = None,
     *,
     seeds: Sequence[int] | None = None,
+    error_mm: float = 3.0,
+    sensitivity: float = 0.8,
 ) -> EvalSummary:
-    """Run the detector on every eval-range case of ``data`` and summarise the errors."""
+    """Run the detector on every eval-range case of ``data`` and summarise the errors; the
+    low-confidence threshold is fitted for ``sensitivity`` to errors above ``error_mm``."""
     index = build_index(Path(data), "eval", seeds)
     if not index.seeds:
         raise InputError(f"no complete eval cases under {data}", reason="no_cases")
@@ -241,6 +336,13 @@ def evaluate(
             else (got >= goal if key == "cpak_agreement" else got <= goal)
         )
         targets[key] = {"target": goal, "measured": got, "met": ok}
+    conf = [r.confidence[n] for r in results for n in r.errors_mm]
+    err = [r.errors_mm[n] for r in results for n in r.errors_mm]
+    fit = fit_low_confidence(conf, err, error_mm=error_mm, sensitivity=sensitivity)
+    unknown = {
+        "on_target": float(np.mean([bool(r.unknown_side_on_target) for r in results])),
+        "legs_found": {str(n): sum(r.legs_found == n for r in results) for n in (1, 2)},
+    }
     return EvalSummary(
         data=str(data),
         seeds=index.seeds,
@@ -255,6 +357,8 @@ def evaluate(
         model_versions=versions,
         targets=targets,
         cases=tuple(results),
+        confidence_fit=fit,
+        unknown_side=unknown,
     )
 
 
@@ -284,9 +388,21 @@ def format_summary(s: EvalSummary) -> str:
         f"CPAK type agreement: {cp}",
         f"seconds per film: median {s.seconds['median']:.2f}, p95 {s.seconds['p95']:.2f}, "
         f"max {s.seconds['max']:.2f}",
-        "",
-        "issue 4 targets:",
     ]
+    if s.unknown_side:
+        u = s.unknown_side
+        lines.append(
+            f"without a side: picked leg is the case's leg in {100 * u['on_target']:.1f} % "
+            f"(legs found: {u['legs_found']})"
+        )
+    if s.confidence_fit is not None:
+        f = s.confidence_fit
+        lines.append(
+            f"low-confidence fit: threshold {f.threshold:.3f} flags {100 * f.sensitivity:.0f} % of the "
+            f"{f.n_bad} landmarks with error > {f.error_mm:g} mm and {100 * f.flag_rate_good:.1f} % of the "
+            f"other {f.n_good}"
+        )
+    lines += ["", "issue 4 targets:"]
     for key, t in s.targets.items():
         got = t["measured"]
         shown = "n/a" if got is None else f"{got:.3f}"

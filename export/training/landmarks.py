@@ -21,6 +21,7 @@ depend on the machine load; ``--steps n1 n2`` runs a pure cosine over the record
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,7 +38,13 @@ from torch import nn
 from tqdm import tqdm
 
 from appliance.errors import InputError
-from export.datasets.augment import apply, crop_stage_config, sample_augmentation, warp_mask
+from export.datasets.augment import (
+    AugmentConfig,
+    apply,
+    crop_stage_config,
+    sample_augmentation,
+    warp_mask,
+)
 from export.datasets.heatmaps import encode_heatmaps
 from export.datasets.landmark_samples import (
     REGIONS,
@@ -66,7 +73,7 @@ __all__ = [
     "train_landmarks",
 ]
 
-MODEL_VERSION: Final = "0.1.0"
+MODEL_VERSION: Final = "0.2.0"
 WHOLE_ONNX: Final = "landmarks_whole.onnx"
 CROP_ONNX: Final = "landmarks_crop.onnx"
 WHOLE_PT: Final = "landmarks_whole.pt"
@@ -94,6 +101,12 @@ class TrainConfig:
     models_dir: Path | None = None  # where the ONNX files go; None: ``out``
     max_cases: int | None = None
     threads: int = 2
+    # Every sample is mirrored so the measured leg looks like this side's leg (None: no mirroring, and
+    # random flips in the augmentation instead, the 0.1 behaviour that cannot choose a leg on bilateral
+    # films). Recorded as the ONNX metadata ``canonical_side``, which the runtime detector follows.
+    canonical_side: str | None = "R"
+    # Start from the weights in ``init_from/landmarks_{whole,crop}.pt`` instead of a random init.
+    init_from: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,8 +142,10 @@ def prepare_cases(
     jitter_mm: float,
     max_cases: int | None = None,
     split: str = "train",
+    canonical_side: str | None = None,
 ) -> list[PreparedCase]:
-    """Read every case of ``root`` (``split`` seeds only) into whole-film and crop samples."""
+    """Read every case of ``root`` (``split`` seeds only) into whole-film and crop samples (mirrored to
+    ``canonical_side``, see :func:`export.datasets.landmark_samples.whole_film_sample`)."""
     index = build_index(root, split)
     seeds = index.seeds[:max_cases] if max_cases else index.seeds
     if not seeds:
@@ -141,14 +156,18 @@ def prepare_cases(
         case = index.load(seed)
         labels = load_bone_labels(case.labels_path) if case.labels_path is not None else None
         whole = whole_film_sample(
-            case, mm_per_px=WHOLE_GEOMETRY.mm_per_px, shape=WHOLE_GEOMETRY.shape, labels=labels
+            case,
+            mm_per_px=WHOLE_GEOMETRY.mm_per_px,
+            shape=WHOLE_GEOMETRY.shape,
+            labels=labels,
+            canonical_side=canonical_side,
         )
         crops: list[CropSample] = []
         for _ in range(crops_per_region):
             specs = sample_crop_specs(
                 rng, case, jitter_mm=jitter_mm, mm_per_px=CROP_GEOMETRY.mm_per_px, shapes=shapes
             )
-            crops.extend(crop_sample(case, s) for s in specs)
+            crops.extend(crop_sample(case, s, canonical_side=canonical_side) for s in specs)
         out.append(PreparedCase(seed=seed, whole=whole, crops=tuple(crops)))
     log.info("prepared %d cases (%d crops)", len(out), sum(len(c.crops) for c in out))
     return out
@@ -171,13 +190,19 @@ def _downsample_mask(mask: NDArray[np.bool_], stride: int, shape: tuple[int, int
     return np.asarray(pad.reshape(rows, stride, cols, stride).mean(axis=(1, 3)), np.float32)
 
 
-def whole_batch(rng: np.random.Generator, cases: Sequence[PreparedCase], n: int) -> Batch:
-    """``n`` augmented whole-film samples with stride-4 targets."""
+def whole_batch(
+    rng: np.random.Generator, cases: Sequence[PreparedCase], n: int, *, flips: bool = True
+) -> Batch:
+    """``n`` augmented whole-film samples with stride-4 targets (``flips``: random mirroring, off
+    when the samples are mirrored to a canonical side)."""
     g = WHOLE_GEOMETRY
+    cfg = AugmentConfig() if flips else dataclasses.replace(AugmentConfig(), p_flip=0.0)
     imgs, hms, wts, masks, mw = [], [], [], [], []
     for _ in range(n):
         s = cases[int(rng.integers(len(cases)))].whole
-        rec = sample_augmentation(rng, g.shape, s.landmarks, pixel_mm=g.mm_per_px, out_shape=g.shape)
+        rec = sample_augmentation(
+            rng, g.shape, s.landmarks, pixel_mm=g.mm_per_px, config=cfg, out_shape=g.shape
+        )
         aug = apply(s.image, s.landmarks, rec, s.visible)
         t = encode_heatmaps(aug.landmarks, aug.visible, g.shape, stride=g.stride, sigma=g.sigma)
         imgs.append(aug.image)
@@ -201,10 +226,14 @@ def whole_batch(rng: np.random.Generator, cases: Sequence[PreparedCase], n: int)
     )
 
 
-def crop_batch(rng: np.random.Generator, cases: Sequence[PreparedCase], n: int) -> Batch:
-    """``n`` augmented crops (random case, random region) with stride-2 targets on their region."""
+def crop_batch(
+    rng: np.random.Generator, cases: Sequence[PreparedCase], n: int, *, flips: bool = True
+) -> Batch:
+    """``n`` augmented crops (random case, random region) with targets on their region's landmarks."""
     g = CROP_GEOMETRY
     cfg = crop_stage_config()
+    if not flips:
+        cfg = dataclasses.replace(cfg, p_flip=0.0)
     imgs, hms, wts = [], [], []
     for _ in range(n):
         c = cases[int(rng.integers(len(cases)))]
@@ -349,6 +378,7 @@ def _metadata(
         "steps": int(steps),
         "train_cases": len(seeds),
         "train_seed_range": [int(min(seeds)), int(max(seeds))],
+        **({"canonical_side": cfg.canonical_side} if cfg.canonical_side else {}),
     }
 
 
@@ -439,15 +469,21 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
         crops_per_region=cfg.crops_per_region,
         jitter_mm=cfg.jitter_mm,
         max_cases=cfg.max_cases,
+        canonical_side=cfg.canonical_side,
     )
     seeds = tuple(c.seed for c in cases)
     prep_s = time.perf_counter() - t_start
     budget = max(0.0, cfg.minutes * 60.0 - prep_s - 60.0)  # keep ~1 min for plotting and export
 
-    whole, crop = WholeFilmNet(), CropNet()
+    if cfg.init_from is not None:
+        whole, crop, _ = load_trained(cfg.init_from)
+        log.info("initialised both stages from %s", cfg.init_from)
+    else:
+        whole, crop = WholeFilmNet(), CropNet()
+    flips = cfg.canonical_side is None
 
     def step_whole(m: nn.Module, rng: np.random.Generator) -> torch.Tensor:
-        b = whole_batch(rng, cases, cfg.batch_whole)
+        b = whole_batch(rng, cases, cfg.batch_whole, flips=flips)
         heat, mlog = m.logits(b.images)  # type: ignore[operator]
         loss = heatmap_loss(heat, b.heatmaps, b.weights)
         if b.masks is not None and b.mask_weights is not None:
@@ -455,7 +491,7 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
         return loss
 
     def step_crop(m: nn.Module, rng: np.random.Generator) -> torch.Tensor:
-        b = crop_batch(rng, cases, cfg.batch_crop)
+        b = crop_batch(rng, cases, cfg.batch_crop, flips=flips)
         out: torch.Tensor = m.logits(b.images)  # type: ignore[operator]
         return heatmap_loss(out, b.heatmaps, b.weights)
 
