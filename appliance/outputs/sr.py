@@ -53,6 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from appliance import __version__
+from appliance.errors import InputError
 from appliance.outputs import sr_codes as C
 from appliance.outputs.common import (
     CHARACTER_SET,
@@ -227,24 +228,31 @@ def build_sr(
         if isinstance(result, StudyResult):
             raise ValueError("build_sr needs key= when given a parsed StudyResult")
         key = content_key(result)
-    view = parsed.measured_view
-    if view is None:
-        raise ValueError("the result measured no film; there is nothing to report")
-    source = sources.get(view)
-    ref = require_source(source, f"{view} film")
-    assert source is not None  # require_source raised otherwise
-    if ref.study_uid != parsed.study_uid:
-        from appliance.errors import InputError
-
+    if not sources:
         raise InputError(
-            f"{view} film belongs to study {ref.study_uid}, the result to {parsed.study_uid}",
-            reason="missing_source",
+            "no source film dataset given: the SR must join the original study", reason="missing_source"
         )
-    groups: list[Any] = [_film_group(parsed, view, source, key)]
-    groups.extend(_landmark_group(parsed, view, lm, source, key) for lm in parsed.landmarks.get(view, ()))
+    for v in sorted(sources):
+        ref = require_source(sources[v], f"{v} film")
+        if ref.study_uid != parsed.study_uid:
+            raise InputError(
+                f"{v} film belongs to study {ref.study_uid}, the result to {parsed.study_uid}",
+                reason="missing_source",
+            )
+    view = parsed.measured_view
+    groups: list[Any] = []
+    if view is not None:
+        source = sources.get(view)
+        require_source(source, f"{view} film")
+        assert source is not None  # require_source raised otherwise
+        groups.append(_film_group(parsed, view, source, key))
+        groups.extend(_landmark_group(parsed, view, lm, source, key) for lm in parsed.landmarks.get(view, ()))
     g3d = _group_3d(parsed, sources, key)
     if g3d is not None:
         groups.append(g3d)
+    if not groups:
+        raise InputError("the result holds no measurement to report", reason="nothing_to_report")
+    patient_source = sources[view] if view is not None else sources[sorted(sources)[0]]
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -261,9 +269,7 @@ def build_sr(
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
-    evidence: Sequence[Dataset] = [sources[v] for v in sorted(sources) if sources[v] is not None]
-    for v in sorted(sources):
-        require_source(sources[v], f"{v} film")
+    evidence: Sequence[Dataset] = [sources[v] for v in sorted(sources)]
     sr = Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
@@ -278,14 +284,14 @@ def build_sr(
         series_description=SR_SERIES_DESCRIPTION,
     )
     _drop_failed_values(sr)
-    copy_patient_study(source, sr)
+    copy_patient_study(patient_source, sr)
     sr.SpecificCharacterSet = CHARACTER_SET
     set_equipment(sr, equipment)
     sr.CodingSchemeIdentificationSequence = [_coding_scheme_item()]
     stamp(sr, created or datetime.now(UTC), "Content", "InstanceCreation", "Series")
     log.info(
         "SR built: %d landmark(s), %d of %d 2D values measured",
-        len(parsed.landmarks.get(view, ())),
+        len(parsed.landmarks.get(view, ())) if view is not None else 0,
         sum(parsed.angles_2d.get(k) is not None for k in ANGLES_2D),
         len(ANGLES_2D),
     )

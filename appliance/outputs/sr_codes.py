@@ -78,6 +78,10 @@ REVIEW_REASON_CODES: Final[dict[str, CodedConcept]] = {
     "side_mismatch": private("RSIDE", "Film side label differs from anatomy"),
     "default_spacing": private("RSPACING", "Pixel spacing assumed"),
     "reconstruction_not_consistent": private("RRECON", "Reconstruction not consistent with films"),
+    "landmarks_need_review": private("RLANDMRK", "Landmarks need review"),
+    "side_conflict": private("RSIDECON", "Films disagree on the side"),
+    "no_longleg_film": private("RNOLL", "No long-leg film"),
+    "view_received_more_than_once": private("RDUPVIEW", "View received more than once"),
 }
 REVIEW_REASON_OTHER: Final = private("ROTHER", "Other reason for review")
 

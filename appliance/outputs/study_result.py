@@ -155,8 +155,12 @@ def _films(doc: Mapping[str, Any]) -> dict[str, FilmInfo]:
     return films
 
 
+# The study pipeline's names for reasons this module also derives itself.
+_REASON_ALIASES: Final = {"reconstruction_not_consistent_with_films": "reconstruction_not_consistent"}
+
+
 def _review_reasons(flags: Mapping[str, Any], consistency: Consistency | None) -> tuple[str, ...]:
-    reasons: list[str] = [str(r) for r in flags.get("reasons") or []]
+    reasons: list[str] = [_REASON_ALIASES.get(str(r), str(r)) for r in flags.get("reasons") or []]
     if flags.get("low_confidence_landmarks"):
         reasons.append("low_confidence")
     reasons.extend(str(k) for k in (flags.get("implausible") or {}))
