@@ -124,3 +124,14 @@ def test_study_datetime_falls_back() -> None:
     assert study_datetime(src).isoformat() == "2026-01-01T12:00:00+00:00"
     del src.StudyDate
     assert study_datetime(src).year == 2000
+
+
+def test_flags_without_review_are_notes_not_banners() -> None:
+    doc = as_result_v1(result_doc())
+    doc["flags"].update(needs_review=False, reasons=["reconstruction_unavailable"])
+    content = report_content(doc, source_film())
+    assert content.banners == ()
+    assert content.notes == "Notes: no 3D reconstruction in this build"
+    doc["flags"]["needs_review"] = True
+    content = report_content(doc, source_film())
+    assert content.notes is None and content.banners[0].startswith("NEEDS REVIEW: no 3D reconstruction")

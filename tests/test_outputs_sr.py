@@ -192,3 +192,12 @@ def test_unknown_schema_is_refused() -> None:
     with pytest.raises(InputError) as err:
         build_sr({"schema": "xr3d.result/9", "study_uid": "1.2"}, {"longleg_ap": source_film()})
     assert err.value.reason == "bad_result"
+
+
+@pytest.mark.usefixtures("strict_reading")
+def test_flags_that_need_no_review_are_recorded_without_review(tmp_path: Path) -> None:
+    doc = as_result_v1(result_doc())
+    doc["flags"].update(needs_review=False, reasons=["reconstruction_unavailable", "some_new_reason"])
+    film = read_measurement_groups(_write(tmp_path, doc))["longleg_ap alignment"]
+    assert ("REVIEW", NO) in film.codes
+    assert {v for c, v in film.codes if c == "RREASON"} == {"RRECONNA", "ROTHER"}

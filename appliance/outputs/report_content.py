@@ -64,6 +64,8 @@ _REASON_TEXT: Final[dict[str, str]] = {
     "side_conflict": "the films disagree on the side",
     "no_longleg_film": "no long-leg film",
     "view_received_more_than_once": "a view was received more than once",
+    "reconstruction_unavailable": "no 3D reconstruction in this build",
+    "reconstruction_failed": "3D reconstruction failed",
 }
 
 
@@ -91,6 +93,7 @@ class ReportContent:
     has_3d: bool
     cpak_text: str
     banners: tuple[str, ...]  # most important first; shown prominently
+    notes: str | None  # flags that do not call for review (e.g. no reconstruction), in small print
     consistency_text: str | None
     not_consistent: bool
     footer: tuple[str, ...]
@@ -148,13 +151,16 @@ def _rows(r: StudyResult) -> tuple[AngleRow, ...]:
     return tuple(rows)
 
 
+def _reason_texts(r: StudyResult) -> list[str]:
+    return [_REASON_TEXT.get(x, x.replace("_", " ")) for x in r.review_reasons]
+
+
 def _banners(r: StudyResult) -> tuple[str, ...]:
     out = []
     if r.consistency is not None and not r.consistency.consistent:
         out.append(NOT_CONSISTENT)
     if r.needs_review:
-        reasons = [_REASON_TEXT.get(x, x.replace("_", " ")) for x in r.review_reasons] or ["flagged by xr3d"]
-        out.append("NEEDS REVIEW: " + "; ".join(reasons))
+        out.append("NEEDS REVIEW: " + "; ".join(_reason_texts(r) or ["flagged by xr3d"]))
     if r.low_confidence_landmarks:
         out.append("Low-confidence landmarks: " + ", ".join(r.low_confidence_landmarks))
     if r.status and r.status != "measured":
@@ -207,6 +213,7 @@ def report_content(result: Mapping[str, Any] | StudyResult, source: Dataset | No
         has_3d=r.angles_3d is not None,
         cpak_text=cpak,
         banners=_banners(r),
+        notes=None if r.needs_review or not r.review_reasons else "Notes: " + "; ".join(_reason_texts(r)),
         consistency_text=consistency_text,
         not_consistent=r.consistency is not None and not r.consistency.consistent,
         footer=footer,

@@ -162,6 +162,9 @@ def _banners(fig: Figure, c: ReportContent, top: float) -> float:
             va="center",
         )
         y -= h + 0.006
+    if c.notes:
+        fig.text(0.05, y - 0.004, c.notes[:150], fontsize=7.5, color=_GREY, va="top")
+        y -= 0.018
     return y
 
 

@@ -82,13 +82,15 @@ REVIEW_REASON_CODES: Final[dict[str, CodedConcept]] = {
     "side_conflict": private("RSIDECON", "Films disagree on the side"),
     "no_longleg_film": private("RNOLL", "No long-leg film"),
     "view_received_more_than_once": private("RDUPVIEW", "View received more than once"),
+    "reconstruction_unavailable": private("RRECONNA", "Reconstruction not available"),
+    "reconstruction_failed": private("RRECONFL", "Reconstruction failed"),
 }
-REVIEW_REASON_OTHER: Final = private("ROTHER", "Other reason for review")
+REVIEW_REASON_OTHER: Final = private("ROTHER", "Other flag")
 
 # Concept names of the qualitative evaluations and non-angle measurements.
 CPAK_TYPE: Final = private("CPAK", "CPAK phenotype")
 NEEDS_REVIEW: Final = private("REVIEW", "Needs review before use")
-REVIEW_REASON: Final = private("RREASON", "Reason for review")
+REVIEW_REASON: Final = private("RREASON", "Flag raised by xr3d")
 LOW_CONFIDENCE: Final = private("LOWCONF", "Low-confidence landmark")
 CONFIDENCE: Final = private("CONF", "Landmark detection confidence")
 RECON_CONSISTENT: Final = private("RECONOK", "Reconstruction consistent with films")

@@ -173,6 +173,19 @@ def _review_reasons(flags: Mapping[str, Any], consistency: Consistency | None) -
     return tuple(dict.fromkeys(reasons))  # unique, first-seen order
 
 
+def _needs_review(
+    flags: Mapping[str, Any], reasons: tuple[str, ...], consistency: Consistency | None
+) -> bool:
+    """The document's own verdict when it has one (a reason such as "reconstruction unavailable" does
+    not make the 2D values suspect); derived from the reasons otherwise. A reconstruction that is not
+    consistent with the films always needs review."""
+    if consistency is not None and not consistency.consistent:
+        return True
+    if "needs_review" in flags:
+        return bool(flags["needs_review"])
+    return bool(reasons)
+
+
 def parse_result(doc: Mapping[str, Any]) -> StudyResult:
     """The writers' view of ``doc``; raises InputError(``bad_result``) for an unknown schema."""
     schema = doc.get("schema") if isinstance(doc, Mapping) else None
@@ -232,7 +245,7 @@ def parse_result(doc: Mapping[str, Any]) -> StudyResult:
         angles_3d=angles_3d,
         consistency=consistency,
         reconstruction_views=tuple(recon.get("views_used") or ()) if recon else (),
-        needs_review=bool(flags.get("needs_review")) or bool(reasons),
+        needs_review=_needs_review(flags, reasons, consistency),
         review_reasons=reasons,
         low_confidence_landmarks=low,
         flagged_values={str(k): tuple(v) for k, v in (flags.get("flagged_values") or {}).items()},
