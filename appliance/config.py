@@ -16,6 +16,9 @@ in data, not in code. docs/config.md documents every key; :data:`DEFAULT_RULES` 
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -168,17 +171,51 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class ReceiverSettings:
+    """The optional DICOM C-STORE receiver (appliance/receiver); off by default."""
+
+    enabled: bool = False
+    ae_title: str = "XR3D"
+    bind_address: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()
+    """Calling AE titles allowed to associate; required (non-empty) when enabled."""
+    allowed_peers: tuple[str, ...] = ()
+    """Peer IP addresses or networks (CIDR) allowed to connect; required (non-empty) when enabled."""
+    max_associations: int = 4
+    network_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """The optional sender of the outbox's DICOM objects to a PACS (C-STORE SCU); off by default."""
+
+    enabled: bool = False
+    host: str = ""
+    port: int = 104
+    called_aet: str = ""
+    calling_aet: str = "XR3D"
+    scan_seconds: float = 30.0
+    """How often the outbox is checked for DICOM objects not yet sent."""
+    retry_seconds: float = 300.0
+    """After a failed send, the same object is tried again no sooner than this."""
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: Paths
     ingest: IngestSettings = field(default_factory=IngestSettings)
     classify: ClassifySettings = field(default_factory=ClassifySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
 
 
 # --- parsing ---------------------------------------------------------------------------------------
 
-_TOP_SECTIONS = ("paths", "ingest", "classify", "jobs", "watch")
+_TOP_SECTIONS = ("paths", "ingest", "classify", "jobs", "watch", "receiver", "pacs")
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -195,8 +232,10 @@ def _number(value: Any, where: str, *, minimum: float = 0.0, integer: bool = Fal
         raise ConfigError(f"{where} must be a number, got {type(value).__name__}", reason="config_bad_type")
     if integer and not isinstance(value, int):
         raise ConfigError(f"{where} must be an integer", reason="config_bad_type")
-    if value < minimum or value != value:
-        raise ConfigError(f"{where} must be >= {minimum}, got {value}", reason="config_bad_value")
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(
+            f"{where} must be a finite number >= {minimum}, got {value}", reason="config_bad_value"
+        )
     return float(value)
 
 
@@ -260,6 +299,11 @@ def _rule(item: Any, index: int) -> ViewRule:
     for name in ("min_aspect", "max_aspect", "min_height_mm", "max_height_mm"):
         if name in item:
             kwargs[name] = _number(item[name], f"{where}.{name}")
+    for lo, hi in (("min_aspect", "max_aspect"), ("min_height_mm", "max_height_mm")):
+        if lo in kwargs and hi in kwargs and kwargs[lo] > kwargs[hi]:
+            raise ConfigError(
+                f"{where}.{lo} is larger than {hi}: no film can match", reason="config_bad_value"
+            )
     return ViewRule(**kwargs)
 
 
@@ -301,6 +345,94 @@ def _paths(table: Mapping[str, Any], overrides: Mapping[str, Path | None], base:
     return Paths(**resolved)
 
 
+def _ae_title(value: str, where: str) -> str:
+    # DICOM PS3.5 AE VR: at most 16 characters of the default repertoire, no backslash or control
+    # characters, and not only spaces (leading/trailing spaces are not significant).
+    title = value.strip()
+    if not title or len(value) > 16 or not all(" " <= c <= "~" and c != "\\" for c in value):
+        raise ConfigError(
+            f"{where} must be an AE title: 1-16 printable ASCII characters, no backslash, got {value!r}",
+            reason="config_bad_value",
+        )
+    return title
+
+
+def _port(value: int, where: str) -> int:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{where} must be a TCP port (1-65535), got {value}", reason="config_bad_value")
+    return value
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def _receiver(table: Mapping[str, Any]) -> ReceiverSettings:
+    r: ReceiverSettings = _simple(ReceiverSettings, table, "receiver")
+    ae = _ae_title(r.ae_title, "receiver.ae_title")
+    try:
+        ipaddress.ip_address(r.bind_address)
+    except ValueError as exc:
+        raise ConfigError(
+            f"receiver.bind_address must be an IP address (not a host name), got {r.bind_address!r}",
+            reason="config_bad_value",
+        ) from exc
+    _port(r.port, "receiver.port")
+    callers = tuple(
+        _ae_title(t, f"receiver.allowed_calling_aets[{i}]") for i, t in enumerate(r.allowed_calling_aets)
+    )
+    for i, peer in enumerate(r.allowed_peers):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"receiver.allowed_peers[{i}] must be an IP address or network (CIDR), got {peer!r}",
+                reason="config_bad_value",
+            ) from exc
+    if r.max_associations > 64:
+        raise ConfigError("receiver.max_associations must be between 1 and 64", reason="config_bad_value")
+    if r.network_timeout_seconds <= 0:
+        raise ConfigError("receiver.network_timeout_seconds must be > 0", reason="config_bad_value")
+    if r.enabled:
+        # An open receiver would take films from anyone on the network: both lists are required.
+        for name in ("allowed_calling_aets", "allowed_peers"):
+            if not getattr(r, name):
+                raise ConfigError(
+                    f"receiver.{name} must list at least one entry when the receiver is enabled",
+                    reason="config_missing_key",
+                )
+    return replace(r, ae_title=ae, allowed_calling_aets=callers)
+
+
+def _pacs(table: Mapping[str, Any]) -> PacsSettings:
+    p: PacsSettings = _simple(PacsSettings, table, "pacs")
+    calling = _ae_title(p.calling_aet, "pacs.calling_aet")
+    _port(p.port, "pacs.port")
+    for name in ("scan_seconds", "retry_seconds", "timeout_seconds"):
+        if getattr(p, name) <= 0:
+            raise ConfigError(f"pacs.{name} must be > 0", reason="config_bad_value")
+    if not p.enabled:
+        return replace(p, calling_aet=calling)
+    if not p.host:
+        raise ConfigError(
+            "pacs.host is required when the PACS sender is enabled", reason="config_missing_key"
+        )
+    if not p.called_aet:
+        raise ConfigError(
+            "pacs.called_aet is required when the PACS sender is enabled", reason="config_missing_key"
+        )
+    try:
+        ipaddress.ip_address(p.host)
+    except ValueError:
+        if not _HOSTNAME.match(p.host):
+            raise ConfigError(
+                f"pacs.host must be an IP address or a host name, got {p.host!r}", reason="config_bad_value"
+            ) from None
+    called = _ae_title(p.called_aet, "pacs.called_aet")
+    return replace(p, calling_aet=calling, called_aet=called)
+
+
 def settings_from_mapping(
     doc: Mapping[str, Any], *, base_dir: Path, overrides: Mapping[str, Path | None] | None = None
 ) -> Settings:
@@ -324,13 +456,27 @@ def settings_from_mapping(
         )
     if jobs.workers > 16:
         raise ConfigError("jobs.workers must be between 1 and 16", reason="config_bad_value")
+    if jobs.backoff_max_seconds < jobs.backoff_seconds:
+        raise ConfigError(
+            "jobs.backoff_max_seconds must be >= jobs.backoff_seconds", reason="config_bad_value"
+        )
+    if ingest.max_file_mb <= 0:
+        raise ConfigError("ingest.max_file_mb must be > 0", reason="config_bad_value")
+    for name in ("temporary_prefixes", "temporary_suffixes"):
+        if "" in getattr(ingest, name):
+            # "" would match every name: the service would never read a single file.
+            raise ConfigError(f"ingest.{name} must not contain an empty string", reason="config_bad_value")
     watch: WatchSettings = _simple(WatchSettings, _section(doc, "watch"), "watch")
     if watch.tick_seconds <= 0 or watch.poll_interval_seconds <= 0:
         raise ConfigError(
             "watch.tick_seconds and poll_interval_seconds must be > 0", reason="config_bad_value"
         )
     classify = _classify(_section(doc, "classify"))
-    return Settings(paths=paths, ingest=ingest, classify=classify, jobs=jobs, watch=watch)
+    receiver = _receiver(_section(doc, "receiver"))
+    pacs = _pacs(_section(doc, "pacs"))
+    return Settings(
+        paths=paths, ingest=ingest, classify=classify, jobs=jobs, watch=watch, receiver=receiver, pacs=pacs
+    )
 
 
 def load_settings(path: Path | None, *, overrides: Mapping[str, Path | None] | None = None) -> Settings:
