@@ -41,6 +41,7 @@ def _study(tmp_path: Path, *, recon: bool) -> tuple[Path, dict[str, Any]]:
         shutil.copy(STUDY_DIR / "cpak_chart.png", d / "recon" / "slices.png")
         changes = {
             "angles_3d": {**base["angles_2d"], "mHKA": -2.6},
+            "landmarks_3d": {"FKC": [-38.5, -30.25, 785.0], "TKC": {"x": -38.0, "y": -30.0, "z": 781.5}},
             "reconstruction": {
                 "model": "recon/1",
                 "views_used": ["knee_ap", "knee_lat"],
@@ -87,6 +88,10 @@ def test_pipeline_call_writes_every_object_into_the_study(tmp_path: Path) -> Non
     assert ("RECONOK", "373067005") in groups["3D knee"].codes  # not consistent -> "No"
     first = pydicom.dcmread(d / ct[0])
     assert [float(v) for v in first.ImagePositionPatient] == [-40.0, -35.0, 780.0]
+    # 3D landmarks are SCOORD3D points in the frame of reference the CT series declares.
+    assert groups["3D FKC"].points_3d == [pytest.approx((-38.5, -30.25, 785.0))]
+    assert groups["3D TKC"].points_3d == [pytest.approx((-38.0, -30.0, 781.5))]
+    assert groups["3D FKC"].frames_of_reference == [first.FrameOfReferenceUID]
 
 
 @pytest.mark.usefixtures("strict_reading")

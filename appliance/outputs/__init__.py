@@ -134,7 +134,12 @@ def write_study_dicom(
     written: list[str] = []
     skipped: dict[str, str] = {}
 
-    if parsed.measured_view is None and parsed.angles_3d is None and parsed.consistency is None:
+    if (
+        parsed.measured_view is None
+        and parsed.angles_3d is None
+        and parsed.consistency is None
+        and not parsed.landmarks_3d
+    ):
         skipped["sr"] = "nothing measured"
     else:
         write_sr(study_dir / SR_FILE, result, sources, **common)

@@ -38,6 +38,7 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     ImageRegion,
+    ImageRegion3D,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
@@ -178,6 +179,28 @@ def _landmark_group(
     )
 
 
+def _landmark_3d_group(
+    result: StudyResult, name: str, xyz: tuple[float, float, float], key: str
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    # The reconstruction's LPS frame is the one the CT series declares (same key, same UID), so the
+    # points can be shown on that series.
+    region = ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.array([xyz], dtype=np.float64),
+        frame_of_reference_uid=output_uid(key, "ct.frame_of_reference"),
+    )
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=output_uid(key, "sr.landmark", "3d", name), identifier=f"3D {name}"
+        ),
+        referenced_region=region,
+        finding_type=C.LANDMARK_CODES.get(name, C.private(name[:16], f"Landmark {name}"[:64])),
+        finding_category=C.LANDMARK_FINDING,
+        method=C.METHOD_3D,
+        algorithm_id=_algorithm(result),
+    )
+
+
 def _group_3d(
     result: StudyResult, sources: Mapping[str, Dataset], key: str
 ) -> MeasurementsAndQualitativeEvaluations | None:
@@ -250,6 +273,7 @@ def build_sr(
     g3d = _group_3d(parsed, sources, key)
     if g3d is not None:
         groups.append(g3d)
+    groups.extend(_landmark_3d_group(parsed, n, p, key) for n, p in sorted(parsed.landmarks_3d.items()))
     if not groups:
         raise InputError("the result holds no measurement to report", reason="nothing_to_report")
     patient_source = sources[view] if view is not None else sources[sorted(sources)[0]]

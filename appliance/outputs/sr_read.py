@@ -36,6 +36,8 @@ class SrGroup:
     numbers: dict[str, SrNumber] = field(default_factory=dict)  # concept code value -> number
     codes: list[tuple[str, str]] = field(default_factory=list)  # (concept code value, value code value)
     points: list[tuple[float, float]] = field(default_factory=list)  # SCOORD POINT column, row
+    points_3d: list[tuple[float, float, float]] = field(default_factory=list)  # SCOORD3D POINT x, y, z (mm)
+    frames_of_reference: list[str] = field(default_factory=list)  # of the SCOORD3D points
     point_sources: list[str] = field(default_factory=list)  # SOP instance UIDs the points refer to
     source_images: list[str] = field(default_factory=list)
 
@@ -81,6 +83,10 @@ def _read_group(container: Dataset) -> SrGroup:
             for src in _children(item):
                 for ref in src.get("ReferencedSOPSequence") or []:
                     group.point_sources.append(str(ref.ReferencedSOPInstanceUID))
+        elif vt == "SCOORD3D" and item.GraphicType == "POINT":
+            x, y, z = (float(v) for v in item.GraphicData)
+            group.points_3d.append((x, y, z))
+            group.frames_of_reference.append(str(item.ReferencedFrameOfReferenceUID))
         elif vt == "IMAGE":
             for ref in item.get("ReferencedSOPSequence") or []:
                 group.source_images.append(str(ref.ReferencedSOPInstanceUID))

@@ -96,6 +96,7 @@ class StudyResult:
     angles_3d: Mapping[str, float | None] | None
     consistency: Consistency | None
     reconstruction_views: tuple[str, ...]
+    landmarks_3d: Mapping[str, tuple[float, float, float]]  # LPS mm in the reconstruction's frame
     needs_review: bool
     review_reasons: tuple[str, ...]
     low_confidence_landmarks: tuple[str, ...]
@@ -134,6 +135,20 @@ def _landmarks(raw: Mapping[str, Any] | None) -> tuple[Landmark, ...]:
             )
         )
     return tuple(out)
+
+
+def _points_3d(raw: Any) -> dict[str, tuple[float, float, float]]:
+    """name -> (x, y, z) from ``{name: [x, y, z]}`` or ``{name: {"x":, "y":, "z":}}``; others skipped."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out = {}
+    for name, p in raw.items():
+        xyz = [p.get(k) for k in ("x", "y", "z")] if isinstance(p, Mapping) else p
+        if isinstance(xyz, list | tuple) and len(xyz) == 3:
+            vals = [_num(v) for v in xyz]
+            if all(v is not None for v in vals):
+                out[str(name)] = (float(vals[0]), float(vals[1]), float(vals[2]))  # type: ignore[arg-type]
+    return out
 
 
 def _films(doc: Mapping[str, Any]) -> dict[str, FilmInfo]:
@@ -245,6 +260,7 @@ def parse_result(doc: Mapping[str, Any]) -> StudyResult:
         angles_3d=angles_3d,
         consistency=consistency,
         reconstruction_views=tuple(recon.get("views_used") or ()) if recon else (),
+        landmarks_3d=_points_3d(doc.get("landmarks_3d")),
         needs_review=_needs_review(flags, reasons, consistency),
         review_reasons=reasons,
         low_confidence_landmarks=low,
