@@ -117,3 +117,22 @@ def test_study_without_dicom_films_is_refused(tmp_path: Path) -> None:
     assert err.value.reason == "missing_source"
     out = write_study_dicom(d, result_doc(), films={"longleg_ap": source_film()}, created=CREATED)
     assert "dicom/sr.dcm" in out.files
+
+
+@pytest.mark.usefixtures("strict_reading")
+def test_partial_study_gets_a_report_but_no_empty_sr(tmp_path: Path) -> None:
+    d, doc = _study(tmp_path, recon=False)
+    (d / "overlay.png").unlink()
+    (d / "films" / "longleg_ap.dcm").rename(d / "films" / "knee_ap.dcm")
+    doc.update(status="partial", landmarks_2d={}, angles_2d=None, cpak=None)
+    doc["films"] = {"knee_ap": {**doc["films"]["longleg_ap"], "file": "films/knee_ap.dcm", "view": "knee_ap"}}
+    doc["flags"].update(needs_review=True, reasons=["no_longleg_film"])
+    write_report_pdf(d, doc)
+    out = write_study_dicom(d, doc, created=CREATED)
+    assert out.files == ("dicom/report_pdf.dcm",)
+    assert out.skipped == {
+        "sr": "nothing measured",
+        "overlay_sc": "no overlay.png",
+        "ct": "no reconstruction",
+    }
+    assert pdf_bytes(pydicom.dcmread(d / out.files[0])) == (d / "report.pdf").read_bytes()

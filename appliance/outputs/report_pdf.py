@@ -103,7 +103,14 @@ def _thumb(path: Path | None) -> NDArray[np.uint8] | None:
         return None
 
 
-def _image(fig: Figure, rect: tuple[float, float, float, float], path: Path | None, caption: str) -> None:
+def _image(
+    fig: Figure,
+    rect: tuple[float, float, float, float],
+    path: Path | None,
+    caption: str,
+    *,
+    title: bool = True,
+) -> None:
     ax = fig.add_axes(rect)
     ax.set_axis_off()
     pixels = _thumb(path)
@@ -111,7 +118,7 @@ def _image(fig: Figure, rect: tuple[float, float, float, float], path: Path | No
         ax.text(0.5, 0.5, f"{caption}: not available", ha="center", va="center", fontsize=8, color=_GREY)
         return
     ax.imshow(pixels, interpolation="antialiased")
-    if caption:
+    if title:
         ax.set_title(caption, fontsize=8, pad=2)
 
 
@@ -231,7 +238,7 @@ def render_report_pdf(
     _table(fig.add_axes((0.05, top - 0.21, 0.52, 0.21)), content)
     cpak_top = top - 0.235
     fig.text(0.05, cpak_top, content.cpak_text, fontsize=9, weight="bold", va="top")
-    _image(fig, (0.08, cpak_top - 0.265, 0.45, 0.245), images.cpak_chart, "")
+    _image(fig, (0.08, cpak_top - 0.265, 0.45, 0.245), images.cpak_chart, "CPAK chart", title=False)
     _image(fig, (0.60, cpak_top - 0.26, 0.35, top - cpak_top + 0.26), images.overlay, "Overlay (long-leg AP)")
     recon_top = cpak_top - 0.275
     if content.consistency_text is not None or images.recon_slices is not None or images.reprojections:
