@@ -45,6 +45,10 @@ def _assert_complete(outbox: Path) -> None:
         assert sorted(doc["films"]) == sorted(VIEWS)
 
 
+def _done(root: Path) -> int:
+    return int(str(db_rows(root, "SELECT COUNT(*) FROM studies WHERE state = 'done'")[0][0]))
+
+
 def _working_after(root: Path, n_done: int) -> Callable[[], bool]:
     def cond() -> bool:
         states = [s for (s,) in db_rows(root, "SELECT state FROM studies")]
@@ -53,20 +57,27 @@ def _working_after(root: Path, n_done: int) -> Callable[[], bool]:
     return cond
 
 
+def _started(log: Path, n: int) -> Callable[[], bool]:
+    # The line comes after the recovery step, so stale "running" rows of the killed process are gone.
+    return lambda: log.read_text(errors="replace").count("watching the inbox") >= n
+
+
 def test_sigkill_repeatedly_then_restart_finishes_every_study(tmp_path: Path, factory: StudyFactory) -> None:
     cfg = write_config(tmp_path, workers=2)
-    n = 10
+    n = 12
     for i in range(n):
         for view, data in factory.films(i).items():
             (tmp_path / "inbox" / f"s{i}_{view}.dcm").write_bytes(data)
     log = tmp_path / "watch.log"
     rng = random.Random(20261124)
     for k in range(KILLS):
+        before = _done(tmp_path) if k else 0
         proc = start(watch_cmd(cfg), log)
         try:
-            # One more study done since the last kill proves this process recovered and works; then kill
-            # it at a random moment while a study is being processed or published.
-            wait_for(f"a study running after {k + 1} done", _working_after(tmp_path, k + 1), proc)
+            # This process has recovered and finished one more study; kill it at a random moment while
+            # another is being processed or published.
+            wait_for(f"start {k + 1}", _started(log, k + 1), proc)
+            wait_for(f"a study running after {before + 1} done", _working_after(tmp_path, before + 1), proc)
             time.sleep(rng.uniform(0.0, 0.6))
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -87,5 +98,7 @@ def test_sigkill_repeatedly_then_restart_finishes_every_study(tmp_path: Path, fa
     assert sorted(p.name for p in outputs) == sorted(factory.study_uid(i) for i in range(n))
     assert not [p for p in (tmp_path / "outbox").iterdir() if p.name.startswith(".")]
     _assert_complete(tmp_path / "outbox")
-    assert "recovered after an interruption" in log.read_text() + done.stderr
-    assert_no_phi(log.read_text(errors="replace"), done.stderr)
+    text = log.read_text(errors="replace")
+    assert text.count("watching the inbox") == KILLS
+    assert text.count("recovered after an interruption") + done.stderr.count("recovered after") == KILLS
+    assert_no_phi(text, done.stderr)
