@@ -214,6 +214,19 @@ Service(load_settings(Path(sys.argv[1])), processor=slow).run()
 """
 
 
+PLACEHOLDER_SERVICE = """
+import logging, signal, sys, threading
+from pathlib import Path
+from appliance.config import load_settings
+from appliance.jobs.service import Service
+
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+logging.basicConfig(level=logging.INFO)
+Service(load_settings(Path(sys.argv[1])), stop=stop).run()
+"""
+
+
 def _running_after(root: Path, n_done: int) -> Callable[[], bool]:
     def cond() -> bool:
         states = [s for (s,) in db_rows(root, "SELECT state FROM studies")]
@@ -270,7 +283,9 @@ def test_soak_300_studies_10_percent_bad(tmp_path: Path, sim_case: Path) -> None
     inbox = tmp_path / "inbox"
     n = 300
     log = tmp_path / "watch.log"
-    proc = start(watch_cmd(cfg), log)
+    # The job machinery at scale, with the model-free processor: the same soak with the real study
+    # pipeline is tests/test_service_soak.py.
+    proc = start([sys.executable, "-c", PLACEHOLDER_SERVICE, str(cfg)], log)
     chest = Path(str(get_testdata_file("RG1_UNCR.dcm", download=False))).read_bytes()
     bad_kinds = ["truncated", "not_dicom", "chest", "duplicate", "partial"] * 6
     expected_quarantine = {"truncated": 6, "not_dicom": 6, "not_lower_limb": 6}
