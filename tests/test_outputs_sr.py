@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from appliance.errors import InputError
-from appliance.outputs.sr import ANGLES_2D, build_sr, write_sr
+from appliance.outputs.sr import ANGLES_2D, Verification, build_sr, write_sr
 from appliance.outputs.sr_codes import ANGLE_CODES, LANDMARK_CODES, PRIVATE_SCHEME, cpak_code
 from appliance.outputs.sr_read import read_measurement_groups
 from tests.dicom_validate import dciodvfy_errors, dsrdump_errors, requires_dciodvfy, requires_dsrdump
@@ -201,3 +201,41 @@ def test_flags_that_need_no_review_are_recorded_without_review(tmp_path: Path) -
     film = read_measurement_groups(_write(tmp_path, doc))["longleg_ap alignment"]
     assert ("REVIEW", NO) in film.codes
     assert {v for c, v in film.codes if c == "RREASON"} == {"RRECONNA", "ROTHER"}
+
+
+@requires_dciodvfy
+@requires_dsrdump
+@pytest.mark.usefixtures("strict_reading")
+def test_corrected_and_verified_report_supersedes_the_first(tmp_path: Path) -> None:
+    doc = as_result_v1(result_doc())
+    first = pydicom.dcmread(
+        write_sr(tmp_path / "sr1.dcm", doc, {"longleg_ap": source_film()}, created=CREATED)
+    )
+    corrected = as_result_v1(result_doc())
+    corrected["landmarks_2d"]["longleg_ap"]["AC"]["col"] += 4.0  # as a surgeon's correction would
+    corrected["angles_2d"]["mHKA"] = -2.4
+    path = write_sr(
+        tmp_path / "sr2.dcm",
+        corrected,
+        {"longleg_ap": source_film()},
+        created=CREATED,
+        verification=Verification(observer_name="SURGEON^ANNA", organization="Knee clinic"),
+        predecessor=first,
+    )
+    ds = pydicom.dcmread(path)
+    assert (ds.VerificationFlag, ds.PreliminaryFlag) == ("VERIFIED", "FINAL")
+    assert ds.VerifyingObserverSequence[0].VerifyingObserverName == "SURGEON^ANNA"
+    assert ds.VerifyingObserverSequence[0].VerificationDateTime == "20260102030405"
+    pred = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == first.SOPInstanceUID != ds.SOPInstanceUID
+    groups = read_measurement_groups(ds)
+    assert groups["longleg_ap alignment"].numbers["MHKA"].value == pytest.approx(-2.4)
+    ac = corrected["landmarks_2d"]["longleg_ap"]["AC"]
+    assert groups["longleg_ap AC"].points == [pytest.approx((ac["col"] + 0.5, ac["row"] + 0.5), abs=1e-3)]
+    assert "SURGEON^ANNA" in _dsrdump_text(path)  # the person observer is in the content tree
+    assert dciodvfy_errors(path) == []
+    assert dsrdump_errors(path) == []
+    other = source_film()
+    other.StudyInstanceUID = "1.2.3"
+    with pytest.raises(InputError):
+        build_sr(corrected, {"longleg_ap": source_film()}, predecessor=other)

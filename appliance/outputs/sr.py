@@ -17,6 +17,10 @@ Content tree (codes: :mod:`appliance.outputs.sr_codes`, docs/outputs.md):
 * with ``angles_3d``: a TID 1501 group "3D knee" (method: measured on the 3D reconstruction) with the
   3D angles and, with a reconstruction, its consistency with the films (Yes/No and the score).
 
+The document is COMPLETE, UNVERIFIED and PRELIMINARY (automatic values). ``verification=`` makes it
+VERIFIED and FINAL with the clinician as a person observer; ``predecessor=`` names the SR it replaces
+(e.g. the GUI's corrected landmarks written as a new SR that supersedes the automatic one).
+
 A value that could not be measured is never written as a number: its NUM item has an empty Measured
 Value Sequence and the qualifier DCM 114006 "Measurement failure" (PS3.3 C.18.1.1, CID 42).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +49,7 @@ from highdicom.sr import (
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PersonObserverIdentifyingAttributes,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurementGroup,
@@ -62,6 +68,7 @@ from appliance.outputs.common import (
     Equipment,
     content_key,
     copy_patient_study,
+    dicom_date_time,
     output_uid,
     require_source,
     save,
@@ -72,7 +79,7 @@ from appliance.outputs.study_result import Landmark, StudyResult, parse_result
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SR_SERIES_NUMBER", "build_sr", "write_sr"]
+__all__ = ["SR_SERIES_NUMBER", "Verification", "build_sr", "write_sr"]
 
 SR_SERIES_NUMBER: Final = 9001
 SR_SERIES_DESCRIPTION: Final = "xr3d alignment measurements"
@@ -88,6 +95,14 @@ ANGLES_2D: Final = (
     "femoral_mech_axis_mm",
     "tibial_mech_axis_mm",
 )
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Who attests the report's values: a DICOM person name (``FAMILY^GIVEN``) and organisation."""
+
+    observer_name: str
+    organization: str
 
 
 def _measurement(key: str, value: float | None) -> Measurement:
@@ -243,14 +258,27 @@ def build_sr(
     equipment: Equipment = DEFAULT_EQUIPMENT,
     key: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
+    verification: Verification | None = None,
+    predecessor: Dataset | None = None,
 ) -> Dataset:
     """The Comprehensive 3D SR of ``result`` (module docstring). ``key`` (default: the result's
-    :func:`~appliance.outputs.common.content_key`) seeds the UIDs; ``created`` defaults to now (UTC)."""
+    :func:`~appliance.outputs.common.content_key`) seeds the UIDs; ``created`` defaults to now (UTC).
+
+    ``verification``: a clinician attests the values (e.g. after correcting landmarks in the GUI): the
+    SR is VERIFIED and FINAL, with the person as an observer. ``predecessor``: the SR this one replaces
+    (PredecessorDocumentsSequence; same study required)."""
     parsed = result if isinstance(result, StudyResult) else parse_result(result)
     if key is None:
         if isinstance(result, StudyResult):
             raise ValueError("build_sr needs key= when given a parsed StudyResult")
         key = content_key(result)
+    if predecessor is not None and str(predecessor.get("StudyInstanceUID")) != parsed.study_uid:
+        raise InputError("the predecessor SR belongs to another study", reason="missing_source")
+    if verification is not None or predecessor is not None:
+        # A verified or superseding document is a new object even when the values did not change.
+        extra = [verification.observer_name, verification.organization] if verification else []
+        extra.append(str(predecessor.SOPInstanceUID) if predecessor is not None else "")
+        key = output_uid(key, "sr.version", *extra)
     if not sources:
         raise InputError(
             "no source film dataset given: the SR must join the original study", reason="missing_source"
@@ -287,8 +315,18 @@ def build_sr(
             serial_number=equipment.device_serial_number,
         ),
     )
+    person = None
+    if verification is not None:
+        person = ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=PersonObserverIdentifyingAttributes(
+                name=verification.observer_name
+            ),
+        )
     report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=observer),
+        observation_context=ObservationContext(
+            observer_person_context=person, observer_device_context=observer
+        ),
         procedure_reported=C.PROCEDURE,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
@@ -303,8 +341,11 @@ def build_sr(
         instance_number=1,
         manufacturer=equipment.manufacturer,
         is_complete=True,
-        is_final=False,
-        is_verified=False,
+        is_final=verification is not None,
+        is_verified=verification is not None,
+        verifying_observer_name=verification.observer_name if verification else None,
+        verifying_organization=verification.organization if verification else None,
+        previous_versions=[predecessor] if predecessor is not None else None,
         series_description=SR_SERIES_DESCRIPTION,
     )
     _drop_failed_values(sr)
@@ -312,7 +353,10 @@ def build_sr(
     sr.SpecificCharacterSet = CHARACTER_SET
     set_equipment(sr, equipment)
     sr.CodingSchemeIdentificationSequence = [_coding_scheme_item()]
-    stamp(sr, created or datetime.now(UTC), "Content", "InstanceCreation", "Series")
+    when = created or datetime.now(UTC)
+    stamp(sr, when, "Content", "InstanceCreation", "Series")
+    if verification is not None:
+        sr.VerifyingObserverSequence[0].VerificationDateTime = "".join(dicom_date_time(when))
     log.info(
         "SR built: %d landmark(s), %d of %d 2D values measured",
         len(parsed.landmarks.get(view, ())) if view is not None else 0,
