@@ -25,6 +25,9 @@ from appliance.jobs.intake import DEFERRED, intake_file
 from appliance.jobs.processor import Processor, ingested_only_processor
 from appliance.jobs.runner import clean_outbox, run_job
 from appliance.jobs.store import JobStore
+from appliance.receiver.scp import DicomReceiver
+from appliance.receiver.sender import PacsSender, PacsSenderThread
+from appliance.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class Service:
         observer: BaseObserver | None = None
         executor = ThreadPoolExecutor(max_workers=s.jobs.workers, thread_name_prefix="xr3d-job")
         inflight: set[Future[str]] = set()
+        notifier = Notifier()  # systemd's Type=notify protocol; inert outside systemd
+        receiver: DicomReceiver | None = None
+        pacs: PacsSenderThread | None = None
         try:
             self._prepare(store)
             if not once:
@@ -80,10 +86,18 @@ class Service:
             for path in scan(s.paths.inbox):
                 tracker.observe(path)
             last_scan = time.monotonic()
+            if s.receiver.enabled and not once:
+                receiver = DicomReceiver(s.receiver, s.paths.inbox)
+                receiver.start()
+            if s.pacs.enabled and not once:
+                pacs = PacsSenderThread(PacsSender(s.pacs, s.paths.outbox, s.paths.state))
+                pacs.start()
+            notifier.ready("watching the inbox")
             log.info(
                 "watching the inbox (%s)", "once" if once else "polling" if s.watch.polling else "inotify"
             )
             while not self.stop.is_set():
+                notifier.tick()
                 for path, renamed in events.drain():
                     tracker.observe(path, renamed=renamed)
                 if time.monotonic() - last_scan >= s.watch.reconcile_seconds:
@@ -109,7 +123,18 @@ class Service:
                 if once and not inflight and tracker.pending() == 0 and not store.has_runnable(time.time()):
                     break
                 self.stop.wait(s.watch.tick_seconds)
+            if once and s.pacs.enabled:
+                sender = PacsSender(s.pacs, s.paths.outbox, s.paths.state)
+                try:
+                    sender.send_pending()
+                finally:
+                    sender.close()
         finally:
+            notifier.stopping("stopping: finishing the running studies")
+            if receiver is not None:
+                receiver.stop()
+            if pacs is not None:
+                pacs.stop()
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=10)
