@@ -145,7 +145,9 @@ def write_atomically(inbox: Path, data: bytes) -> Path:
     return final
 
 
-def check_dataset(ds: Dataset, request_sop_class: str, request_sop_instance: str) -> None:
+def check_dataset(
+    ds: Dataset, request_sop_class: str, request_sop_instance: str, *, require_pixels: bool = True
+) -> None:
     """Parse every element of ``ds`` and compare it with its C-STORE request; raises DatasetRejectedError."""
     try:
         for _ in ds.iterall():  # pydicom parses lazily: touch every element to find damage now
@@ -160,7 +162,7 @@ def check_dataset(ds: Dataset, request_sop_class: str, request_sop_instance: str
         raise DatasetRejectedError("SOPClassUID differs from the request's", DOES_NOT_MATCH_SOP_CLASS)
     if not sop_instance or sop_instance != request_sop_instance:
         raise DatasetRejectedError("SOPInstanceUID missing or differs from the request's", CANNOT_UNDERSTAND)
-    if "PixelData" not in ds:
+    if require_pixels and "PixelData" not in ds:
         raise DatasetRejectedError("a radiograph without pixel data", DOES_NOT_MATCH_SOP_CLASS)
 
 
@@ -300,16 +302,7 @@ class DicomReceiver:
             ) from exc
         req_class = str(request.AffectedSOPClassUID or "")
         req_instance = str(request.AffectedSOPInstanceUID or "")
-        if self._require_pixels:
-            check_dataset(ds, req_class, req_instance)
-        else:
-            try:
-                for _ in ds.iterall():
-                    pass
-            except Exception as exc:
-                raise DatasetRejectedError(
-                    f"dataset cannot be parsed ({type(exc).__name__})", CANNOT_UNDERSTAND
-                ) from exc
+        check_dataset(ds, req_class, req_instance, require_pixels=self._require_pixels)
         data = event.encoded_dataset(include_meta=True)
         path = write_atomically(self.inbox, data)
         log.info(
