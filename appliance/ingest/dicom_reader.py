@@ -2,8 +2,11 @@
 
 Accepted: single-frame greyscale projection radiographs (CR, DX for presentation or for processing,
 or anything the view rules accept by Modality), 8-16 bits stored, MONOCHROME1 or MONOCHROME2, any
-transfer syntax pydicom can decode with the installed plugins (native; JPEG baseline/lossless,
-JPEG-LS, JPEG 2000 via pylibjpeg; RLE natively).
+transfer syntax pydicom can decode with the installed plugins: native, RLE (pydicom), JPEG baseline
+and extended (Pillow), JPEG 2000 (pylibjpeg-openjpeg), JPEG-LS lossless and near-lossless (pyjpegls,
+MIT / CharLS BSD-3). JPEG lossless (process 14) has no permissively licensed decoder among the
+dependencies (pylibjpeg-libjpeg is GPL-3; python-gdcm could be installed on a box) and is quarantined
+as ``unsupported_transfer_syntax``.
 """
 
 from __future__ import annotations
