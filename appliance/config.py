@@ -5,7 +5,8 @@ Every problem raises :class:`ConfigError` with a specific ``reason``:
 - ``config_not_found``: the file does not exist or cannot be read
 - ``config_syntax``: not valid TOML
 - ``config_unknown_key``: a key or section this version does not know (typos are errors, not ignored)
-- ``config_missing_key``: a required key is absent (``paths.inbox``, ``paths.outbox``, ``paths.state``)
+- ``config_missing_key``: a required key is absent (``paths.inbox``, ``paths.outbox``, ``paths.state``;
+  the allow-lists of an enabled receiver, host and AE title of an enabled PACS sender)
 - ``config_bad_type``: a value has the wrong type
 - ``config_bad_value``: a value is out of range or names something that does not exist
 - ``config_paths_overlap``: inbox, outbox, state and quarantine must be four distinct, non-nested folders
