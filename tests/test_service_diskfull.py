@@ -2,8 +2,9 @@
 reports the problem (log line, error text in the job store), keeps the study's inputs and does not use
 up its attempts, publishes nothing partial, and finishes the study once space (or write access) returns.
 
-The outbox is a real small tmpfs mount (root only): too small for the study's films, or remounted
-read-only; "space returns" is a remount with a larger size or read-write.
+The outbox (or the state folder) is a real small tmpfs mount (root only): too small for the study's
+films, or remounted read-only; "space returns" is a remount with a larger size or read-write. A job
+database refusing writes is made real with SQLite's ``query_only``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from service_films import (
     write_config,
 )
 
-pytestmark = pytest.mark.skipif(
+from appliance.config import settings_from_mapping
+from appliance.ingest.quarantine import read_records
+from appliance.jobs.intake import ACCEPTED, ERROR, intake_file
+from appliance.jobs.store import JobStore
+
+needs_root = pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root"
 )
 
@@ -50,17 +56,22 @@ def _remount(target: Path, options: str) -> None:
 
 
 @contextmanager
-def small_outbox(root: Path, options: str) -> Iterator[Path]:
-    outbox = root / "outbox"
-    outbox.mkdir()
+def small_mount(folder: Path, options: str) -> Iterator[Path]:
+    folder.mkdir(parents=True)
     try:
-        _mount(outbox, options)
+        _mount(folder, options)
     except (subprocess.CalledProcessError, FileNotFoundError):
         pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
     try:
-        yield outbox
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(outbox)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@contextmanager
+def small_outbox(root: Path, options: str) -> Iterator[Path]:
+    with small_mount(root / "outbox", options) as outbox:
+        yield outbox
 
 
 def _stuck_with(root: Path, text: str) -> bool:
@@ -101,13 +112,69 @@ def _run_until_recovered(root: Path, factory: StudyFactory, error_text: str, giv
     assert_no_phi(log.read_text(errors="replace"))
 
 
+@needs_root
 def test_disk_full_outbox_keeps_the_study_and_recovers(tmp_path: Path, factory: StudyFactory) -> None:
     # 256 KiB: smaller than the long-leg film's copy, so the first write into the study folder fails.
     with small_outbox(tmp_path, "size=256k"):
         _run_until_recovered(tmp_path, factory, "No space left on device", "size=64m")
 
 
+@needs_root
 def test_read_only_outbox_keeps_the_study_and_recovers(tmp_path: Path, factory: StudyFactory) -> None:
     with small_outbox(tmp_path, "size=64m") as outbox:
         _remount(outbox, "ro")
         _run_until_recovered(tmp_path, factory, "Read-only file system", "rw")
+
+
+@needs_root
+def test_full_state_disk_leaves_films_in_the_inbox_until_space_returns(
+    tmp_path: Path, factory: StudyFactory
+) -> None:
+    """The intake side: the job store's disk (state/) has room for the knee films but not the long-leg
+    film. That film stays in the inbox (not quarantined), and is taken in once space returns."""
+    cfg = write_config(tmp_path)
+    films = factory.films(2)
+    log = tmp_path / "watch.log"
+    with small_mount(tmp_path / "state", "size=1m") as state:
+        proc = start(watch_cmd(cfg), log)
+        try:
+            for view, data in films.items():
+                drop(tmp_path / "inbox", f"{view}.dcm", data)
+            wait_for("the service to report it", lambda: "stays in the inbox" in log.read_text(), proc)
+            assert (tmp_path / "inbox" / "longleg_ap.dcm").read_bytes() == films["longleg_ap"]
+            assert db_rows(tmp_path, "SELECT COUNT(*) FROM files WHERE outcome = 'quarantined'") == [(0,)]
+            _remount(state, "size=64m")
+            wait_for(
+                "the study done", lambda: db_rows(tmp_path, "SELECT state FROM studies") == [("done",)], proc
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (tmp_path / "inbox" / "longleg_ap.dcm").exists()
+    assert [p.name for p in visible_outputs(tmp_path / "outbox")] == [factory.study_uid(2)]
+
+
+def test_unwritable_job_database_leaves_the_file_in_the_inbox(tmp_path: Path, factory: StudyFactory) -> None:
+    """SQLite refusing writes (SQLITE_READONLY, made real with ``query_only`` on the store's connection):
+    the file is neither lost nor quarantined; it is taken in once the database is writable again."""
+    s = settings_from_mapping(
+        {"ingest": {"stable_seconds": 0.0}},
+        base_dir=tmp_path,
+        overrides={"inbox": tmp_path / "in", "outbox": tmp_path / "out", "state": tmp_path / "st"},
+    )
+    s.paths.inbox.mkdir(parents=True)
+    film = s.paths.inbox / "knee_ap.dcm"
+    film.write_bytes(factory.films(3, views=("knee_ap",))["knee_ap"])
+    store = JobStore(s.paths.database)
+    try:
+        store._db.execute("PRAGMA query_only = ON")
+        assert intake_file(film, s, store) == ERROR
+        assert film.is_file() and not read_records(s.paths.quarantine)
+        store._db.execute("PRAGMA query_only = OFF")
+        assert intake_file(film, s, store) == ACCEPTED
+        assert not film.exists() and store.file_counts() == {"accepted": 1}
+    finally:
+        store.close()

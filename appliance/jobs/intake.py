@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -77,8 +78,22 @@ def intake_file(path: Path, settings: Settings, store: JobStore, *, final: bool 
             log.error("cannot take in an inbox file now (%s); it stays in the inbox", exc.strerror)
             return ERROR
         return _guarded_quarantine(path, settings, store)
+    except sqlite3.Error as exc:
+        if _database_unwritable(exc):
+            # The job database's disk is full or read-only: the same as above, never the file's fault.
+            log.error("cannot record an inbox file now (%s); it stays in the inbox", exc)
+            return ERROR
+        return _guarded_quarantine(path, settings, store)
     except Exception:
         return _guarded_quarantine(path, settings, store)
+
+
+_UNWRITABLE_SQLITE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
+def _database_unwritable(exc: sqlite3.Error) -> bool:
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return name.startswith(_UNWRITABLE_SQLITE)
 
 
 def _guarded_quarantine(path: Path, settings: Settings, store: JobStore) -> str:
