@@ -57,6 +57,9 @@ def register(sub: Any) -> None:
     pl.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
     pl.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     pl.set_defaults(func=run_train_landmarks)
+    from export.recon.cli import register_train as _register_recon_train
+
+    _register_recon_train(tsub)
 
 
 def run_train_landmarks(args: argparse.Namespace) -> int:
@@ -103,6 +106,9 @@ def register_eval(sub: Any) -> None:
     pl.add_argument("--json", action="store_true", help="print the full summary as JSON on stdout")
     pl.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all)")
     pl.set_defaults(func=run_eval_landmarks)
+    from export.recon.cli import register_eval as _register_recon_eval
+
+    _register_recon_eval(esub)
 
 
 def run_eval_landmarks(args: argparse.Namespace) -> int:

@@ -1,0 +1,351 @@
+"""Knee CT-like reconstruction from the knee AP (and lateral) film at runtime: numpy + ``engines`` only.
+
+Entry point::
+
+    reconstruct(films, *, centre_mm=None, models_dir=None, engine=None) -> ReconVolumes
+
+``films`` maps a view name (``"knee_ap"``, ``"knee_lat"``) to ``(image01, geometry)``: the film bone
+bright in [0, 1] (``appliance.ingest.presentation.bone_bright_unit``; shape ``(geometry.rows,
+geometry.columns)``) and its recorded :class:`ProjectionGeometry` (the pixel spacing is the geometry's
+pitch). ``knee_ap`` is required; ``knee_lat`` is optional (AP-only mode, less accurate in depth).
+
+The result (:class:`ReconVolumes`) holds ``hu`` (float32 HU) and ``labels`` (uint8: 0 background, 1 femur,
+2 tibia, 3 fibula, 4 patella) as :class:`Volume` on one axis-aligned LPS grid of ``CUBE_VOXELS``^3 voxels of
+``VOXEL_MM`` mm (144 mm cube) centred on ``centre_mm``; default centre: the point nearest to both
+central rays (biplanar) or the AP central ray at ``AP_ONLY_DEPTH_MM`` in front of the detector.
+
+How (docs/recon.md): each film is resampled to a ``FILM_PX`` x ``FILM_PX`` frame of ``FILM_PITCH_MM`` at
+the detector centred on the projection of the cube centre; ``recon_encoder.onnx`` turns it into feature
+maps; ``recon_decoder.onnx`` projects every voxel centre through each film's 3x4 matrix, samples the
+feature maps there (bilinear) and returns HU and label logits. The network therefore sees each film
+only along the real rays of its recorded geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+from appliance.errors import InputError
+from appliance.geometry.projection import ProjectionGeometry
+from appliance.geometry.volume import Volume, axis_aligned_affine
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AP_ONLY_DEPTH_MM",
+    "CUBE_VOXELS",
+    "DECODER_MODEL",
+    "ENCODER_MODEL",
+    "FILM_PITCH_MM",
+    "FILM_PX",
+    "VIEWS",
+    "VOXEL_MM",
+    "FilmFrame",
+    "ReconVolumes",
+    "Reconstructor",
+    "cube_affine",
+    "cube_to_film_matrix",
+    "estimate_centre",
+    "film_frame",
+    "reconstruct",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+
+FILM_PX: Final = 256
+FILM_PITCH_MM: Final = 0.75  # at the detector: 192 mm frame, the 144 mm cube magnified by up to ~1.2
+CUBE_VOXELS: Final = 144
+VOXEL_MM: Final = 1.0
+AP_ONLY_DEPTH_MM: Final = 85.0  # knee centre in front of the AP detector (gap 10-40 mm + half the knee)
+VIEWS: Final = ("knee_ap", "knee_lat")
+ENCODER_MODEL: Final = "recon_encoder.onnx"
+DECODER_MODEL: Final = "recon_decoder.onnx"
+DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
+N_CLASSES: Final = 5
+HU_SCALE: Final = 1000.0  # network HU unit: hu / HU_SCALE
+
+
+# --- geometry shared with training ------------------------------------------------------------------
+def _central_ray(g: ProjectionGeometry) -> tuple[F64, F64]:
+    """Source and unit direction of the ray through the principal point (perpendicular to the detector)."""
+    return g.source, -g.normal
+
+
+def estimate_centre(geometries: Mapping[str, ProjectionGeometry]) -> F64:
+    """Where the reconstruction cube is centred when no centre is given (LPS mm).
+
+    Knee films are centred on the joint (centring error ~1 cm), so with two views the point nearest to
+    both central rays is the joint; with the AP alone the depth is a typical one."""
+    if "knee_ap" not in geometries:
+        raise InputError("the knee AP film is required for reconstruction", reason="recon_missing_ap")
+    s1, d1 = _central_ray(geometries["knee_ap"])
+    if "knee_lat" in geometries:
+        s2, d2 = _central_ray(geometries["knee_lat"])
+        # Closest points of two lines: solve for t1, t2 minimising |s1 + t1 d1 - s2 - t2 d2|.
+        a = np.array([[d1 @ d1, -(d1 @ d2)], [d1 @ d2, -(d2 @ d2)]])
+        b = np.array([(s2 - s1) @ d1, (s2 - s1) @ d2])
+        if abs(np.linalg.det(a)) > 1e-6:
+            t1, t2 = np.linalg.solve(a, b)
+            return np.asarray(0.5 * (s1 + t1 * d1 + s2 + t2 * d2), dtype=np.float64)
+    g = geometries["knee_ap"]
+    sid = g.source_to_detector_mm()
+    return np.asarray(s1 + (sid - AP_ONLY_DEPTH_MM) * d1, dtype=np.float64)
+
+
+def cube_affine(centre_mm: ArrayLike, n: int = CUBE_VOXELS, spacing: float = VOXEL_MM) -> F64:
+    """Affine of the ``n``^3 reconstruction grid centred on ``centre_mm`` (axis-aligned LPS)."""
+    c = np.asarray(centre_mm, dtype=np.float64).reshape(3)
+    return axis_aligned_affine(c - spacing * (n - 1) / 2.0, (spacing, spacing, spacing))
+
+
+@dataclass(frozen=True, eq=False)
+class FilmFrame:
+    """One film resampled for the network: ``image`` (FILM_PX, FILM_PX) in [0, 1] and ``matrix`` (3x4)
+    mapping LPS mm to frame pixels (col, row), homogeneous."""
+
+    image: F32
+    matrix: F64
+
+
+def film_frame(image01: ArrayLike, geometry: ProjectionGeometry, centre_mm: ArrayLike) -> FilmFrame:
+    """Resample a film to the network frame around the projection of ``centre_mm``.
+
+    Gaussian low-pass (sigma = (s - 1) / 2 film pixels for a shrink factor s), bilinear, zero outside."""
+    img = np.asarray(image01, dtype=np.float32)
+    if img.shape != (geometry.rows, geometry.columns):
+        raise InputError(
+            f"film shape {img.shape} does not match its geometry ({geometry.rows}, {geometry.columns})",
+            reason="recon_bad_film",
+        )
+    cp = geometry.project(np.asarray(centre_mm, dtype=np.float64).reshape(1, 3))[0]
+    su = FILM_PITCH_MM / geometry.pitch_u_mm  # film pixels per frame pixel
+    sv = FILM_PITCH_MM / geometry.pitch_v_mm
+    half = (FILM_PX - 1) / 2.0
+    c0, r0 = cp[0] - half * su, cp[1] - half * sv
+    # Frame pixel (c', r') sits at film pixel (c0 + su c', r0 + sv r').
+    lo_c, hi_c = int(np.floor(c0)) - 8, int(np.ceil(c0 + su * (FILM_PX - 1))) + 9
+    lo_r, hi_r = int(np.floor(r0)) - 8, int(np.ceil(r0 + sv * (FILM_PX - 1))) + 9
+    win = np.zeros((hi_r - lo_r, hi_c - lo_c), np.float32)
+    rs, re = max(lo_r, 0), min(hi_r, img.shape[0])
+    cs, ce = max(lo_c, 0), min(hi_c, img.shape[1])
+    if re > rs and ce > cs:
+        win[rs - lo_r : re - lo_r, cs - lo_c : ce - lo_c] = img[rs:re, cs:ce]
+    sig = (0.5 * max(sv - 1.0, 0.0), 0.5 * max(su - 1.0, 0.0))
+    if max(sig) > 0:
+        win = ndimage.gaussian_filter(win, sig, mode="constant", truncate=3.0)
+    idx = np.arange(FILM_PX, dtype=np.float64)
+    rr, cc = np.meshgrid(r0 + sv * idx - lo_r, c0 + su * idx - lo_c, indexing="ij")
+    out = ndimage.map_coordinates(win, [rr, cc], order=1, mode="constant", cval=0.0)
+    a = np.array([[1.0 / su, 0.0, -c0 / su], [0.0, 1.0 / sv, -r0 / sv], [0.0, 0.0, 1.0]])
+    return FilmFrame(np.clip(out, 0.0, 1.0).astype(np.float32), a @ geometry.matrix())
+
+
+def cube_to_film_matrix(frame_matrix: ArrayLike, affine: ArrayLike) -> F32:
+    """3x4 matrix from normalised cube coordinates (each axis -1..1 over the voxel centres) to
+    normalised frame coordinates (-1..1 over the pixel centres, ``grid_sample`` align_corners=True),
+    scaled so the homogeneous w is 1 at the cube centre."""
+    a = np.asarray(affine, dtype=np.float64)
+    n = CUBE_VOXELS
+    # normalised p -> index (p + 1) (n - 1) / 2 -> LPS
+    t_cube = np.zeros((4, 4))
+    t_cube[:3, :3] = a[:3, :3] * (n - 1) / 2.0
+    t_cube[:3, 3] = a[:3, :3] @ np.full(3, (n - 1) / 2.0) + a[:3, 3]
+    t_cube[3, 3] = 1.0
+    k = 2.0 / (FILM_PX - 1)
+    t_film = np.array([[k, 0.0, -1.0], [0.0, k, -1.0], [0.0, 0.0, 1.0]])
+    m = t_film @ np.asarray(frame_matrix, dtype=np.float64) @ t_cube
+    w = m[2, 3]  # w at p = 0
+    if w <= 0:
+        raise InputError("the reconstruction centre lies behind a film's source", reason="recon_bad_geometry")
+    return (m / w).astype(np.float32)
+
+
+# --- runtime -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ReconVolumes:
+    """One reconstruction: ``hu`` (float32 HU) and ``labels`` (uint8, 0 background, 1 femur, 2 tibia,
+    3 fibula, 4 patella) on one grid; ``views_used`` in order; ``timings_s`` per stage; ``backend`` and
+    ``model_version`` for result.json; ``decoded_points`` how many points the decoder evaluated."""
+
+    hu: Volume
+    labels: Volume
+    views_used: tuple[str, ...]
+    centre_mm: tuple[float, float, float]
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    backend: str = ""
+    model_version: str = ""
+    decoded_points: int = 0
+
+
+def _grid_points(idx: NDArray[np.int64]) -> F32:
+    """(N, 3) voxel indices -> normalised cube coordinates."""
+    return (idx.astype(np.float32) * np.float32(2.0 / (CUBE_VOXELS - 1)) - np.float32(1.0)).astype(np.float32)
+
+
+class Reconstructor:
+    """Holds the two ONNX models (opened once through :func:`engines.select.open_backend`)."""
+
+    def __init__(self, models_dir: Path | None = None, config: Any = None, *, chunk: int = 131072) -> None:
+        from engines.config import EngineConfig
+        from engines.select import open_backend
+
+        d = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
+        missing = [n for n in (ENCODER_MODEL, DECODER_MODEL) if not (d / n).is_file()]
+        if missing:
+            raise InputError(
+                f"reconstruction model file(s) missing in {d}: {', '.join(missing)}; train them with "
+                "`xr3d train recon --out DIR --seed S --models-dir models`",
+                reason="model_missing",
+            )
+        cfg = config or EngineConfig()
+        self._enc, self.choice = open_backend(d / ENCODER_MODEL, cfg)
+        self._dec, _ = open_backend(d / DECODER_MODEL, cfg)
+        self.model_version = self._dec.info.version
+        self.chunk = int(chunk)
+        try:
+            geo = json.loads(dict(self._dec.info.metadata).get("xr3d.input_geometry", "{}"))
+        except ValueError:
+            geo = {}
+        if geo and (
+            int(geo.get("film_px", FILM_PX)) != FILM_PX
+            or int(geo.get("cube_voxels", CUBE_VOXELS)) != CUBE_VOXELS
+        ):
+            raise InputError(
+                f"reconstruction model geometry {geo} does not match this runtime",
+                reason="bad_model_metadata",
+            )
+
+    def close(self) -> None:
+        self._enc.close()
+        self._dec.close()
+
+    def __enter__(self) -> Reconstructor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _decode(self, feats: F32, mats: F32, present: F32, pts: F32) -> tuple[F32, F32]:
+        hu = np.empty(len(pts), np.float32)
+        logits = np.empty((len(pts), N_CLASSES), np.float32)
+        for s in range(0, len(pts), self.chunk):
+            out = self._dec.run(
+                {"features": feats, "mats": mats, "present": present, "points": pts[None, s : s + self.chunk]}
+            )
+            hu[s : s + self.chunk] = out["hu"][0]
+            logits[s : s + self.chunk] = out["logits"][0]
+        return hu, logits
+
+    def reconstruct(
+        self,
+        films: Mapping[str, tuple[ArrayLike, ProjectionGeometry]],
+        *,
+        centre_mm: ArrayLike | None = None,
+        refine: bool = True,
+    ) -> ReconVolumes:
+        """Reconstruct the knee cube from ``films`` (see the module docstring).
+
+        The decoder runs on the 2 mm sub-grid first; with ``refine`` every 1 mm voxel whose 2 mm
+        neighbourhood holds more than one label or an HU step > 150 is decoded itself, the others take
+        the trilinear (HU) / nearest (labels) values of the coarse pass."""
+        t0 = time.perf_counter()
+        unknown = sorted(set(films) - set(VIEWS))
+        if unknown:
+            raise InputError(f"unknown view(s) {unknown}; expected {VIEWS}", reason="recon_bad_view")
+        geoms = {k: v[1] for k, v in films.items()}
+        centre = (
+            np.asarray(centre_mm, dtype=np.float64).reshape(3)
+            if centre_mm is not None
+            else estimate_centre(geoms)
+        )
+        affine = cube_affine(centre)
+        used = tuple(v for v in VIEWS if v in films)
+        images = np.zeros((2, 1, FILM_PX, FILM_PX), np.float32)
+        mats = np.zeros((1, 2, 3, 4), np.float32)
+        present = np.zeros((1, 2), np.float32)
+        for i, v in enumerate(VIEWS):
+            if v not in films:
+                continue
+            fr = film_frame(films[v][0], films[v][1], centre)
+            images[i, 0] = fr.image
+            mats[0, i] = cube_to_film_matrix(fr.matrix, affine)
+            present[0, i] = 1.0
+        if present[0, 1] == 0:
+            mats[0, 1] = mats[0, 0]  # any valid projection; its features are zeroed by ``present``
+        t_prep = time.perf_counter()
+        feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
+        t_enc = time.perf_counter()
+
+        n = CUBE_VOXELS
+        nc = n // 2
+        cidx = np.stack(np.meshgrid(*(np.arange(nc) * 2,) * 3, indexing="ij"), -1).reshape(-1, 3)
+        hu_c, lg_c = self._decode(feats, mats, present, _grid_points(cidx))
+        lab_c = np.argmax(lg_c, axis=1).astype(np.uint8).reshape(nc, nc, nc)
+        hu_c = hu_c.reshape(nc, nc, nc)
+        # Coarse voxel k sits at fine index 2k: zoom with the matching sample positions.
+        pos = np.arange(n) / 2.0
+        pi, pj, pk = np.meshgrid(pos, pos, pos, indexing="ij", sparse=True)
+        hu = ndimage.map_coordinates(hu_c, np.broadcast_arrays(pi, pj, pk), order=1, mode="nearest").astype(
+            np.float32
+        )
+        near = np.minimum(np.rint(pos).astype(int), nc - 1)
+        labels = lab_c[np.ix_(near, near, near)]
+        decoded = len(cidx)
+        t_coarse = time.perf_counter()
+        if refine:
+            lab_mix = ndimage.maximum_filter(lab_c, 3) != ndimage.minimum_filter(lab_c, 3)
+            hu_step = (ndimage.maximum_filter(hu_c, 3) - ndimage.minimum_filter(hu_c, 3)) > 0.15
+            busy_c = lab_mix | hu_step
+            busy = busy_c[np.ix_(near, near, near)]
+            fidx = np.argwhere(busy)
+            if len(fidx):
+                hu_f, lg_f = self._decode(feats, mats, present, _grid_points(fidx))
+                hu[busy] = hu_f
+                labels[busy] = np.argmax(lg_f, axis=1).astype(np.uint8)
+                decoded += len(fidx)
+        t_fine = time.perf_counter()
+        hu_vol = Volume((hu * np.float32(HU_SCALE)).astype(np.float32), affine)
+        lab_vol = Volume(np.ascontiguousarray(labels, dtype=np.uint8), affine.copy())
+        timings = {
+            "prepare": t_prep - t0,
+            "encode": t_enc - t_prep,
+            "decode_coarse": t_coarse - t_enc,
+            "decode_fine": t_fine - t_coarse,
+            "total": time.perf_counter() - t0,
+        }
+        log.info(
+            "reconstruction (%s): %d points decoded in %.1f s", "+".join(used), decoded, timings["total"]
+        )
+        return ReconVolumes(
+            hu=hu_vol,
+            labels=lab_vol,
+            views_used=used,
+            centre_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            backend=self._enc.name,
+            model_version=self.model_version,
+            decoded_points=decoded,
+        )
+
+
+def reconstruct(
+    films: Mapping[str, tuple[ArrayLike, ProjectionGeometry]],
+    *,
+    centre_mm: ArrayLike | None = None,
+    models_dir: Path | None = None,
+    engine: Any = None,
+) -> ReconVolumes:
+    """One-shot :meth:`Reconstructor.reconstruct` (opens and closes the models)."""
+    with Reconstructor(models_dir, engine) as r:
+        return r.reconstruct(films, centre_mm=centre_mm)

@@ -1,0 +1,1 @@
+"""Knee CT-like reconstruction from the knee films: data, model, losses, training, evaluation, export."""

@@ -1,0 +1,153 @@
+"""``xr3d train recon`` and ``xr3d eval recon`` (registered from export/training/train_cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError
+
+log = logging.getLogger(__name__)
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _progress_to_stderr() -> None:
+    """Training progress (every 25 steps) and sample generation go to stderr at INFO."""
+    lg = logging.getLogger("export.recon")
+    if not any(getattr(h, "_xr3d_recon", False) for h in lg.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        h._xr3d_recon = True  # type: ignore[attr-defined]
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
+def register_train(tsub: Any) -> None:
+    p = tsub.add_parser(
+        "recon",
+        help="train the knee reconstruction GAN (films + geometry -> HU + bone labels) and export it",
+        description=(
+            "Generate compact training samples (training-range seeds from --seed; resumable, "
+            "skipped with --data) and train the geometry-driven implicit decoder with HU, label, projection "
+            "and adversarial losses within a wall-clock budget; write loss_curve.png, recon.pt and "
+            "train_report.json to --out and export recon_encoder.onnx / recon_decoder.onnx with a PyTorch "
+            "vs ONNX Runtime parity check."
+        ),
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, required=True, help="training seed (weights, sampling)")
+    p.add_argument("--data", type=Path, default=None, help="folder of recon_<seed>_<pose>.npz samples")
+    p.add_argument("--anatomies", type=int, default=150, help="anatomies to generate without --data")
+    p.add_argument("--first-seed", type=int, default=20000, help="first simulator seed to generate")
+    p.add_argument("--poses", type=int, default=2, help="re-rendered acquisitions per anatomy")
+    p.add_argument("--minutes", type=float, default=40.0, help="training wall-clock budget (default 40)")
+    p.add_argument("--steps", type=int, default=None, help="fixed step count instead of the budget")
+    p.add_argument("--models-dir", type=Path, default=None, help="where the ONNX files go (default --out)")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rescan-steps", type=int, default=0, help="pick up new samples every N steps")
+    p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
+    p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
+    p.add_argument("--ap-only", action="store_true", help="ablation: train (and use) the AP film only")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from export.recon.data import TRAIN_SEEDS, generate
+    from export.recon.train import TrainConfig, train_recon
+
+    if args.minutes <= 0:
+        raise InputError("--minutes must be positive", reason="bad_argument")
+    _progress_to_stderr()
+    data = args.data
+    if data is None:
+        first = int(args.first_seed)
+        last = first + int(args.anatomies) - 1
+        if first < TRAIN_SEEDS[0] or last > TRAIN_SEEDS[1]:
+            raise InputError(f"training seeds must lie in {TRAIN_SEEDS}", reason="seed_range")
+        data = args.out / "data"
+        _say(f"generating {args.anatomies} anatomies x {args.poses} poses into {data}")
+        generate(range(first, last + 1), data, int(args.poses))
+    cfg = TrainConfig(
+        data=data,
+        out=args.out,
+        seed=int(args.seed),
+        minutes=float(args.minutes),
+        steps=args.steps,
+        models_dir=args.models_dir,
+        max_samples=args.max_samples,
+        threads=int(args.threads),
+        no_adv=bool(args.no_adv),
+        no_proj=bool(args.no_proj),
+        ap_only=bool(args.ap_only),
+        export=not args.no_export,
+        rescan_steps=int(args.rescan_steps),
+    )
+    res = train_recon(cfg)
+    _say(
+        f"trained {res.steps} steps in {res.seconds:.0f} s on {len(res.train_seeds)} anatomies "
+        f"(seeds {min(res.train_seeds)}-{max(res.train_seeds)}); final {json.dumps(res.final)}"
+    )
+    if res.onnx:
+        _say(f"ONNX: {', '.join(str(p) for p in res.onnx)}; parity {res.parity}")
+    _say(f"loss curve {res.loss_plot}, checkpoint {res.checkpoint}, report {res.report}")
+    return 0
+
+
+def register_eval(esub: Any) -> None:
+    p = esub.add_parser(
+        "recon",
+        help="reconstruction accuracy (PSNR, SSIM, Dice, ASSD, HD95, reprojection, timing) on eval seeds",
+        description=(
+            "Reconstruct every eval-range sample (recon_<seed>_<pose>.npz) or simulated case (case_<seed> "
+            "with knee_ap.dcm, knee_lat.dcm and the knee CT) of --data through appliance.recon.infer "
+            "(ONNX Runtime via engines) and compare with the simulator's truth. Training-range seeds are "
+            "refused. --ablation adds rows for other model folders (name=DIR)."
+        ),
+    )
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=None, help=f"ONNX folder (default {REPO_MODELS})")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--ap-only", action="store_true", help="also evaluate with the AP film alone")
+    p.add_argument(
+        "--ablation", action="append", default=[], metavar="NAME=DIR", help="extra model folder to compare"
+    )
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from export.recon.evaluate import evaluate_all, format_summary
+
+    ablations: dict[str, Path] = {}
+    for item in args.ablation:
+        name, sep, folder = str(item).partition("=")
+        if not sep:
+            raise InputError(f"--ablation needs NAME=DIR, got {item!r}", reason="bad_argument")
+        ablations[name] = Path(folder)
+    summary = evaluate_all(
+        args.data,
+        args.models_dir or REPO_MODELS,
+        ablations=ablations,
+        ap_only=bool(args.ap_only),
+        max_cases=args.max_cases,
+        threads=int(args.threads),
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_summary(summary) + "\n")
+    return 0

@@ -1,0 +1,123 @@
+"""Reconstruction samples in memory and the point / ray / block sampling of one training step."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from appliance.errors import InputError
+from appliance.recon.infer import CUBE_VOXELS
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"recon_(\d+)_(\d+)\.npz$")
+BLOCK = 16
+
+
+@dataclass(frozen=True, eq=False)
+class ReconSample:
+    seed: int
+    pose: int
+    hu: NDArray[np.int16]  # (N, N, N)
+    labels: NDArray[np.uint8]
+    films: NDArray[np.float32]  # (2, 256, 256)
+    mats: NDArray[np.float32]  # (2, 3, 4)
+    affine: NDArray[np.float64]
+    surface: NDArray[np.int64]  # flat indices of voxels on a label or strong HU edge
+
+
+def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[np.int64]:
+    """Voxels whose label differs from a 6-neighbour, or whose HU jumps by > 300 (skin, cortex)."""
+    edge = np.zeros(labels.shape, bool)
+    h = hu.astype(np.int32)
+    for ax in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[ax] = slice(1, None)
+        b[ax] = slice(None, -1)
+        diff = (labels[tuple(a)] != labels[tuple(b)]) | (np.abs(h[tuple(a)] - h[tuple(b)]) > 300)
+        edge[tuple(a)] |= diff
+        edge[tuple(b)] |= diff
+    return np.flatnonzero(edge)
+
+
+def sample_seed(path: Path) -> tuple[int, int]:
+    m = _NAME.search(path.name)
+    if m is None:
+        raise InputError(f"not a reconstruction sample: {path.name}", reason="bad_sample")
+    return int(m.group(1)), int(m.group(2))
+
+
+def load_samples(
+    folder: Path,
+    seed_range: tuple[int, int],
+    max_samples: int | None = None,
+    skip: frozenset[tuple[int, int]] = frozenset(),
+) -> list[ReconSample]:
+    """All samples of ``folder`` whose seed lies in ``seed_range`` (inclusive; others are refused),
+    except the (seed, pose) pairs in ``skip``."""
+    paths = sorted(folder.glob("recon_*_*.npz"), key=sample_seed)
+    out: list[ReconSample] = []
+    for p in paths:
+        if sample_seed(p) in skip:
+            continue
+        seed, pose = sample_seed(p)
+        if not seed_range[0] <= seed <= seed_range[1]:
+            raise InputError(f"{p.name}: seed {seed} outside {seed_range}", reason="seed_range")
+        with np.load(p) as d:
+            hu = d["hu"].astype(np.int16)
+            lab = d["labels"].astype(np.uint8)
+            if hu.shape != (CUBE_VOXELS,) * 3:
+                raise InputError(f"{p.name}: cube {hu.shape}", reason="bad_sample")
+            out.append(
+                ReconSample(
+                    seed,
+                    pose,
+                    hu,
+                    lab,
+                    d["films"].astype(np.float32),
+                    d["mats"].astype(np.float32),
+                    d["affine"].astype(np.float64),
+                    surface_voxels(lab, hu),
+                )
+            )
+        if max_samples is not None and len(out) >= max_samples:
+            break
+    log.info("loaded %d samples from %s", len(out), folder)
+    return out
+
+
+def index_to_norm(flat: NDArray[np.int64]) -> NDArray[np.float32]:
+    n = CUBE_VOXELS
+    ijk = np.stack(np.unravel_index(flat, (n, n, n)), axis=-1).astype(np.float32)
+    return ijk * (2.0 / (n - 1)) - 1.0
+
+
+def sample_points(
+    s: ReconSample, rng: np.random.Generator, n_uniform: int, n_surface: int
+) -> NDArray[np.int64]:
+    """Flat voxel indices: uniform over the cube plus near-surface (surface voxel +- 1 voxel)."""
+    n = CUBE_VOXELS
+    uni = rng.integers(0, n**3, n_uniform)
+    sur = (
+        s.surface[rng.integers(0, len(s.surface), n_surface)]
+        if len(s.surface)
+        else rng.integers(0, n**3, n_surface)
+    )
+    ijk = np.stack(np.unravel_index(sur, (n, n, n)), axis=-1) + rng.integers(-1, 2, (n_surface, 3))
+    ijk = np.clip(ijk, 0, n - 1)
+    return np.concatenate([uni, np.ravel_multi_index(ijk.T, (n, n, n))])
+
+
+def block_indices(s: ReconSample, rng: np.random.Generator) -> NDArray[np.int64]:
+    """Flat indices of a BLOCK^3 block around a random surface voxel (bone texture and edges)."""
+    n = CUBE_VOXELS
+    c = np.array(np.unravel_index(s.surface[rng.integers(0, len(s.surface))], (n, n, n)))
+    lo = np.clip(c - BLOCK // 2 + rng.integers(-4, 5, 3), 0, n - BLOCK)
+    g = np.stack(np.meshgrid(*(np.arange(int(a), int(a) + BLOCK) for a in lo), indexing="ij"), axis=-1)
+    return np.ravel_multi_index(g.reshape(-1, 3).T, (n, n, n))

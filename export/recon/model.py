@@ -1,0 +1,158 @@
+"""The reconstruction network: a 2D film encoder and an implicit, geometry-driven 3D decoder.
+
+* :class:`FilmEncoder` turns a 256 x 256 film frame (0.75 mm/px at the detector) into ``N_FEAT`` feature
+  maps (a fixed multi-scale filter bank, see its docstring).
+* :class:`PointDecoder` takes points in normalised cube coordinates (-1..1 per axis), projects each through
+  every view's 3x4 matrix (normalised cube -> normalised frame), samples the feature maps there
+  (bilinear ``grid_sample``), zeroes views that are absent (``present`` flag, AP-only mode), adds a
+  Fourier encoding of the point and maps it with an MLP to HU (in units of 1000 HU) and 5 label logits
+  (background, femur, tibia, fibula, patella). Features reach a 3D point only along the real ray through
+  it.
+* :class:`PatchDiscriminator` judges 16^3 HU blocks (adversarial term).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+N_FREQ = 3
+N_CLASSES = 5
+N_VIEWS = 2
+SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)  # frame pixels (0.75 mm at the detector)
+GRAD_SIGMAS = (1.0, 2.0, 4.0)
+N_FEAT = 1 + len(SIGMAS) + 2 * len(GRAD_SIGMAS)
+
+
+def _gauss(sigma: float, order: int) -> Tensor:
+    r = math.ceil(3.0 * sigma)
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    if order == 1:
+        g = -x / sigma**2 * g
+        g = g * sigma  # scale-normalised derivative
+    return g
+
+
+class FilmEncoder(nn.Module):
+    """Fixed multi-scale filter bank: the film, Gaussian blurs (sigma 1-16 px = 0.75-12 mm at the
+    detector) and scale-normalised x/y derivatives (sigma 1-4 px). Fixed rather than learned because the
+    training budget is a shared 2-core CPU: the features of every sample are computed once, and each
+    step then costs only the point decoder (docs/recon.md)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Kernels are derived from the constants, so they are not part of the checkpoint.
+        for i, sg in enumerate(SIGMAS):
+            self._kernel(f"g{i}", _gauss(sg, 0))
+        for i, sg in enumerate(GRAD_SIGMAS):
+            self._kernel(f"gs{i}", _gauss(sg, 0))
+            self._kernel(f"gd{i}", _gauss(sg, 1))
+
+    def _kernel(self, name: str, k: Tensor) -> None:
+        self.register_buffer(name + "_x", k.view(1, 1, 1, -1).clone(), persistent=False)
+        self.register_buffer(name + "_y", k.view(1, 1, -1, 1).clone(), persistent=False)
+
+    @staticmethod
+    def _sep(x: Tensor, kx: Tensor, ky: Tensor) -> Tensor:
+        rx, ry = kx.shape[-1] // 2, ky.shape[-2] // 2
+        x = F.conv2d(F.pad(x, (rx, rx, 0, 0)), kx)
+        return F.conv2d(F.pad(x, (0, 0, ry, ry)), ky)
+
+    def forward(self, img: Tensor) -> Tensor:
+        """``img`` (B, 1, H, W) in [0, 1] -> (B, N_FEAT, H, W) (zero padding = black outside the film)."""
+        x = img * 2.0 - 1.0
+        feats = [x]
+        for i in range(len(SIGMAS)):
+            feats.append(self._sep(x, getattr(self, f"g{i}_x"), getattr(self, f"g{i}_y")))
+        for i in range(len(GRAD_SIGMAS)):
+            sx, sy = getattr(self, f"gs{i}_x"), getattr(self, f"gs{i}_y")
+            dx, dy = getattr(self, f"gd{i}_x"), getattr(self, f"gd{i}_y")
+            feats.append(4.0 * self._sep(x, dx, sy))
+            feats.append(4.0 * self._sep(x, sx, dy))
+        return torch.cat(feats, dim=1)
+
+
+def fourier(p: Tensor) -> Tensor:
+    """(..., 3) -> (..., 3 + 6 N_FREQ)."""
+    out = [p]
+    for k in range(N_FREQ):
+        a = p * (torch.pi * (2.0**k))
+        out += [torch.sin(a), torch.cos(a)]
+    return torch.cat(out, dim=-1)
+
+
+D_IN = N_VIEWS * N_FEAT + 1 + 3 + 6 * N_FREQ
+
+
+class PointDecoder(nn.Module):
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(D_IN, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 32),
+            nn.ReLU(inplace=True),
+            nn.Linear(32, 1 + N_CLASSES),
+        )
+
+    def forward(self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor) -> tuple[Tensor, Tensor]:
+        """``feat`` (B, V, N_FEAT, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V), ``pts`` (B, N, 3)
+        -> HU/1000 (B, N), label logits (B, N, 5)."""
+        b, v = mats.shape[0], mats.shape[1]
+        n = pts.shape[1]
+        ph = torch.cat([pts, torch.ones_like(pts[..., :1])], dim=-1)  # (B, N, 4)
+        q = torch.matmul(mats, ph.transpose(1, 2).unsqueeze(1)).transpose(2, 3)  # (B, V, N, 3)
+        w = torch.clamp(q[..., 2:3], min=1e-3)
+        uv = (q[..., :2] / w).reshape(b * v, 1, n, 2)
+        s = F.grid_sample(
+            feat.reshape(b * v, feat.shape[2], feat.shape[3], feat.shape[4]),
+            uv,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )  # (B V, C, 1, N)
+        f = s.reshape(b, v, feat.shape[2], n) * present.view(b, v, 1, 1)
+        f = f.permute(0, 3, 1, 2).reshape(b, n, -1)
+        lat = present[:, 1:2].view(b, 1, 1).expand(b, n, 1)
+        y = self.mlp(torch.cat([f, lat, fourier(pts)], dim=-1))
+        return y[..., 0], y[..., 1:]
+
+
+class ReconNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = FilmEncoder()
+        self.decoder = PointDecoder()
+
+    def encode(self, films: Tensor) -> Tensor:
+        """``films`` (B, V, H, W) -> features (B, V, N_FEAT, H, W)."""
+        b, v, h, w = films.shape
+        f = self.encoder(films.reshape(b * v, 1, h, w))
+        return f.reshape(b, v, N_FEAT, h, w)
+
+
+class PatchDiscriminator(nn.Module):
+    """16^3 HU block (B, 1, 16, 16, 16) -> (B, 1, 4, 4, 4) realism logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv3d(1, 16, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv3d(16, 32, 4, stride=2, padding=1),
+            nn.GroupNorm(4, 32),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv3d(32, 1, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

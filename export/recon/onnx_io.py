@@ -1,0 +1,194 @@
+"""Export of the reconstruction network to two ONNX files, with metadata and a parity check.
+
+* ``recon_encoder.onnx``: ``film`` (V, 1, 256, 256) -> ``features`` (V, N_FEAT, 256, 256), V dynamic.
+* ``recon_decoder.onnx``: ``features`` (1, 2, N_FEAT, 256, 256), ``mats`` (1, 2, 3, 4), ``present`` (1, 2),
+  ``points`` (1, N, 3) -> ``hu`` (1, N) in units of 1000 HU and ``logits`` (1, N, 5); N dynamic.
+
+Both run in ONNX Runtime through ``engines`` (appliance/recon/infer.py); parity with PyTorch is checked on
+random points and a real-looking film (tolerance PARITY_TOL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from appliance.recon.infer import (
+    CUBE_VOXELS,
+    DECODER_MODEL,
+    ENCODER_MODEL,
+    FILM_PITCH_MM,
+    FILM_PX,
+    VOXEL_MM,
+)
+from engines.config import EngineConfig
+from engines.ort_backend import OrtBackend
+from export.onnx_export import check_onnx, metadata_props
+from export.recon.data import EVAL_SEEDS, TRAIN_SEEDS
+from export.recon.model import N_FEAT, ReconNet
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOL = 1e-3  # max abs difference, HU/1000 and logits
+
+
+def _meta(seed: int, cfg: dict[str, Any], kind: str) -> dict[str, Any]:
+    from export.recon.train import MODEL_VERSION
+
+    return {
+        "version": MODEL_VERSION,
+        "training_seed": seed,
+        "input_geometry": {
+            "film_px": FILM_PX,
+            "film_pitch_mm": FILM_PITCH_MM,
+            "cube_voxels": CUBE_VOXELS,
+            "voxel_mm": VOXEL_MM,
+            "views": ["knee_ap", "knee_lat"],
+            "features": N_FEAT,
+            "classes": ["background", "femur", "tibia", "fibula", "patella"],
+            "hu_unit": 1000.0,
+        },
+        "xr3d.part": kind,
+        "xr3d.train_seed_range": json.dumps(list(TRAIN_SEEDS)),
+        "xr3d.eval_seed_range": json.dumps(list(EVAL_SEEDS)),
+        "xr3d.ablation": json.dumps({k: cfg.get(k) for k in ("no_adv", "no_proj", "ap_only")}),
+    }
+
+
+def _write(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    in_names: list[str],
+    out_names: list[str],
+    axes: dict[str, dict[int, str]],
+    meta: dict[str, Any],
+) -> None:
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            dynamo=False,
+            input_names=in_names,
+            output_names=out_names,
+            opset_version=OPSET,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in sorted(metadata_props(path.stem, meta).items()):
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name = "xr3d"
+    onnx.save(model, str(path))
+    log.info("%s", check_onnx(path).summary())
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, net: ReconNet) -> None:
+        super().__init__()
+        self.enc = net.encoder
+
+    def forward(self, film: torch.Tensor) -> torch.Tensor:
+        return self.enc(film)
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, net: ReconNet) -> None:
+        super().__init__()
+        self.dec = net.decoder
+
+    def forward(
+        self, features: torch.Tensor, mats: torch.Tensor, present: torch.Tensor, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dec(features, mats, present, points)
+
+
+def example_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    film = torch.rand(2, 1, FILM_PX, FILM_PX, generator=g)
+    mats = torch.zeros(1, 2, 3, 4)
+    mats[0, 0] = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 0.1, 0, 1.0]])
+    mats[0, 1] = torch.tensor([[0, -1.0, 0, 0], [0, 0, -1.0, 0], [0.1, 0, 0, 1.0]])
+    points = torch.rand(1, 4096, 3, generator=g) * 2.0 - 1.0
+    return film, mats, torch.ones(1, 2), points
+
+
+def export_recon(
+    net: ReconNet, models_dir: Path, seed: int, cfg: dict[str, Any]
+) -> tuple[tuple[Path, ...], dict[str, float]]:
+    """Write both ONNX files to ``models_dir``; returns the paths and the parity max abs differences."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    film, mats, present, points = example_inputs()
+    enc, dec = _Encoder(net), _Decoder(net)
+    with torch.no_grad():
+        feats = enc(film)
+    p_enc, p_dec = models_dir / ENCODER_MODEL, models_dir / DECODER_MODEL
+    _write(
+        enc,
+        (film,),
+        p_enc,
+        ["film"],
+        ["features"],
+        {"film": {0: "views"}, "features": {0: "views"}},
+        _meta(seed, cfg, "encoder"),
+    )
+    _write(
+        dec,
+        (feats[None], mats, present, points),
+        p_dec,
+        ["features", "mats", "present", "points"],
+        ["hu", "logits"],
+        {"points": {1: "points"}, "hu": {1: "points"}, "logits": {1: "points"}},
+        _meta(seed, cfg, "decoder"),
+    )
+    return (p_enc, p_dec), parity(net, models_dir)
+
+
+def parity(net: ReconNet, models_dir: Path) -> dict[str, float]:
+    """Max abs difference PyTorch vs ONNX Runtime (CPU) for features, HU and logits."""
+    film, mats, present, points = example_inputs(1)
+    net.eval()
+    with torch.no_grad():
+        f_ref = net.encoder(film)
+        hu_ref, lg_ref = net.decoder(f_ref[None], mats, present, points)
+    cfg = EngineConfig()
+    be = OrtBackend(models_dir / ENCODER_MODEL, cfg, device="cpu")
+    bd = OrtBackend(models_dir / DECODER_MODEL, cfg, device="cpu")
+    try:
+        f = be.run({"film": film.numpy()})["features"]
+        out = bd.run(
+            {"features": f[None], "mats": mats.numpy(), "present": present.numpy(), "points": points.numpy()}
+        )
+    finally:
+        be.close()
+        bd.close()
+    res = {
+        "features": float(np.abs(f - f_ref.numpy()).max()),
+        "hu": float(np.abs(out["hu"] - hu_ref.numpy()).max()),
+        "logits": float(np.abs(out["logits"] - lg_ref.numpy()).max()),
+    }
+    return res
+
+
+def export_checkpoint(checkpoint: Path, models_dir: Path) -> tuple[tuple[Path, ...], dict[str, float]]:
+    """Export a ``recon.pt`` written by training."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    net = ReconNet()
+    # Only the decoder is learned; the encoder's fixed kernels are rebuilt from the constants.
+    net.decoder.load_state_dict(
+        {k[len("decoder.") :]: v for k, v in ck["net"].items() if k.startswith("decoder.")}
+    )
+    cfg = ck.get("config", {})
+    return export_recon(net, models_dir, int(cfg.get("seed", 0)), cfg)
