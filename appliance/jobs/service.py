@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pydicom.config
 from watchdog.observers.api import BaseObserver
 
 from appliance.config import Settings
@@ -68,6 +69,10 @@ class Service:
 
     def run(self, *, once: bool = False) -> Summary:
         s = self.settings
+        # pydicom logs file paths at DEBUG (clinics name files after patients) and quotes invalid
+        # element values in its validation warnings: keep both out of the journal, whoever runs us.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
         store = JobStore(s.paths.database)
         tracker = CompletionTracker(s.ingest, s.paths.inbox)
         events = InboxEvents()

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -219,6 +220,9 @@ class DicomReceiver:
     def start(self) -> None:
         if self._server is not None:
             return
+        # as in the service: pydicom's validation warnings would quote received values (patient data)
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
