@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
 from appliance.dicomio.geometry_tags import read_geometry
-from appliance.geometry.volume import RAS_TO_LPS, Volume
+from appliance.geometry.volume import Volume
 from appliance.ingest.dicom_reader import decode_pixels
 from appliance.ingest.presentation import bone_bright_unit
+from appliance.recon.nifti import load_volume
 from appliance.recon.types import FilmView, Reconstruction
 
 # Simulator label values (export/simulator/labels.py) -> reconstruction label values.
@@ -45,8 +45,7 @@ def load_film(path: Path, view: str) -> FilmView:
 
 
 def _load_nifti(path: Path) -> Volume:
-    img = nib.load(str(path))
-    return Volume(np.asarray(img.dataobj), RAS_TO_LPS @ np.asarray(img.affine, dtype=np.float64))
+    return load_volume(path)
 
 
 def _block(n: int, f: int) -> int:
@@ -130,3 +129,19 @@ def moved_bone(recon: Reconstruction, label: int, T: NDArray[np.float64]) -> Rec
     lab_new = np.where(lab == label, 0, lab).astype(np.uint8)
     lab_new[mask_m] = label
     return Reconstruction(Volume(hu_new, A), Volume(lab_new, A), recon.model)
+
+
+def cropped(recon: Reconstruction, centre_mm: NDArray[np.float64], size_mm: float = 144.0) -> Reconstruction:
+    """The part of ``recon`` inside a cube of ``size_mm`` around ``centre_mm`` (the runtime's field)."""
+    idx = recon.volume.mm_to_index(np.asarray(centre_mm).reshape(1, 3))[0]
+    half = size_mm / 2.0 / np.asarray(recon.volume.spacing_mm)
+    lo = np.maximum(np.floor(idx - half).astype(int), 0)
+    hi = np.minimum(np.ceil(idx + half).astype(int), recon.volume.shape)
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    aff = recon.volume.affine.copy()
+    aff[:3, 3] = recon.volume.index_to_mm(lo.reshape(1, 3))[0]
+    return Reconstruction(
+        Volume(np.ascontiguousarray(recon.volume.data[sl]), aff),
+        Volume(np.ascontiguousarray(recon.labels.data[sl]), aff),
+        recon.model,
+    )

@@ -41,6 +41,8 @@ SOFT_TISSUE_HU = 100.0
 CORTICAL_BONE_HU = 1594.0
 # HU above which a voxel counts as bone for the projected bone region.
 BONE_HU = 200.0
+# Bone this close to the reconstruction's faces is not compared (the volume is truncated there).
+FACE_MARGIN_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,34 @@ def render_view(
     return ViewImages(film.view, geom, bin_image(film.image, factor), drr, region)
 
 
-def mu_volumes(recon: Reconstruction) -> tuple[Volume, NDArray[np.float32]]:
-    """Attenuation volume and the bone indicator (labelled bone or HU above BONE_HU) of a reconstruction."""
+def away_from_faces(
+    shape: tuple[int, ...], spacing_mm: tuple[float, ...], margin_mm: float
+) -> NDArray[np.bool_]:
+    """Voxels at least ``margin_mm`` inside every face of the grid."""
+    inside = np.ones(shape, dtype=bool)
+    for axis, (n, sp) in enumerate(zip(shape, spacing_mm, strict=True)):
+        m = min(round(margin_mm / sp), (n - 1) // 2)
+        if m <= 0:
+            continue
+        idx = [slice(None)] * len(shape)
+        idx[axis] = slice(0, m)
+        inside[tuple(idx)] = False
+        idx[axis] = slice(n - m, n)
+        inside[tuple(idx)] = False
+    return inside
+
+
+def mu_volumes(
+    recon: Reconstruction, face_margin_mm: float = FACE_MARGIN_MM
+) -> tuple[Volume, NDArray[np.float32]]:
+    """Attenuation volume and the bone indicator (labelled bone above BONE_HU) of a reconstruction.
+
+    Bone within ``face_margin_mm`` of the grid's faces is left out of the indicator: there the volume cuts
+    through bone and soft tissue, and the DRR shows an edge the film does not have."""
     hu = np.asarray(recon.volume.data, dtype=np.float32)
-    bone = ((np.asarray(recon.labels.data) > 0) & (hu > BONE_HU)).astype(np.float32)
-    return Volume(hu_to_mu(hu), recon.volume.affine), bone
+    bone = (np.asarray(recon.labels.data) > 0) & (hu > BONE_HU)
+    bone &= away_from_faces(hu.shape, recon.volume.spacing_mm, face_margin_mm)
+    return Volume(hu_to_mu(hu), recon.volume.affine), bone.astype(np.float32)
 
 
 def score_views(

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import DTypeLike
 
+from appliance.errors import InputError
 from appliance.geometry.volume import RAS_TO_LPS, Volume
 
 
@@ -30,4 +31,6 @@ def save_volume(volume: Volume, path: Path, dtype: DTypeLike) -> None:
 
 def load_volume(path: Path) -> Volume:
     img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):
+        raise InputError(f"{path}: not a NIfTI-1 image")
     return Volume(np.asarray(img.dataobj), RAS_TO_LPS @ np.asarray(img.affine, dtype=np.float64))

@@ -28,7 +28,9 @@ from appliance.geometry.drr import line_integrals, line_integrals_multi
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume
 from appliance.recon.consistency import (
+    FACE_MARGIN_MM,
     MU_WATER_PER_MM,
+    away_from_faces,
     bin_image,
     binning_factor,
     gradient_correlation,
@@ -55,8 +57,8 @@ class RegistrationSettings:
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
     xtol: float = 0.1
-    coarse_max_evaluations: int = 600
-    fine_max_evaluations: int = 150
+    coarse_max_evaluations: int = 300
+    fine_max_evaluations: int = 100
 
 
 @dataclass(frozen=True)
@@ -215,9 +217,11 @@ def register_bones(
             log.info("registration: no %s in the reconstruction", BONE_NAMES[label])
             continue
         model, rest = cut
+        # Only the bone away from the grid's faces is compared (consistency.mu_volumes).
+        compared = (labels == label) & away_from_faces(labels.shape, recon.volume.spacing_mm, FACE_MARGIN_MM)
         stages = []
         for pitch, xtol in ((2.0 * s.pitch_mm, 2.0 * s.xtol), (s.pitch_mm, s.xtol)):
-            stages.append((_stage_views(rest, labels == label, affine, films, pitch, s.margin_mm), xtol))
+            stages.append((_stage_views(rest, compared, affine, films, pitch, s.margin_mm), xtol))
 
         n_eval = 0
 
