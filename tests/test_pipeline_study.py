@@ -17,6 +17,7 @@ import pytest
 from service_films import VIEWS, StudyFactory, assert_no_phi, cached_template, drop, visible_outputs
 
 from appliance.config import Settings, settings_from_mapping
+from appliance.errors import InputError
 from appliance.jobs.service import Service
 from appliance.landmarks.detector import LandmarkDetector
 from appliance.pipeline.optional import DONE, FAILED, UNAVAILABLE, call_with, find_function, run_optional
@@ -203,3 +204,18 @@ def test_disk_full_inside_an_optional_stage_propagates(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         call_with(_stage_disk_full, {"out_dir": tmp_path})
     assert info.value.errno == errno.ENOSPC
+
+
+def _stage_without_model(out_dir: Path) -> None:
+    raise InputError("model file(s) missing: recon_encoder.onnx", reason="model_missing")
+
+
+def _stage_bad_input(out_dir: Path) -> None:
+    raise InputError("no knee film with a recorded geometry", reason="no_knee_geometry")
+
+
+def test_our_own_errors_keep_their_reason(tmp_path: Path) -> None:
+    missing = call_with(_stage_without_model, {"out_dir": tmp_path})
+    assert missing.status == UNAVAILABLE and missing.detail.startswith("[model_missing]")
+    bad = call_with(_stage_bad_input, {"out_dir": tmp_path})
+    assert bad.status == FAILED and bad.detail.startswith("[no_knee_geometry]")

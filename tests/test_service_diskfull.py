@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,8 @@ from service_films import (
 from appliance.config import settings_from_mapping
 from appliance.ingest.quarantine import read_records
 from appliance.jobs.intake import ACCEPTED, ERROR, intake_file
+from appliance.jobs.processor import StudyInput, ingested_only_processor
+from appliance.jobs.runner import run_job
 from appliance.jobs.store import JobStore
 
 needs_root = pytest.mark.skipif(
@@ -176,5 +179,39 @@ def test_unwritable_job_database_leaves_the_file_in_the_inbox(tmp_path: Path, fa
         store._db.execute("PRAGMA query_only = OFF")
         assert intake_file(film, s, store) == ACCEPTED
         assert not film.exists() and store.file_counts() == {"accepted": 1}
+    finally:
+        store.close()
+
+
+def test_published_but_unrecorded_study_is_redone_after_restart(
+    tmp_path: Path, factory: StudyFactory
+) -> None:
+    """The job database becomes unwritable while a study runs: run_job does not raise, the published
+    result stays complete, and the restart's recovery puts the study back in the queue."""
+    s = settings_from_mapping(
+        {"ingest": {"stable_seconds": 0.0}, "jobs": {"quiet_seconds": 0.0}},
+        base_dir=tmp_path,
+        overrides={"inbox": tmp_path / "in", "outbox": tmp_path / "out", "state": tmp_path / "st"},
+    )
+    s.paths.inbox.mkdir(parents=True)
+    for view, data in factory.films(4).items():
+        (s.paths.inbox / f"{view}.dcm").write_bytes(data)
+    store = JobStore(s.paths.database)
+    try:
+        for f in sorted(s.paths.inbox.iterdir()):
+            assert intake_file(f, s, store) == ACCEPTED
+        assert store.promote_ready(time.time(), s.jobs.expected_views, s.jobs.quiet_seconds) == 1
+        job = store.claim(time.time())
+        assert job is not None
+
+        def processor(study: StudyInput, out: Path) -> None:
+            ingested_only_processor(study, out)
+            store._db.execute("PRAGMA query_only = ON")  # the disk goes read-only mid-run
+
+        assert run_job(job, s, store, processor) == "running"
+        assert [p.name for p in visible_outputs(s.paths.outbox)] == [factory.study_uid(4)]
+        store._db.execute("PRAGMA query_only = OFF")
+        assert store.recover(time.time(), s.jobs.max_attempts) == 1
+        assert store.study_counts() == {"queued": 1}
     finally:
         store.close()

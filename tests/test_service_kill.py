@@ -28,7 +28,7 @@ from service_films import (
     write_config,
 )
 
-KILLS = 4
+KILLS = 3
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def _started(log: Path, n: int) -> Callable[[], bool]:
 
 def test_sigkill_repeatedly_then_restart_finishes_every_study(tmp_path: Path, factory: StudyFactory) -> None:
     cfg = write_config(tmp_path, workers=2)
-    n = 12
+    n = 9
     for i in range(n):
         for view, data in factory.films(i).items():
             (tmp_path / "inbox" / f"s{i}_{view}.dcm").write_bytes(data)

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import time
 import traceback
 from pathlib import Path
@@ -126,7 +127,13 @@ def run_job(job: StudyJob, settings: Settings, store: JobStore, processor: Proce
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return _failed(job, settings, store, exc)
-    state = store.finish(job, final, time.time())
+    try:
+        state = store.finish(job, final, time.time())
+    except sqlite3.Error as exc:
+        # The result is published but the job database cannot record it (its disk is full or read-only):
+        # the study stays "running" and the next start re-queues it, which republishes the same result.
+        log.error("study %s published, not recorded (%s); redone after a restart", job.study_key, exc)
+        return "running"
     log.info("study %s %s (%d film(s))", job.study_key, state, len(study.instances))
     return state
 

@@ -20,11 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.errors import Xr3dError
 from appliance.jobs.runner import ENVIRONMENT_ERRNOS
 
 log = logging.getLogger(__name__)
 
 AVAILABLE, UNAVAILABLE, FAILED, DONE, SKIPPED = "available", "unavailable", "failed", "done", "skipped"
+UNAVAILABLE_REASONS = frozenset({"model_missing"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ def call_with(fn: Callable[..., Any], pool: Mapping[str, Any]) -> StageOutcome:
             raise
         log.warning("%s failed: %s", name, type(exc).__name__, exc_info=True)
         return StageOutcome(FAILED, f"{type(exc).__name__}: {exc}")
+    except Xr3dError as exc:
+        # Our own errors say what is wrong (e.g. [model_missing]): one line, no traceback per study.
+        log.warning("%s did not run: [%s]", name, exc.reason)
+        # Missing model files mean this build cannot run the stage: unavailable, like a missing module.
+        return StageOutcome(UNAVAILABLE if exc.reason in UNAVAILABLE_REASONS else FAILED, str(exc))
     except Exception as exc:
         log.warning("%s failed: %s", name, type(exc).__name__, exc_info=True)
         return StageOutcome(FAILED, f"{type(exc).__name__}: {exc}")
