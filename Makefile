@@ -7,10 +7,16 @@ DEMO_OUT ?= demo_out
 
 .PHONY: venv demo test test-slow lint typecheck bench bench-peers clean tools
 
+# Shared libraries Qt (the gui extra) loads even offscreen; installed only when missing, as root with apt.
+GUI_DEBS := libegl1 libgl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3 fonts-dejavu-core
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@missing=$$(for p in $(GUI_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,train]'
+	$(BIN)/python -m pip install -q -e '.[dev,train,gui]'
 	touch $(STAMP)
 
 venv: $(STAMP)
