@@ -31,6 +31,8 @@ from appliance.ingest.spacing import spacing_of
 log = logging.getLogger(__name__)
 
 _PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+MAX_PIXELS = 100_000_000
+"""A stitched full-length film (43 x 129 cm at 0.1 mm) has about 55 megapixels."""
 _DESCRIPTION_KEYWORDS = (
     "StudyDescription",
     "SeriesDescription",
@@ -68,7 +70,11 @@ def _parse(path: Path) -> Dataset:
         if looks_like_dicom(path):
             raise IngestError("DICOM header is damaged or cut short", reason="truncated") from exc
         raise IngestError("not a DICOM Part 10 file", reason="not_dicom") from exc
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # pydicom raises many types on damaged headers (EOFError, ValueError, struct.error, its own
+        # BytesLengthException for a value of the wrong length, ...): all mean a damaged or cut file.
         reason = "truncated" if looks_like_dicom(path) else "not_dicom"
         raise IngestError(f"DICOM parsing failed ({type(exc).__name__})", reason=reason) from exc
 
@@ -98,8 +104,17 @@ def _check_image_module(ds: Dataset) -> tuple[str, int]:
         samples = int(ds.get("SamplesPerPixel", 1))
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits = int(ds.get("BitsStored", 0))
-    except (TypeError, ValueError) as exc:
-        raise IngestError("image pixel module values are not numbers", reason="unsupported_image") from exc
+        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    except Exception as exc:  # not numbers, or values of the wrong length (pydicom parses lazily)
+        raise IngestError(
+            f"image pixel module values are damaged or not numbers ({type(exc).__name__})",
+            reason="unsupported_image",
+        ) from exc
+    if rows < 1 or cols < 1:
+        raise IngestError(f"image of {rows} x {cols} pixels", reason="unsupported_image")
+    if rows * cols > MAX_PIXELS:
+        # checked before decoding: a damaged or hostile header must not make us allocate gigabytes
+        raise IngestError(f"image of {rows} x {cols} pixels is larger than any film", reason="too_large")
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if samples != 1 or photometric not in _PHOTOMETRIC:
         raise IngestError(
@@ -152,8 +167,27 @@ def decode_pixels(ds: Dataset) -> NDArray[np.generic]:
     return pixels
 
 
+def _read_all_elements(ds: Dataset) -> None:
+    """Convert every element now (pydicom converts lazily, on first access), so a damaged one is found
+    here with its tag instead of raising an arbitrary exception wherever it is first used."""
+    tag = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for elem in ds.iterall():
+                tag = elem.tag
+    except MemoryError:
+        raise
+    except Exception as exc:
+        after = "" if tag is None else f" after {tag}"
+        raise IngestError(
+            f"a DICOM element{after} cannot be read ({type(exc).__name__})", reason="damaged_element"
+        ) from exc
+
+
 def read_dicom_film(path: Path, sha256: str, settings: Settings) -> Film:
     ds = _parse(path)
+    _read_all_elements(ds)
     photometric, bits = _check_image_module(ds)
     study_uid, sop_uid = _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID")
     series_uid = _text(ds, "SeriesInstanceUID")

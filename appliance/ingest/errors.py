@@ -15,10 +15,11 @@ REASONS: dict[str, str] = {
     "unsupported_image": "bit depth, photometric interpretation or frame count is not supported",
     "no_spacing": "no usable pixel spacing (and ingest.missing_spacing = quarantine)",
     "bad_sidecar": "the sidecar JSON of a PNG/TIFF is missing or malformed",
+    "damaged_element": "a DICOM element's value cannot be read (wrong length, unknown VR, bad encoding)",
     "missing_uid": "StudyInstanceUID or SOPInstanceUID missing or invalid",
     "unsupported_view": "no classification rule matches the film",
     "not_lower_limb": "the film shows another body part (by tags or by the image check)",
-    "too_large": "the file is larger than ingest.max_file_mb",
+    "too_large": "the file is larger than ingest.max_file_mb, or its image than any film (100 megapixels)",
     "internal_error": "an unexpected error while reading the file (a bug: please report)",
 }
 

@@ -23,7 +23,8 @@ from appliance.ingest.image_reader import IMAGE_SUFFIXES, load_image_pixels, rea
 log = logging.getLogger(__name__)
 
 # Reasons that may only mean "still being written": retried within ingest.incomplete_grace_seconds.
-MAYBE_INCOMPLETE = frozenset({"truncated", "no_pixel_data", "bad_sidecar", "not_dicom"})
+# A damaged element may be one cut mid-value by a writer that paused.
+MAYBE_INCOMPLETE = frozenset({"truncated", "no_pixel_data", "bad_sidecar", "not_dicom", "damaged_element"})
 
 
 def file_sha256(path: Path) -> str:
