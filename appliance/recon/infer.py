@@ -116,6 +116,7 @@ class FilmFrame:
 
     image: F32
     matrix: F64
+    geometry: ProjectionGeometry  # the frame as a detector of its own (for re-projection)
 
 
 def film_frame(image01: ArrayLike, geometry: ProjectionGeometry, centre_mm: ArrayLike) -> FilmFrame:
@@ -148,7 +149,19 @@ def film_frame(image01: ArrayLike, geometry: ProjectionGeometry, centre_mm: Arra
     rr, cc = np.meshgrid(r0 + sv * idx - lo_r, c0 + su * idx - lo_c, indexing="ij")
     out = ndimage.map_coordinates(win, [rr, cc], order=1, mode="constant", cval=0.0)
     a = np.array([[1.0 / su, 0.0, -c0 / su], [0.0, 1.0 / sv, -r0 / sv], [0.0, 0.0, 1.0]])
-    return FilmFrame(np.clip(out, 0.0, 1.0).astype(np.float32), a @ geometry.matrix())
+    o = geometry.pixel_to_mm(c0, r0)
+    frame_geom = ProjectionGeometry(
+        source_mm=geometry.source_mm,
+        detector_origin_mm=(float(o[0]), float(o[1]), float(o[2])),
+        u_dir=geometry.u_dir,
+        v_dir=geometry.v_dir,
+        pitch_u_mm=FILM_PITCH_MM,
+        pitch_v_mm=FILM_PITCH_MM,
+        columns=FILM_PX,
+        rows=FILM_PX,
+        name=geometry.name,
+    )
+    return FilmFrame(np.clip(out, 0.0, 1.0).astype(np.float32), a @ geometry.matrix(), frame_geom)
 
 
 def cube_to_film_matrix(frame_matrix: ArrayLike, affine: ArrayLike) -> F32:
@@ -270,19 +283,42 @@ class Reconstructor:
             else estimate_centre(geoms)
         )
         affine = cube_affine(centre)
-        used = tuple(v for v in VIEWS if v in films)
-        images = np.zeros((2, 1, FILM_PX, FILM_PX), np.float32)
-        mats = np.zeros((1, 2, 3, 4), np.float32)
-        present = np.zeros((1, 2), np.float32)
+        images = np.zeros((2, FILM_PX, FILM_PX), np.float32)
+        mats = np.zeros((2, 3, 4), np.float32)
+        present = np.zeros(2, np.float32)
         for i, v in enumerate(VIEWS):
             if v not in films:
                 continue
             fr = film_frame(films[v][0], films[v][1], centre)
-            images[i, 0] = fr.image
-            mats[0, i] = cube_to_film_matrix(fr.matrix, affine)
-            present[0, i] = 1.0
-        if present[0, 1] == 0:
-            mats[0, 1] = mats[0, 0]  # any valid projection; its features are zeroed by ``present``
+            images[i] = fr.image
+            mats[i] = cube_to_film_matrix(fr.matrix, affine)
+            present[i] = 1.0
+        return self.reconstruct_frames(images, mats, present, affine, refine=refine, t0=t0)
+
+    def reconstruct_frames(
+        self,
+        images: ArrayLike,
+        mats: ArrayLike,
+        present: ArrayLike,
+        affine: ArrayLike,
+        *,
+        refine: bool = True,
+        t0: float | None = None,
+    ) -> ReconVolumes:
+        """The network part of :meth:`reconstruct`: film frames (2, FILM_PX, FILM_PX) (AP, lateral),
+        their matrices (2, 3, 4) from :func:`cube_to_film_matrix`, ``present`` (2,) and the cube affine."""
+        t0 = time.perf_counter() if t0 is None else t0
+        affine = np.asarray(affine, dtype=np.float64)
+        centre = affine[:3, :3] @ np.full(3, (CUBE_VOXELS - 1) / 2.0) + affine[:3, 3]
+        pres = np.asarray(present, dtype=np.float32).reshape(1, 2)
+        used = tuple(v for v, p in zip(VIEWS, pres[0], strict=True) if p > 0.5)
+        if "knee_ap" not in used:
+            raise InputError("the knee AP film is required for reconstruction", reason="recon_missing_ap")
+        images = np.asarray(images, dtype=np.float32).reshape(2, 1, FILM_PX, FILM_PX)
+        m = np.asarray(mats, dtype=np.float32).reshape(1, 2, 3, 4).copy()
+        if pres[0, 1] < 0.5:
+            m[0, 1] = m[0, 0]  # any valid projection; its features are zeroed by ``present``
+        mats, present = m, pres
         t_prep = time.perf_counter()
         feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
         t_enc = time.perf_counter()

@@ -120,4 +120,4 @@ def block_indices(s: ReconSample, rng: np.random.Generator) -> NDArray[np.int64]
     c = np.array(np.unravel_index(s.surface[rng.integers(0, len(s.surface))], (n, n, n)))
     lo = np.clip(c - BLOCK // 2 + rng.integers(-4, 5, 3), 0, n - BLOCK)
     g = np.stack(np.meshgrid(*(np.arange(int(a), int(a) + BLOCK) for a in lo), indexing="ij"), axis=-1)
-    return np.ravel_multi_index(g.reshape(-1, 3).T, (n, n, n))
+    return np.asarray(np.ravel_multi_index(g.reshape(-1, 3).T, (n, n, n)), dtype=np.int64)
