@@ -52,7 +52,7 @@ class ConsistencySettings:
     pitch the comparison works at; ``sigma_px``: Gaussian derivative scale; ``margin_mm``: how far the
     projected bone region is grown to include the bone edges and their soft-tissue side."""
 
-    threshold: float = 0.60
+    threshold: float = 0.72
     max_residual_mm: float = 4.0
     pitch_mm: float = 1.0
     sigma_px: float = 1.0

@@ -57,8 +57,8 @@ class RegistrationSettings:
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
     xtol: float = 0.1
-    coarse_max_evaluations: int = 300
-    fine_max_evaluations: int = 100
+    coarse_max_evaluations: int = 150
+    fine_max_evaluations: int = 60
 
 
 @dataclass(frozen=True)
