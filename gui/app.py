@@ -38,10 +38,12 @@ def screenshot(window: MainWindow, uid: str, out: Path, size: tuple[int, int], t
         raise InputError(f"study {uid} is not in the outbox {window.model.outbox}", reason="study_not_found")
     if tab == "3d":
         window.tabs.setCurrentIndex(1)
+    if tab == "worklist":
+        window.splitter.setSizes([int(size[0] * 0.7), int(size[0] * 0.15), int(size[0] * 0.15)])
     if app is not None:
         app.processEvents()
     window.film_view.fit()
-    pix = window.grab()
+    pix = window.worklist_pane.grab() if tab == "worklist" else window.grab()
     out.parent.mkdir(parents=True, exist_ok=True)
     if pix.isNull() or not pix.save(str(out), "PNG"):
         raise InputError(f"could not write the screenshot {out}", reason="screenshot_failed")

@@ -19,7 +19,7 @@ from appliance.errors import InputError
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTBOX = Path("/var/lib/xr3d/outbox")
-TABS = ("films", "3d")
+TABS = ("films", "3d", "worklist")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="render offscreen to OUT.png and exit",
     )
     p.add_argument("--study", default=None, metavar="UID", help="study to open (required with --screenshot)")
-    p.add_argument("--tab", choices=TABS, default="films", help="tab shown in the screenshot")
+    p.add_argument(
+        "--tab", choices=TABS, default="films", help="film tab, 3D tab, or the worklist pane alone"
+    )
     p.add_argument("--size", default="1600x1000", help="window size for the screenshot, WxH logical pixels")
     p.add_argument(
         "--scale", type=float, default=1.0, help="device pixel ratio of the screenshot (2 = HiDPI)"

@@ -75,7 +75,7 @@ class MainWindow(QMainWindow):
         self.table.activated.connect(self._row_clicked)
         self.worklist_count = QLabel()
         self.model.changed.connect(self._worklist_changed)
-        wl = QWidget()
+        wl = self.worklist_pane = QWidget()
         wv = QVBoxLayout(wl)
         wv.setContentsMargins(4, 4, 4, 4)
         wv.addWidget(QLabel("<b>Worklist</b>"))
@@ -131,7 +131,7 @@ class MainWindow(QMainWindow):
         self.sr_btn.setEnabled(why is None)
         self.sr_btn.setToolTip(why or "Export the corrected result as a DICOM SR")
 
-        split = QSplitter(Qt.Orientation.Horizontal)
+        split = self.splitter = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(wl)
         split.addWidget(self.tabs)
         split.addWidget(side)
@@ -173,6 +173,7 @@ class MainWindow(QMainWindow):
         n = len(self.model.entries)
         review = sum(e.needs_review for e in self.model.entries)
         self.worklist_count.setText(f"{n} studies, {review} to review")
+        self.table.resizeColumnsToContents()
 
     def _row_clicked(self, index: QModelIndex) -> None:
         src = self.proxy.mapToSource(index)

@@ -51,14 +51,30 @@ class Camera:
 
 @numba.njit(cache=True, nogil=True)
 def _raster(
-    sx: F32, sy: F32, sz: F32, faces: NDArray[np.int32], shade: F32, colour: F32, image: F32, depth: F32
+    cam: F32,
+    faces: NDArray[np.int32],
+    colour: F32,
+    scale: float,
+    light: F32,
+    image: F32,
+    depth: F32,
 ) -> None:
+    """Z-buffer fill of every triangle; ``cam`` holds vertices in camera axes (mm), flat Lambert shade."""
     h, w = depth.shape
+    ox, oy = w / 2.0, h / 2.0
     for t in range(faces.shape[0]):
         a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
-        x0, y0, z0 = sx[a], sy[a], sz[a]
-        x1, y1, z1 = sx[b], sy[b], sz[b]
-        x2, y2, z2 = sx[c], sy[c], sz[c]
+        ex1, ey1, ez1 = cam[b, 0] - cam[a, 0], cam[b, 1] - cam[a, 1], cam[b, 2] - cam[a, 2]
+        ex2, ey2, ez2 = cam[c, 0] - cam[a, 0], cam[c, 1] - cam[a, 1], cam[c, 2] - cam[a, 2]
+        nx, ny, nz = ey1 * ez2 - ez1 * ey2, ez1 * ex2 - ex1 * ez2, ex1 * ey2 - ey1 * ex2
+        norm = math.sqrt(nx * nx + ny * ny + nz * nz)
+        if norm < 1e-12:
+            continue
+        # Two-sided: the winding order of a mesh does not matter.
+        s = AMBIENT + (1.0 - AMBIENT) * abs(nx * light[0] + ny * light[1] + nz * light[2]) / norm
+        x0, y0, z0 = ox + scale * cam[a, 0], oy - scale * cam[a, 1], cam[a, 2]
+        x1, y1, z1 = ox + scale * cam[b, 0], oy - scale * cam[b, 1], cam[b, 2]
+        x2, y2, z2 = ox + scale * cam[c, 0], oy - scale * cam[c, 1], cam[c, 2]
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
         if abs(area) < 1e-12:
             continue
@@ -79,7 +95,6 @@ def _raster(
                 z = w0 * z0 + w1 * z1 + w2 * z2
                 if z > depth[py, px]:
                     depth[py, px] = z
-                    s = shade[t]
                     image[py, px, 0] = colour[t, 0] * s
                     image[py, px, 1] = colour[t, 1] * s
                     image[py, px, 2] = colour[t, 2] * s
@@ -98,26 +113,19 @@ def render(
     image = np.empty((height, width, 3), np.float32)
     image[:] = np.asarray(background, np.float32) / 255.0
     if len(faces) == 0:
-        return (image * 255).astype(np.uint8)
-    v = (np.asarray(verts, np.float64) - camera.centre) @ camera.rotation.T
-    sx = (width / 2.0 + camera.scale * v[:, 0]).astype(np.float32)
-    sy = (height / 2.0 - camera.scale * v[:, 1]).astype(np.float32)
-    sz = v[:, 2].astype(np.float32)
-    tri = v[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    # Light from the viewer, slightly above; two-sided so winding order does not matter.
-    light = np.array([0.25, 0.35, 0.9])
+        return np.ascontiguousarray((image * 255 + 0.5).astype(np.uint8))
+    rot = camera.rotation.astype(np.float32)
+    cam = (np.asarray(verts, np.float32) - camera.centre.astype(np.float32)) @ rot.T
+    # Light from the viewer, slightly above and to the right.
+    light = np.array([0.25, 0.35, 0.9], np.float32)
     light /= np.linalg.norm(light)
-    shade = (AMBIENT + (1.0 - AMBIENT) * np.abs(n @ light)).astype(np.float32)
     depth = np.full((height, width), -np.inf, np.float32)
     _raster(
-        sx,
-        sy,
-        sz,
+        np.ascontiguousarray(cam),
         np.ascontiguousarray(faces, np.int32),
-        shade,
         np.ascontiguousarray(face_rgb, np.float32),
+        float(camera.scale),
+        light,
         image,
         depth,
     )
