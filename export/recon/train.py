@@ -43,14 +43,14 @@ class TrainConfig:
     max_samples: int | None = None
     threads: int = 2
     batch: int = 2
-    n_uniform: int = 1024
-    n_surface: int = 2048
-    rays: int = 64
-    ray_samples: int = 32
+    n_uniform: int = 512
+    n_surface: int = 1024
+    rays: int = 32
+    ray_samples: int = 24
     lr: float = 2e-3
     w_proj: float = 0.1
     w_adv: float = 0.02
-    adv_start: float = 0.5  # fraction of training when the adversarial term starts ramping in
+    adv_start: float = 0.6  # fraction of training when the adversarial term starts ramping in
     p_drop_lat: float = 0.25
     no_adv: bool = False
     no_proj: bool = False
@@ -119,8 +119,13 @@ def train_step(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     feat, mats, present = _batch_tensors(ids, feats, samples, rng, cfg)
     batch = [samples[i] for i in ids]
+    # The dense blocks feed the discriminator; before the adversarial phase they would only cost time.
+    with_block = not cfg.no_adv and adv_weight > 0
     idx = [
-        np.concatenate([sample_points(s, rng, cfg.n_uniform, cfg.n_surface), block_indices(s, rng)])
+        np.concatenate(
+            [sample_points(s, rng, cfg.n_uniform, cfg.n_surface)]
+            + ([block_indices(s, rng)] if with_block else [])
+        )
         for s in batch
     ]
     pts = torch.from_numpy(np.stack([index_to_norm(i) for i in idx]))
@@ -139,7 +144,7 @@ def train_step(
         total = total + cfg.w_proj * l_proj
         parts["proj"] = l_proj.item()
 
-    if not cfg.no_adv and adv_weight > 0:
+    if with_block:
         nb = 16**3
         fake = hu_p[:, -nb:].reshape(-1, 1, 16, 16, 16)
         real = L.hu_target(hu_t[:, -nb:]).reshape(-1, 1, 16, 16, 16)
