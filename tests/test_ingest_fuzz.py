@@ -229,3 +229,18 @@ def test_arbitrary_bytes_are_quarantined(raw: bytes, dicm: bool) -> None:
 @given(raw=mutated())
 def test_fuzzed_dicom_long_run(raw: bytes) -> None:
     _check(raw)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "reason"),
+    [(1, 256, "unsupported_image"), (256, 0, "unsupported_image"), (65535, 65535, "too_large")],
+)
+def test_dimensions_are_judged_before_decoding(rows: int, cols: int, reason: str) -> None:
+    # found by the fuzzer: a 1-row image had no vertical gradient, so the image check passed it
+    raw = bytearray(_seeds()[str(ExplicitVRLittleEndian)])
+    start = _meta_end(bytes(raw))
+    for tag, value in (((0x0028, 0x0010), rows), ((0x0028, 0x0011), cols)):
+        i = _element_offset(bytes(raw), tag, start)
+        assert i is not None
+        raw[i + 8 : i + 10] = struct.pack("<H", value)
+    assert _intake(bytes(raw)) == (QUARANTINED, reason)

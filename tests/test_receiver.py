@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from appliance.config import ReceiverSettings, Settings, settings_from_mapping
-from appliance.jobs.service import Service
+from appliance.jobs.service import Service, Summary
 from appliance.receiver.scp import (
     RECEIVED_FOLDER,
     SUCCESS,
@@ -215,3 +218,55 @@ def test_receiver_that_cannot_bind_says_so(tmp_path: Path, receiver: DicomReceiv
     with pytest.raises(ReceiverError) as info:
         clash.start()
     assert info.value.reason == "receiver_failed"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_running_service_listens_and_takes_received_films_in(tmp_path: Path, dx_film: Path) -> None:
+    port = _free_port()
+    settings = settings_from_mapping(
+        {
+            "receiver": {
+                "enabled": True,
+                "port": port,
+                "allowed_calling_aets": [CALLER],
+                "allowed_peers": ["127.0.0.1"],
+            },
+            "watch": {"tick_seconds": 0.1},
+        },
+        base_dir=tmp_path,
+        overrides={"inbox": tmp_path / "in", "outbox": tmp_path / "out", "state": tmp_path / "state"},
+    )
+    stop = threading.Event()
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(Service(settings, stop=stop).run()))
+    worker.start()
+    try:
+        statuses: list[int] = []
+        for _ in range(600):  # the receiver starts after the first inbox scan: wait for it, boundedly
+            assoc = _scu().associate("127.0.0.1", port, ae_title="XR3D")
+            if assoc.is_established:
+                statuses = [int(assoc.send_c_store(dx_film).Status)]
+                assoc.release()
+                break
+            time.sleep(0.1)
+        assert statuses == [SUCCESS]
+        stored = settings.paths.store
+        for _ in range(600):  # taken in: renamed in, read, stored, removed from the inbox
+            if any(stored.glob("*.dcm")) and not _received(tmp_path / "in"):
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert not worker.is_alive()
+    summary = result[0]
+    assert isinstance(summary, Summary) and summary.files.get("accepted") == 1
+    with socket.socket() as s:  # and the port is free again: the receiver stopped with the service
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections linger in TIME_WAIT
+        s.bind(("127.0.0.1", port))
+        s.listen()

@@ -72,8 +72,10 @@ def edge_anisotropy(image: NDArray[np.generic]) -> float:
     a = np.asarray(image, dtype=np.float32)
     step = max(1, max(a.shape) // 256)
     small = a[::step, ::step]
+    if min(small.shape) < 3:
+        return 0.0  # no gradients to compare: nothing that looks like a leg
     lo, hi = np.percentile(small, [1.0, 99.0])
-    if hi <= lo:
+    if not hi > lo:  # also false for NaN
         return 0.0
     norm = gaussian_filter(np.clip((small - lo) / (hi - lo), 0.0, 1.0), 2.0)
     gx = float(np.abs(np.diff(norm, axis=1)).mean())

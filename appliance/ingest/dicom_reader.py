@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 MAX_PIXELS = 100_000_000
+MIN_EDGE_PX = 64  # below this no landmark can be found (and the image check has nothing to measure)
 """A stitched full-length film (43 x 129 cm at 0.1 mm) has about 55 megapixels."""
 _DESCRIPTION_KEYWORDS = (
     "StudyDescription",
@@ -110,8 +111,10 @@ def _check_image_module(ds: Dataset) -> tuple[str, int]:
             f"image pixel module values are damaged or not numbers ({type(exc).__name__})",
             reason="unsupported_image",
         ) from exc
-    if rows < 1 or cols < 1:
-        raise IngestError(f"image of {rows} x {cols} pixels", reason="unsupported_image")
+    if rows < MIN_EDGE_PX or cols < MIN_EDGE_PX:
+        raise IngestError(
+            f"image of {rows} x {cols} pixels is too small to be a film", reason="unsupported_image"
+        )
     if rows * cols > MAX_PIXELS:
         # checked before decoding: a damaged or hostile header must not make us allocate gigabytes
         raise IngestError(f"image of {rows} x {cols} pixels is larger than any film", reason="too_large")
