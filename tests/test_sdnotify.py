@@ -104,7 +104,7 @@ def test_the_service_sends_ready_watchdog_and_stopping(
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s at the latest
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     settings = settings_from_mapping(
-        {"watch": {"tick_seconds": 0.05}},
+        {"watch": {"tick_seconds": 0.05, "reconcile_seconds": 0.05}},
         base_dir=tmp_path,
         overrides={"inbox": tmp_path / "in", "outbox": tmp_path / "out", "state": tmp_path / "st"},
     )
@@ -128,6 +128,7 @@ def test_the_service_sends_ready_watchdog_and_stopping(
     assert received.count("WATCHDOG=1") >= 2
     assert received[-1].startswith("STOPPING=1")
     assert all(m.startswith(("READY=1", "WATCHDOG=1", "STOPPING=1", "STATUS=")) for m in received)
+    assert any(m.startswith("STATUS=") and "inbox file(s) waiting" in m for m in received)
 
 
 def test_a_once_run_sends_ready_and_stopping(

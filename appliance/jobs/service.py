@@ -109,10 +109,12 @@ class Service:
                     for path in scan(s.paths.inbox):
                         tracker.observe(path)
                     last_scan = time.monotonic()
+                    notifier.status(f"{len(tracker)} inbox file(s) waiting, {len(inflight)} study run(s)")
                 tracker.release_deferred_older_than(s.ingest.incomplete_grace_seconds)
                 for path in tracker.ready():
                     if self.stop.is_set():
                         break
+                    notifier.tick()  # a large drop takes many files per loop: keep the watchdog fed
                     if intake_file(path, s, store) == DEFERRED:
                         tracker.defer(path)
                     else:
