@@ -92,7 +92,9 @@ def knee_geometries(pitch_mm: float = 0.5, size_mm: float = 150.0) -> dict[str, 
     size = {"width_mm": size_mm, "height_mm": size_mm, "pitch_mm": pitch_mm}
     return {
         "knee_ap": centred_geometry(name="knee_ap", beam_dir=(0, 1, 0), u_dir=(1, 0, 0), **common, **size),  # type: ignore[arg-type]
-        "knee_lat": centred_geometry(name="knee_lat", beam_dir=(-1, 0, 0), u_dir=(0, -1, 0), **common, **size),  # type: ignore[arg-type]
+        "knee_lat": centred_geometry(
+            name="knee_lat", beam_dir=(-1, 0, 0), u_dir=(0, -1, 0), **common, **size
+        ),  # type: ignore[arg-type]
     }
 
 
@@ -130,9 +132,7 @@ def moved_bone(recon: Reconstruction, label: int, T: F64) -> Reconstruction:
     hu = np.asarray(recon.volume.data, dtype=np.float32)
     lab = np.asarray(recon.labels.data)
     hu_m = ndimage.affine_transform(hu, M[:3, :3], M[:3, 3], order=1, mode="nearest")
-    mask_m = (
-        ndimage.affine_transform((lab == label).astype(np.float32), M[:3, :3], M[:3, 3], order=1) > 0.5
-    )
+    mask_m = ndimage.affine_transform((lab == label).astype(np.float32), M[:3, :3], M[:3, 3], order=1) > 0.5
     old = ndimage.binary_dilation(lab == label, iterations=1)
     hu_new = np.where(mask_m, hu_m, np.where(old & (lab != label) | (lab == label), 40.0, hu))
     lab_new = np.where(lab == label, 0, lab).astype(np.uint8)

@@ -1,1 +1,1 @@
-"""Runtime checks and outputs around the knee reconstruction (consistency, registration, meshes, 3D angles)."""
+"""Runtime checks and outputs around the knee reconstruction (consistency, registration, meshes, 3D)."""
