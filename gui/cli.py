@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="OUT.png",
         help="render offscreen to OUT.png and exit",
     )
+    p.add_argument(
+        "--organization", default="unspecified", help="organisation recorded as verifier in exported SRs"
+    )
     p.add_argument("--study", default=None, metavar="UID", help="study to open (required with --screenshot)")
     p.add_argument(
         "--tab", choices=TABS, default="films", help="film tab, 3D tab, or the worklist pane alone"
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from gui.main_window import MainWindow
 
     app = make_app()
-    window = MainWindow(outbox, args.user or getpass.getuser())
+    window = MainWindow(outbox, args.user or getpass.getuser(), args.organization)
     if args.screenshot is not None:
         written = screenshot(window, args.study, args.screenshot, _size(args.size), args.tab)
         sys.stdout.write(f"wrote {written}\n")

@@ -35,7 +35,7 @@ from appliance.analytics.results import Angles2D
 from appliance.errors import InputError
 from gui.angle_panel import AngleTable, CpakChart, fmt
 from gui.film_view import FilmView
-from gui.report_export import sr_export_unavailable, write_report_pdf
+from gui.report_export import export_sr, sr_export_unavailable, write_report_pdf
 from gui.study import VIEW_TITLES
 from gui.study_panel import EditSession
 from gui.view3d import Recon3DPanel
@@ -49,10 +49,11 @@ LEGEND_KEYS: Final = ("mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO")
 class MainWindow(QMainWindow):
     """One window; ``open_study`` is what a click on the worklist does."""
 
-    def __init__(self, outbox: Path, user: str) -> None:
+    def __init__(self, outbox: Path, user: str, organization: str = "unspecified") -> None:
         super().__init__()
         self.setWindowTitle(f"xr3d workstation — {outbox}")
         self.user = user
+        self.organization = organization
         self.session: EditSession | None = None
         self.first_image_s: float | None = None
 
@@ -127,9 +128,8 @@ class MainWindow(QMainWindow):
         self.save_btn.clicked.connect(self.save_correction)
         self.revert_btn.clicked.connect(self.revert)
         self.report_btn.clicked.connect(self.export_report)
-        why = sr_export_unavailable()
-        self.sr_btn.setEnabled(why is None)
-        self.sr_btn.setToolTip(why or "Export the corrected result as a DICOM SR")
+        self.sr_btn.clicked.connect(self.export_sr)
+        self._sr_unavailable = sr_export_unavailable()
 
         split = self.splitter = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(wl)
@@ -267,6 +267,15 @@ class MainWindow(QMainWindow):
         self.save_btn.setEnabled(bool(s and s.dirty))
         self.revert_btn.setEnabled(bool(s and s.differs_from_pipeline))
         self.report_btn.setEnabled(s is not None)
+        self.sr_btn.setEnabled(bool(s and not s.dirty and self._sr_unavailable is None))
+        if self._sr_unavailable is not None:
+            self.sr_btn.setToolTip(self._sr_unavailable)
+        elif s is not None and s.dirty:
+            self.sr_btn.setToolTip("Save the correction first: the SR records a saved, attributed result")
+        else:
+            self.sr_btn.setToolTip(
+                "Export the result as shown as a verified DICOM SR (supersedes the automatic SR)"
+            )
         if s is None:
             self.angles.show_values({}, {}, "—", "—", {})
             self.chart.set_points(None, None)
@@ -337,6 +346,24 @@ class MainWindow(QMainWindow):
             target = Path(name)
         out = write_report_pdf(self.session, self.film_view, self.chart, target)
         self.statusBar().showMessage(f"Report written: {out}", 5000)
+        return out
+
+    def export_sr(self, target: Path | None = None) -> Path | None:
+        if self.session is None or self.session.dirty or self._sr_unavailable is not None:
+            return None
+        if target is None:
+            name, _ = QFileDialog.getSaveFileName(
+                self, "Export SR", f"{self.session.study.uid}_verified_sr.dcm", "DICOM (*.dcm)"
+            )
+            if not name:
+                return None
+            target = Path(name)
+        try:
+            out = export_sr(self.session, target, self.user, self.organization)
+        except InputError as exc:
+            QMessageBox.warning(self, "SR export failed", str(exc))
+            return None
+        self.statusBar().showMessage(f"SR written: {out}", 5000)
         return out
 
     def closeEvent(self, event: QCloseEvent) -> None:

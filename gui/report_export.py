@@ -1,23 +1,27 @@
-"""Export from the workstation: the report PDF, and (when the DICOM writers are installed) the SR.
+"""Export from the workstation: the report PDF and the DICOM SR of the result as the surgeon left it.
 
 Report: an unedited study's own ``report.pdf`` (written by the service) is copied as it is. When the
 landmarks were corrected, or the study has no report.pdf, a one-page PDF is drawn here with Qt's PDF
 writer (no network, no extra dependency): current values beside the pipeline's, who corrected them and
 when, the film view with its overlay and the CPAK chart.
 
-SR: the corrected result becomes a DICOM SR through the outbox's SR writer (``appliance.outputs``).
-That writer does not exist in this version, so :func:`sr_export_unavailable` says why and the button is
-disabled with that reason as its tooltip.
+SR: the service's SR writer (``appliance.outputs.sr.write_sr``) is given the result with the corrected
+landmarks, angles and CPAK type, the surgeon as the verifying observer (VERIFIED, FINAL) and the study's
+automatic SR (``dicom/sr.dcm``) as the predecessor it supersedes. Without that writer installed the
+button is disabled and says why.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
+import math
 import shutil
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+import pydicom
 from PySide6.QtCore import QMarginsF, QRectF, Qt
 from PySide6.QtGui import QFont, QPageLayout, QPageSize, QPainter, QPdfWriter
 from PySide6.QtWidgets import QWidget
@@ -27,17 +31,64 @@ from gui.study_panel import EditSession
 
 log = logging.getLogger(__name__)
 
-SR_WRITER_MODULE: Final = "appliance.outputs"
+SR_WRITER_MODULE: Final = "appliance.outputs.sr"
+AUTOMATIC_SR: Final = "dicom/sr.dcm"
 
 
 def sr_export_unavailable() -> str | None:
     """Why SR export cannot be offered, or None when it can."""
-    if importlib.util.find_spec(SR_WRITER_MODULE) is None:
-        return (
-            "SR export needs the DICOM SR writer (appliance/outputs), which is not part of this "
-            "version; the correction is saved in the study's corrections/ folder"
+    try:
+        found = importlib.util.find_spec(SR_WRITER_MODULE) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return "SR export needs the DICOM SR writer (appliance/outputs), which is not installed"
+    return None
+
+
+def corrected_result(session: EditSession) -> dict[str, Any]:
+    """The study's result document with the edited landmarks and what they measure."""
+    doc: dict[str, Any] = copy.deepcopy(dict(session.study.document))
+    view = session.view
+    marks = doc.setdefault("landmarks_2d", {}).setdefault(view, {})
+    for name, (col, row) in session.points.items():
+        entry = dict(marks.get(name) or {})
+        moved = not (
+            math.isclose(entry.get("col", math.nan), col) and math.isclose(entry.get("row", math.nan), row)
         )
-    return "SR re-export of corrections is not wired to appliance/outputs yet"
+        entry.update({"col": float(col), "row": float(row)})
+        if moved:
+            entry["corrected"] = True
+        marks[name] = entry
+    angles = session.measured()
+    doc["angles_2d"] = {
+        k: (v if v is not None and math.isfinite(v) else None) for k, v in angles.to_dict().items()
+    }
+    doc["cpak"] = angles.cpak.to_dict() if angles.cpak is not None else None
+    if session.correction is not None:
+        doc["correction"] = {
+            "who": session.correction.who,
+            "when": session.correction.when,
+            "file": f"corrections/{session.correction.path.name}",
+        }
+    return doc
+
+
+def export_sr(session: EditSession, target: Path, who: str, organization: str) -> Path:
+    """Write the corrected result as a verified Comprehensive 3D SR that supersedes the automatic one."""
+    from appliance.outputs import load_films
+    from appliance.outputs.sr import Verification, write_sr
+
+    doc = corrected_result(session)
+    sources = load_films(session.study.folder, doc)
+    auto = session.study.folder / AUTOMATIC_SR
+    predecessor = pydicom.dcmread(auto) if auto.is_file() else None
+    # A DICOM person name; a login name is one component, marked as such by a trailing caret.
+    name = who.replace("\\", " ").strip() or "unknown"
+    verification = Verification(observer_name=name if "^" in name else f"{name}^", organization=organization)
+    written = write_sr(Path(target), doc, sources, verification=verification, predecessor=predecessor)
+    log.info("exported a verified SR for study %s", session.study.uid)
+    return Path(written)
 
 
 def write_report_pdf(session: EditSession, film_view: QWidget, chart: QWidget, target: Path) -> Path:

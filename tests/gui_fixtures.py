@@ -1,19 +1,20 @@
 """Processed studies in the outbox layout of docs/study-outputs.md, built from real parts for the GUI tests,
 the GUI benchmark and the documentation screenshots.
 
-Until the study pipeline (appliance/pipeline/) writes complete studies, a study is assembled here:
+A study is made from:
 
 - films: a real simulated case (``export.simulator.case.generate_case``): long-leg AP, knee AP, knee
-  lateral DICOM, copied to ``films/<view>.dcm``;
-- landmarks, angles, CPAK, flags, overlay and CPAK chart: the real ``appliance.process.process_film`` with
-  the shipped landmark models through ONNX Runtime, its ``xr3d.process/1`` document mapped into the
-  ``xr3d.result/1`` shape;
-- ``recon/``: NOT a reconstruction. The simulator's own knee CT and label volume stand in for the
+  lateral DICOM;
+- everything the service writes (result.json ``xr3d.result/1``, films/, overlay, CPAK chart, report.pdf,
+  dicom/sr.dcm...): the real service, ``xr3d watch --once`` on an inbox holding the case's films, with the
+  shipped landmark models through ONNX Runtime;
+- ``recon/`` when the service could not reconstruct (no reconstruction model in models/ yet): NOT a
+  reconstruction. The simulator's own knee CT and label volume stand in for the
   reconstructed volume (labels renumbered to the contract's 1 femur, 2 tibia, 3 fibula, 4 patella), bone
   surfaces by scikit-image marching cubes, and the consistency score and the film | DRR pictures from the
   real ``appliance.recon.consistency.score_views`` against the knee films.
 
-Building one coarse case takes ~20 s; :func:`cached_study_source` keeps it in pytest's cache directory so
+Building one coarse case takes ~30-60 s; :func:`cached_study_source` keeps it in pytest's cache directory so
 later runs reuse it (a file lock keeps two xdist workers from building it twice).
 """
 
@@ -22,8 +23,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ SEED = 900960  # demo/docs seed range (900000-999999): never a training or evalu
 SIM_TO_RECON_LABEL = {2: 1, 3: 2, 4: 3, 5: 4}  # simulator femur, tibia, fibula, patella -> contract
 BONES = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}
 VIEW_FILES = {"longleg_ap": "longleg_ap.dcm", "knee_ap": "knee_ap.dcm", "knee_lat": "knee_lat.dcm"}
-FIXTURE_VERSION = "2"
+FIXTURE_VERSION = "3"
 
 
 def simulate_case(seed: int, out: Path, *, coarse: bool = True) -> Path:
@@ -161,78 +166,50 @@ def _to_u8(a: np.ndarray) -> np.ndarray:
     return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def build_study(case: Path, outbox: Path, *, with_recon: bool = True) -> Path:
-    """Assemble ``outbox/<StudyInstanceUID>/`` from a simulated case folder (see module docstring)."""
-    from appliance.config import load_settings
-    from appliance.ingest.reader import read_film
-    from appliance.landmarks.detector import LandmarkDetector
-    from appliance.process import process_film
+def run_service(case: Path, outbox: Path) -> Path:
+    """Drop the case's films into an inbox and run the real service once (``xr3d watch --once``)."""
+    work = outbox.parent / f".{outbox.name}-service"
+    shutil.rmtree(work, ignore_errors=True)
+    inbox = work / "inbox"
+    inbox.mkdir(parents=True)
+    old = time.time() - 120  # already stable: the service need not wait for the copy to settle
+    for name in VIEW_FILES.values():
+        if (case / name).is_file():
+            shutil.copyfile(case / name, inbox / name)
+            os.utime(inbox / name, (old, old))
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance.cli.main",
+        "watch",
+        "--inbox",
+        str(inbox),
+        "--outbox",
+        str(outbox),
+    ]
+    cmd += ["--state", str(work / "state"), "--once"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    uid = json.loads((case / "truth.json").read_text())["study_instance_uid"]
+    shutil.rmtree(work, ignore_errors=True)
+    return outbox / uid
 
-    staging = outbox.parent / f".{outbox.name}-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    settings = load_settings(
-        None, overrides={"inbox": staging / "i", "outbox": staging / "o", "state": staging / "s"}
-    )
-    with LandmarkDetector() as detector:
-        pr = process_film(case / VIEW_FILES["longleg_ap"], staging, settings, detector)
-    proc: dict[str, Any] = dict(pr.document)
-    uid = pr.study_uid
-    study = outbox / f".{uid}.tmp-fixture"
-    shutil.rmtree(study, ignore_errors=True)
-    (study / "films").mkdir(parents=True)
-    films: dict[str, Any] = {}
-    for view, name in VIEW_FILES.items():
-        src = case / name
-        if not src.is_file():
-            continue
-        film = read_film(src, settings)
-        shutil.copyfile(src, study / "films" / f"{view}.dcm")
-        mag = film.magnification or 1.0
-        films[view] = {
-            "file": f"films/{view}.dcm",
-            "sop_uid": film.sop_uid,
-            "series_uid": film.series_uid,
-            "rows": film.rows,
-            "columns": film.columns,
-            "spacing_mm": list(film.spacing_mm),
-            "detector_spacing_mm": [film.spacing_mm[0] * mag, film.spacing_mm[1] * mag],
-            "magnification": film.magnification,
-            "spacing_source": film.spacing_source,
-            "photometric": film.photometric,
-            "sha256": film.sha256,
-            "geometry": None,
+
+def build_study(case: Path, outbox: Path, *, with_recon: bool = True) -> Path:
+    """``outbox/<StudyInstanceUID>/`` from a simulated case folder (see module docstring)."""
+    study = run_service(case, outbox)
+    doc = json.loads((study / "result.json").read_text())
+    if with_recon and doc.get("reconstruction") is None:
+        films = doc["films"]
+        doc["reconstruction"] = _recon(case, study, films)
+        flags = doc["flags"]
+        flags["reasons"] = [r for r in flags.get("reasons", []) if r != "reconstruction_unavailable"]
+        flags.setdefault("stages", {})["reconstruction"] = {
+            "status": "done",
+            "detail": "test fixture: the simulator's CT stands in for a reconstruction",
         }
-    for name in ("overlay.png", "overlay_preview.png", "cpak_chart.png"):
-        if (pr.out_dir / name).is_file():
-            shutil.copyfile(pr.out_dir / name, study / name)
-    doc: dict[str, Any] = {
-        "schema": "xr3d.result/1",
-        "software": proc["software"],
-        "status": proc["status"],
-        "study_uid": uid,
-        "side": proc["side"],
-        "films": films,
-        "missing_views": [v for v in VIEW_FILES if v not in films],
-        "landmarks_2d": {"longleg_ap": proc["landmarks"]},
-        "angles_2d": proc["angles_2d"],
-        "cpak": proc["cpak"],
-        "angles_3d": None,
-        "landmarks_3d": None,
-        "reconstruction": _recon(case, study, films) if with_recon else None,
-        "flags": proc["flags"],
-        "engine": proc["engine"],
-        "model_versions": proc["model_versions"],
-        "timings_s": proc["timings_s"],
-    }
-    doc["files"] = sorted(
-        [*(str(p.relative_to(study)) for p in study.rglob("*") if p.is_file()), "result.json"]
-    )
-    (study / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-    final = outbox / uid
-    shutil.rmtree(final, ignore_errors=True)
-    study.rename(final)
-    shutil.rmtree(staging, ignore_errors=True)
-    return final
+        doc["files"] = sorted({*doc.get("files", []), *doc["reconstruction"]["files"]})
+        (study / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return study
 
 
 def cached_study_source(cache_root: Path, seed: int = SEED) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
 
 import numpy as np
+import pydicom
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
@@ -25,6 +26,7 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget
 
 from appliance.analytics.angles2d import measure_2d
+from appliance.outputs.sr_read import read_measurement_groups
 from gui.angle_panel import fmt
 from gui.film_image import WindowLevel, apply_window
 from gui.main_window import MainWindow
@@ -297,3 +299,39 @@ def test_3d_tab(window: MainWindow) -> None:
 def test_no_network_module(window: MainWindow) -> None:
     open_first(window)
     assert "PySide6.QtNetwork" not in sys.modules
+
+
+def test_export_report_and_verified_sr(window: MainWindow, tmp_path: Path) -> None:
+    open_first(window)
+    assert window.session is not None
+    folder = window.session.study.folder
+    # Unedited: the service's own report is exported unchanged.
+    assert window.export_report(tmp_path / "as_is.pdf") is not None
+    assert (tmp_path / "as_is.pdf").read_bytes() == (folder / "report.pdf").read_bytes()
+    expected_pts = drag_landmark(window, "AC", 25.0)
+    assert not window.sr_btn.isEnabled()  # an SR records a saved, attributed correction only
+    QTest.keyClick(window, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    assert window.sr_btn.isEnabled()
+    out = window.export_sr(tmp_path / "verified_sr.dcm")
+    assert out is not None
+    ds = pydicom.dcmread(out)
+    auto = pydicom.dcmread(folder / "dicom" / "sr.dcm")
+    assert ds.VerificationFlag == "VERIFIED" and ds.CompletionFlag == "COMPLETE"
+    assert ds.VerifyingObserverSequence[0].VerifyingObserverName.family_name == USER
+    assert ds.StudyInstanceUID == auto.StudyInstanceUID and ds.SOPInstanceUID != auto.SOPInstanceUID
+    refs = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert refs[0].ReferencedSOPInstanceUID == auto.SOPInstanceUID
+    corrected = engine(window, expected_pts).mhka
+    original = json.loads((folder / "result.json").read_text())["angles_2d"]["mHKA"]
+    assert corrected is not None and abs(corrected - original) > 0.05
+
+    def numbers(d: pydicom.Dataset) -> list[float]:
+        return [
+            n.value
+            for g in read_measurement_groups(d).values()
+            for n in g.numbers.values()
+            if n.value is not None
+        ]
+
+    assert any(abs(v - corrected) < 1e-3 for v in numbers(ds))
+    assert not any(abs(v - corrected) < 1e-3 for v in numbers(auto))
