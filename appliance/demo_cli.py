@@ -177,14 +177,18 @@ def run(args: argparse.Namespace) -> int:
                 "truth_angles_2d": t.get("angles_2d"),
                 "truth_cpak": (t.get("cpak") or {}).get("label"),
                 "files": len(doc["files"]),
+                "stages": {k: v["status"] for k, v in doc["flags"].get("stages", {}).items()},
+                "reasons": doc["flags"].get("reasons", []),
             }
         )
     if args.json:
         sys.stdout.write(json.dumps({"outbox": str(settings.paths.outbox), "studies": rows}, indent=2) + "\n")
     else:
         _print_table(rows)
+        stages = sorted({f"{k} {v}" for r in rows for k, v in r["stages"].items()})
         sys.stdout.write(
-            f"\nstudies {summary.studies}, files {summary.files}\n"
+            f"\nstages: {', '.join(stages) or 'none'} (reasons per study in result.json flags.reasons)\n"
+            f"studies {summary.studies}, files {summary.files}\n"
             f"outputs (result.json, overlay, CPAK chart, films, ...): {settings.paths.outbox}/\n"
         )
     ok = summary.studies.get("done", 0) == len(rows) and rows
