@@ -219,3 +219,34 @@ def test_our_own_errors_keep_their_reason(tmp_path: Path) -> None:
     assert missing.status == UNAVAILABLE and missing.detail.startswith("[model_missing]")
     bad = call_with(_stage_bad_input, {"out_dir": tmp_path})
     assert bad.status == FAILED and bad.detail.startswith("[no_knee_geometry]")
+
+
+def test_png_film_with_sidecar_is_measured_and_copied(
+    tmp_path: Path, template: Path, detector: LandmarkDetector
+) -> None:
+    """A clinic export without DICOM: an 8-bit PNG long-leg film and its sidecar JSON. It is measured and
+    copied with a rebuilt sidecar; whatever the DICOM writers make of a study without a DICOM film to
+    join, their outcome is reported and the study is not failed."""
+    from PIL import Image
+
+    from appliance.ingest.reader import read_film
+    from appliance.process import film_image01
+
+    s = _settings(tmp_path)
+    src = template / "longleg_ap.dcm"
+    film = read_film(src, s)
+    pixels = (film_image01(src, film) * 255.0 + 0.5).astype("uint8")
+    pitch = film.spacing_mm[0] * float(film.magnification or 1.0)
+    side = {"view": "longleg_ap", "spacing_mm": pitch, "side": film.side, "study": "png study 1"}
+    (s.paths.inbox / "leg.json").write_text(json.dumps(side))
+    Image.fromarray(pixels).save(s.paths.inbox / "leg.png")
+    summary = Service(s, processor=StudyProcessor(detector)).run(once=True)
+    assert summary.studies == {"done": 1}
+    folder, doc = _result(s)
+    assert doc["status"] == "measured" and doc["films"]["longleg_ap"]["kind"] == "image"
+    assert doc["films"]["longleg_ap"]["file"] == "films/longleg_ap.png"
+    rebuilt = json.loads((folder / "films" / "longleg_ap.json").read_text())
+    assert rebuilt["view"] == "longleg_ap" and rebuilt["spacing_mm"] == [pitch, pitch]
+    assert doc["angles_2d"]["mHKA"] is not None and (folder / "overlay.png").is_file()
+    _check_listing(folder, doc)
+    _check_stages(doc)
