@@ -64,7 +64,9 @@ class StudyFactory:
     """Clones of the template study: ``films(i)`` -> {view: DICOM bytes} with UIDs unique to ``i``."""
 
     def __init__(self, template: Path, tag: str = "xr3d service test") -> None:
-        self._ds = {v: pydicom.dcmread(template / f"{v}.dcm") for v in VIEWS}
+        # Bytes, parsed afresh per clone: a Dataset.copy() shares its data elements, so clones made in
+        # several threads at once would overwrite each other's UIDs.
+        self._bytes = {v: (template / f"{v}.dcm").read_bytes() for v in VIEWS}
         self.tag = tag
 
     def study_uid(self, index: int) -> str:
@@ -73,7 +75,7 @@ class StudyFactory:
     def films(self, index: int, views: tuple[str, ...] = VIEWS) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for view in views:
-            ds = self._ds[view].copy()
+            ds = pydicom.dcmread(io.BytesIO(self._bytes[view]))
             ds.StudyInstanceUID = self.study_uid(index)
             ds.SeriesInstanceUID = uid_from(self.tag, "series", str(index), view)
             ds.SOPInstanceUID = uid_from(self.tag, "sop", str(index), view)
