@@ -38,6 +38,7 @@ def screenshot(window: MainWindow, uid: str, out: Path, size: tuple[int, int], t
         raise InputError(f"study {uid} is not in the outbox {window.model.outbox}", reason="study_not_found")
     if tab == "3d":
         window.tabs.setCurrentIndex(1)
+        window.recon.wait_for_volume()
     if tab == "worklist":
         window.splitter.setSizes([int(size[0] * 0.7), int(size[0] * 0.15), int(size[0] * 0.15)])
     if app is not None:

@@ -38,7 +38,8 @@ def slice_of(a: NDArray[np.generic], plane: str, index: int) -> NDArray[np.gener
     """The display image of one plane: both in-plane axes reversed to put right/anterior/superior
     where the conventions above want them."""
     fixed, _, _ = plane_axes(plane)
-    s = np.take(a, index, axis=fixed)  # remaining axes keep their order: (row axis, col axis) transposed
+    # Basic indexing is a view (np.take would copy along the whole volume); remaining axes keep their order.
+    s = a[(slice(None),) * fixed + (index,)]
     return np.ascontiguousarray(s.T[::-1, ::-1])
 
 
@@ -76,13 +77,16 @@ class SliceView(QWidget):
         self.cursor_ijk = [0, 0, 0]
         self._img: QImage | None = None
         self._buf: NDArray[np.uint8] | None = None
+        self.loading = False
 
-    def set_volume(self, vol: SliceVolume | None, cursor: list[int]) -> None:
+    def set_volume(self, vol: SliceVolume | None, cursor: list[int], loading: bool = False) -> None:
         self.vol = vol
+        self.loading = loading
         self.set_cursor(cursor)
 
     def set_cursor(self, cursor: list[int]) -> None:
         self.cursor_ijk = list(cursor)
+        self._img = None
         if self.vol is not None:
             fixed, _, _ = plane_axes(self.plane)
             self._buf = rgb_slice(self.vol, self.plane, self.cursor_ijk[fixed])
@@ -106,7 +110,9 @@ class SliceView(QWidget):
         p.setPen(QColor("white"))
         p.drawText(QRectF(4, 0, self.width(), 16), Qt.AlignmentFlag.AlignLeft, self.plane)
         if self.vol is None or self._img is None:
-            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "no volume")
+            p.drawText(
+                self.rect(), Qt.AlignmentFlag.AlignCenter, "loading volume…" if self.loading else "no volume"
+            )
             p.end()
             return
         t = self._target()

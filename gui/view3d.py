@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import QPointF, Qt, QTimer
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPixmap, QWheelEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QColorDialog,
     QGridLayout,
@@ -27,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance.errors import InputError
 from gui.recon_data import BONE_COLOURS, Mesh, SliceVolume, load_meshes, load_slice_volume
 from gui.render3d import Camera, fit_camera, render
 from gui.slices import PLANES, SliceView
@@ -165,6 +168,11 @@ class Recon3DPanel(QWidget):
         for sv in self.slice_views.values():
             sv.clicked.connect(self._move_cursor)
         self.volume: SliceVolume | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xr3d-volume")
+        self._volume_job: Future[SliceVolume | None] | None = None
+        self._poll = QTimer(self)
+        self._poll.setInterval(30)
+        self._poll.timeout.connect(self._volume_ready)
         self.voxel = [0, 0, 0]
         self.consistency = QLabel()
         self.consistency.setWordWrap(True)
@@ -201,6 +209,8 @@ class Recon3DPanel(QWidget):
     def set_study(self, study: Study | None) -> None:
         self.study = study
         self.loaded = False
+        self._poll.stop()
+        self._volume_job = None
         self._show_consistency()
 
     def _show_consistency(self) -> None:
@@ -257,10 +267,13 @@ class Recon3DPanel(QWidget):
             self._bones.addWidget(box)
             self._bones.addWidget(colour)
         self._bones.addStretch(1)
-        self.volume = load_slice_volume(recon_dir) if recon_dir is not None and recon_dir.is_dir() else None
-        self.voxel = [s // 2 for s in self.volume.hu.shape] if self.volume is not None else [0, 0, 0]
+        # The volume (tens of MB compressed) is read in a worker thread so the surfaces show at once.
+        self.volume = None
         for sv in self.slice_views.values():
-            sv.set_volume(self.volume, self.voxel)
+            sv.set_volume(None, [0, 0, 0], loading=recon_dir is not None and recon_dir.is_dir())
+        if recon_dir is not None and recon_dir.is_dir():
+            self._volume_job = self._pool.submit(load_slice_volume, recon_dir)
+            self._poll.start()
         if recon_dir is not None:
             for p in sorted(recon_dir.glob("reprojection_*.png")):
                 lab = QLabel()
@@ -270,6 +283,31 @@ class Recon3DPanel(QWidget):
                 self.reprojection_labels[p.stem.removeprefix("reprojection_")] = lab
                 self.reprojections.addWidget(lab)
         self.reprojections.addStretch(1)
+
+    def wait_for_volume(self, timeout_s: float = 60.0) -> bool:
+        """Block (processing events) until the volume is read; for screenshots and benchmarks."""
+        app = QApplication.instance()
+        end = time.perf_counter() + timeout_s
+        while self._volume_job is not None and time.perf_counter() < end:
+            time.sleep(0.01)
+            if app is not None:
+                app.processEvents()
+        return self._volume_job is None
+
+    def _volume_ready(self) -> None:
+        job = self._volume_job
+        if job is None or not job.done():
+            return
+        self._poll.stop()
+        self._volume_job = None
+        try:
+            self.volume = job.result()
+        except (OSError, ValueError, InputError) as exc:
+            log.warning("cannot read the reconstructed volume: %s", exc)
+            self.volume = None
+        self.voxel = [s // 2 for s in self.volume.hu.shape] if self.volume is not None else [0, 0, 0]
+        for sv in self.slice_views.values():
+            sv.set_volume(self.volume, self.voxel)
 
     def _paint_swatch(self, button: QPushButton, rgb: tuple[float, float, float]) -> None:
         c = QColor.fromRgbF(*rgb)

@@ -273,7 +273,7 @@ def test_worklist_live_update_and_search(window: MainWindow, outbox: Path, qtbot
     assert "needs review" in window.header.text()
 
 
-def test_3d_tab(window: MainWindow) -> None:
+def test_3d_tab(window: MainWindow, qtbot) -> None:  # type: ignore[no-untyped-def]
     open_first(window)
     QTest.keyClick(window, Qt.Key.Key_D)
     assert window.tabs.currentIndex() == 1
@@ -287,6 +287,7 @@ def test_3d_tab(window: MainWindow) -> None:
     assert np.any(np.any(panel.mesh_view.render_image() != background, axis=2) != bone)
     assert "consistent with the films" in panel.consistency.text() and "0." in panel.consistency.text()
     assert set(panel.reprojection_labels) == {"knee_ap", "knee_lat"}
+    qtbot.waitUntil(lambda: panel.volume is not None, timeout=20000)  # read in a worker thread
     start = list(panel.voxel)
     ax = panel.slice_views["axial"]
     QTest.mouseClick(
