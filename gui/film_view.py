@@ -14,7 +14,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QImage, QMouseEvent, QPainter, QPen, QPixmap, QWheelEvent
+from PySide6.QtGui import QBrush, QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPen, QPixmap, QWheelEvent
 from PySide6.QtWidgets import (
     QGraphicsEllipseItem,
     QGraphicsItem,
@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QGraphicsLineItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
+    QGraphicsSceneMouseEvent,
     QGraphicsSimpleTextItem,
     QGraphicsTextItem,
     QGraphicsView,
@@ -46,17 +47,26 @@ _HANDLE = QColor("#40ff40")
 _HANDLE_LOW = QColor("#ff9900")
 ZOOM_STEP: Final = 1.25
 WL_PER_PX: Final = 0.002
+NUDGE_PX: Final = 1.0  # film pixels per arrow key press
 
 
 class LandmarkHandle(QGraphicsEllipseItem):
     """A draggable landmark; reports every move to ``on_move``."""
 
-    def __init__(self, name: str, low_confidence: bool, on_move: Callable[[str, QPointF], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        low_confidence: bool,
+        on_move: Callable[[str, QPointF], None],
+        on_press: Callable[[str], None],
+    ) -> None:
         r = HANDLE_PX
         super().__init__(-r, -r, 2 * r, 2 * r)
         self.name = name
         self._on_move = on_move
+        self._on_press = on_press
         colour = _HANDLE_LOW if low_confidence else _HANDLE
+        self._colour = colour
         self.setPen(QPen(colour, 2))
         self.setBrush(QBrush(QColor(colour.red(), colour.green(), colour.blue(), 70)))
         self.setFlags(
@@ -65,11 +75,22 @@ class LandmarkHandle(QGraphicsEllipseItem):
             | QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations
         )
         self.setCursor(Qt.CursorShape.SizeAllCursor)
-        self.setToolTip(f"{name}{' (low confidence)' if low_confidence else ''}: drag to correct")
+        self.setToolTip(
+            f"{name}{' (low confidence)' if low_confidence else ''}: drag to correct, "
+            "or click and nudge with the arrow keys (Shift: 10 px)"
+        )
         self.setZValue(10)
         label = QGraphicsSimpleTextItem(name, self)
         label.setBrush(QBrush(colour))
         label.setPos(r + 2, -r - 4)
+
+    def mousePressEvent(self, event: QGraphicsSceneMouseEvent) -> None:
+        # Qt's own selection would select the whole overlay group, so the view tracks the active handle.
+        self._on_press(self.name)
+        super().mousePressEvent(event)
+
+    def set_active(self, active: bool) -> None:
+        self.setPen(QPen(QColor("white") if active else self._colour, 3 if active else 2))
 
     def itemChange(self, change: QGraphicsItem.GraphicsItemChange, value: object) -> object:
         if change == QGraphicsItem.GraphicsItemChange.ItemPositionHasChanged:
@@ -118,6 +139,7 @@ class FilmView(QGraphicsView):
         self._legend.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
         self._wl_drag: QPointF | None = None
         self._silent = False
+        self.active: str | None = None
 
     # --- image ------------------------------------------------------------------------------------
     def set_film(self, quantised: NDArray[np.uint16] | None, wl: WindowLevel | None = None) -> None:
@@ -161,6 +183,33 @@ class FilmView(QGraphicsView):
     def zoom_factor(self) -> float:
         return float(self.transform().m11())
 
+    def selected_landmark(self) -> str | None:
+        """The landmark last clicked (the one the arrow keys move)."""
+        return self.active
+
+    def _handle_pressed(self, name: str) -> None:
+        self.active = name
+        for n, h in self.handles.items():
+            h.set_active(n == name)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        step = NUDGE_PX * (10.0 if event.modifiers() & Qt.KeyboardModifier.ShiftModifier else 1.0)
+        moves = {
+            Qt.Key.Key_Left: (-step, 0.0),
+            Qt.Key.Key_Right: (step, 0.0),
+            Qt.Key.Key_Up: (0.0, -step),
+            Qt.Key.Key_Down: (0.0, step),
+        }
+        name = self.selected_landmark()
+        key = Qt.Key(event.key())
+        if name is not None and key in moves and self.overlay_visible():
+            c, r = self.points[name]
+            dc, dr = moves[key]
+            self.move_landmark(name, c + dc, r + dr)
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
     def wheelEvent(self, event: QWheelEvent) -> None:
         self.zoom(ZOOM_STEP if event.angleDelta().y() > 0 else 1.0 / ZOOM_STEP)
         event.accept()
@@ -200,6 +249,7 @@ class FilmView(QGraphicsView):
             self.scene().removeItem(item)
         self.handles.clear()
         self._lines.clear()
+        self.active = None
         self.points = {n: (float(c), float(r)) for n, (c, r) in points.items()}
         self._silent = True
         for a, b, colour, dashed in LINES:
@@ -212,7 +262,7 @@ class FilmView(QGraphicsView):
             self._overlay.addToGroup(line)
             self._lines.append((a, b, line))
         for name, (c, r) in self.points.items():
-            h = LandmarkHandle(name, name in low, self._handle_moved)
+            h = LandmarkHandle(name, name in low, self._handle_moved, self._handle_pressed)
             h.setPos(c, r)
             self._overlay.addToGroup(h)
             self.handles[name] = h

@@ -1,6 +1,7 @@
 """The surgeon's workstation window: worklist, film viewer with editable overlay, angles, CPAK, 3D.
 
 Keyboard: Ctrl+F search, Enter open the selected study, 1/2/3 films, D 3D view, O overlay on/off,
+arrow keys nudge the selected landmark (Shift: 10 px),
 F fit, +/- zoom, W reset window/level, Ctrl+S save correction, Ctrl+R revert to the pipeline's landmarks,
 Ctrl+E export report, F5 rescan the outbox.
 """

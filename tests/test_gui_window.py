@@ -336,3 +336,24 @@ def test_export_report_and_verified_sr(window: MainWindow, tmp_path: Path) -> No
 
     assert any(abs(v - corrected) < 1e-3 for v in numbers(ds))
     assert not any(abs(v - corrected) < 1e-3 for v in numbers(auto))
+
+
+def test_keyboard_nudges_selected_landmark(window: MainWindow) -> None:
+    open_first(window)
+    assert window.session is not None
+    fv = window.film_view
+    fv.fit()
+    fv.zoom(4.0)
+    fv.centerOn(fv.handles["AC"].pos())
+    QApplication.processEvents()
+    before = dict(window.session.points)
+    at = fv.mapFromScene(fv.handles["AC"].pos())
+    QTest.mouseClick(fv.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at)
+    assert fv.selected_landmark() == "AC" and window.session.points == before  # a click does not move it
+    for _ in range(3):
+        QTest.keyClick(fv, Qt.Key.Key_Right)
+    QTest.keyClick(fv, Qt.Key.Key_Down, Qt.KeyboardModifier.ShiftModifier)
+    c, r = before["AC"]
+    assert window.session.points["AC"] == pytest.approx((c + 3.0, r + 10.0))
+    expected = engine(window, {**before, "AC": (c + 3.0, r + 10.0)})
+    assert window.angles.values["mHKA"] == fmt("mHKA", expected.mhka)
