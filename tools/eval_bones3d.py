@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.recon.bones3d import DEFAULT_DEPTH_MODEL, LongLegLandmarks, landmarks_from_labels
+from appliance.recon.bones3d import DEFAULT_DEPTH_MODEL, DEPTH_MODELS, LongLegLandmarks, landmarks_from_labels
 from tools.calibrate_consistency import knee_cube
 from tools.recon_sim_cases import load_case
 
@@ -32,7 +32,7 @@ OTHERS = ("condylar_twist_deg", "tibial_slope_deg", "knee_flexion_deg")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", nargs="+", type=Path)
-    ap.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL, choices=("knee", "shaft"))
+    ap.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL, choices=DEPTH_MODELS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         ll = case.truth["films"]["longleg_ap"]["landmarks_2d"]
         side = "R" if case.truth["side"] == "right" else "L"
         marks = LongLegLandmarks(case.films["longleg_ap"].geometry, tuple(ll["FHC"]), tuple(ll["AC"]))
-        got = landmarks_from_labels(knee_cube(case).labels, side, marks, depth_model=args.depth_model)
+        got = landmarks_from_labels(
+            knee_cube(case).labels,
+            side,
+            marks,
+            depth_model=args.depth_model,
+            knee_films=[case.films["knee_ap"], case.films["knee_lat"]],
+        )
         truth = case.truth["angles_3d"]
         err = {k: float(got.angles.value(k) - truth[k]) for k in (*CORONAL, *OTHERS)}
         lm_err = {

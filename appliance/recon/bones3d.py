@@ -25,7 +25,7 @@ the ray, which the coronal angles barely see.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,8 @@ from appliance.errors import GeometryError, InputError
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume
 from appliance.recon.meshes import Mesh, label_surface
-from appliance.recon.types import FEMUR, TIBIA
+from appliance.recon.shaft import ShaftFit, fit_tibial_shaft
+from appliance.recon.types import FEMUR, TIBIA, FilmView
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ SPINE_HALF_WIDTH_MM = 14.0  # lateral half-width around TKC excluded from the pl
 PLATEAU_INSET_MM = 1.5  # MTP / LTP inside the plateau's extremes
 SLOPE_INSET_MM = 2.0  # MTPA / MTPP inside the anterior / posterior rim
 SHAFT_START_MM = 45.0
-# "knee": hip and ankle centres at the knee centre's depth; "shaft": where the ray passes the shaft axis.
+# "knee": hip and ankle centres at the knee centre's depth; "shaft": where the ray passes the shaft axis
+# fitted inside the reconstruction; "tibial_shaft": hip at the knee's depth, ankle where its ray passes
+# the tibial shaft fitted on the knee films below the reconstruction (appliance.recon.shaft).
+DEPTH_MODELS = ("knee", "shaft", "tibial_shaft")
 DEFAULT_DEPTH_MODEL = "knee"  # shaft cross-sections from this far from the joint line
 
 
@@ -279,12 +283,13 @@ def landmarks_from_labels(
     longleg: LongLegLandmarks,
     poses: Mapping[str, F64] | None = None,
     depth_model: str = DEFAULT_DEPTH_MODEL,
+    knee_films: Sequence[FilmView] = (),
 ) -> Landmarks3D:
     """All 3D landmarks and the 3D angles from a reconstructed label volume and the long-leg landmarks.
 
     ``side`` is "L" or "R"; ``poses`` optional 4x4 corrections per bone ("femur", "tibia") from
     :func:`appliance.recon.register.register_bones`, applied to that bone's landmarks."""
-    if depth_model not in ("knee", "shaft"):
+    if depth_model not in DEPTH_MODELS:
         raise InputError(f"unknown depth model {depth_model!r}")
     if side not in ("L", "R"):
         raise InputError(f"side must be 'L' or 'R' for 3D landmarks, got {side!r}", reason="unknown_side")
@@ -310,6 +315,7 @@ def landmarks_from_labels(
     fhc = g.back_project(*longleg.fhc_px, knee)
     ac = g.back_project(*longleg.ac_px, knee)
     pts: dict[str, F64] = {}
+    shaft: ShaftFit | None = None
     for _ in range(3):
         fm = femur_landmarks(fem, _unit(knee - fhc), side)
         pts.update(fm.points)
@@ -320,6 +326,10 @@ def landmarks_from_labels(
         if depth_model == "shaft":
             f_axis = shaft_axis(fem, _unit(pts[FKC] - fhc), float(pts[FKC] @ _unit(pts[FKC] - fhc)), 1.0)
             t_axis = shaft_axis(tib_v, _unit(ac - pts[TKC]), float(pts[TKC] @ _unit(ac - pts[TKC])), -1.0)
+        if depth_model == "tibial_shaft" and shaft is None and knee_films:
+            shaft = fit_tibial_shaft(labels, tib_v, _unit(ac - pts[TKC]), knee_films)
+        if shaft is not None:
+            t_axis = (shaft.point, shaft.direction)
         notes = []
         if f_axis is not None:
             fhc = point_on_ray_near_line(g, *longleg.fhc_px, *f_axis)
@@ -329,7 +339,10 @@ def landmarks_from_labels(
             notes.append("FHC: long-leg ray at the knee depth")
         if t_axis is not None:
             ac = point_on_ray_near_line(g, *longleg.ac_px, *t_axis)
-            notes.append("AC: long-leg ray at the tibial shaft axis depth")
+            notes.append(
+                "AC: long-leg ray at the depth of the tibial shaft"
+                + (" fitted on the knee films" if shaft is not None else " axis in the reconstruction")
+            )
         else:
             ac = g.back_project(*longleg.ac_px, knee)
             notes.append("AC: long-leg ray at the knee depth")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -57,6 +57,7 @@ class RegistrationSettings:
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
     xtol: float = 0.1
+    initial_step: float = 2.0  # first Powell step per parameter (deg or mm)
     coarse_max_evaluations: int = 150
     fine_max_evaluations: int = 60
 
@@ -153,10 +154,6 @@ class _View:
     region: NDArray[np.bool_]
 
 
-def _negated(f: Callable[..., float]) -> Callable[..., float]:
-    return lambda *a: -f(*a)
-
-
 def _crop_geometry(geom: ProjectionGeometry, r0: int, r1: int, c0: int, c1: int) -> ProjectionGeometry:
     origin = geom.pixel_to_mm(c0, r0)
     return replace(
@@ -211,6 +208,7 @@ def register_bones(
     mu = hu_to_mu(hu)
     affine = np.asarray(recon.volume.affine, dtype=np.float64)
     poses: dict[str, BonePose] = {}
+    limits = np.array([s.max_rotation_deg] * 3 + [s.max_translation_mm] * 3)
     for label in s.bones:
         cut = _cut_bone(mu, labels, affine, label)
         if cut is None:
@@ -241,21 +239,28 @@ def register_bones(
 
         fine_views = stages[-1][0]
         before = similarity(np.zeros(6), fine_views)
-        bounds = [(-s.max_rotation_deg, s.max_rotation_deg)] * 3 + [
-            (-s.max_translation_mm, s.max_translation_mm)
-        ] * 3
+
+        def objective(
+            x: NDArray[np.float64], views: list[_View], bone: _BoneModel, limits: NDArray[np.float64] = limits
+        ) -> float:
+            # Unbounded Powell searches locally around the current pose (a bounded line search spans
+            # the whole +-limit interval and can land on a far, false optimum); outside the limits the
+            # pose is simply worse than any similarity.
+            if np.any(np.abs(x) > limits):
+                return 2.0
+            return -similarity(x, views, bone)
+
         x = np.zeros(6)
         for (views, xtol), bone, maxfev in zip(
             stages, (coarse, model), (s.coarse_max_evaluations, s.fine_max_evaluations), strict=True
         ):
             t_stage, n_stage = time.perf_counter(), n_eval
             res = optimize.minimize(
-                _negated(similarity),
+                objective,
                 x,
                 args=(views, bone),
                 method="Powell",
-                bounds=bounds,
-                options={"xtol": xtol, "ftol": 1e-5, "maxfev": maxfev},
+                options={"xtol": xtol, "ftol": 1e-5, "maxfev": maxfev, "direc": np.eye(6) * s.initial_step},
             )
             x = np.asarray(res.x, dtype=np.float64)
             log.debug("stage: %d evaluations, %.1f s", n_eval - n_stage, time.perf_counter() - t_stage)
