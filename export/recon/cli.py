@@ -55,7 +55,12 @@ def register_train(tsub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="fixed step count instead of the budget")
     p.add_argument("--models-dir", type=Path, default=None, help="where the ONNX files go (default --out)")
     p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on the shared 2-core box 2 threads were ~20x slower per step)",
+    )
     p.add_argument("--rescan-steps", type=int, default=0, help="pick up new samples every N steps")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")

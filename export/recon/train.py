@@ -41,12 +41,12 @@ class TrainConfig:
     steps: int | None = None
     models_dir: Path | None = None
     max_samples: int | None = None
-    threads: int = 2
+    threads: int = 1
     batch: int = 2
-    n_uniform: int = 512
-    n_surface: int = 1024
-    rays: int = 32
-    ray_samples: int = 24
+    n_uniform: int = 1024
+    n_surface: int = 2048
+    rays: int = 64
+    ray_samples: int = 32
     lr: float = 2e-3
     w_proj: float = 0.1
     w_adv: float = 0.02
