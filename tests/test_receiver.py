@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pynetdicom._config
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
@@ -270,3 +271,54 @@ def test_the_running_service_listens_and_takes_received_films_in(tmp_path: Path,
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections linger in TIME_WAIT
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+def _rg3() -> Path:
+    path = get_testdata_file("RG3_UNCR.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom-data does not provide RG3_UNCR.dcm")
+    return Path(str(path))
+
+
+def test_a_watcher_never_sees_a_half_written_file(tmp_path: Path, receiver: DicomReceiver) -> None:
+    """While real 6 MB radiographs arrive, a thread lists the inbox as fast as it can: every file it
+    ever sees already has its final size (names appear only by the rename of a complete file)."""
+    seen: dict[str, int] = {}
+    done = threading.Event()
+    folder = tmp_path / "in" / RECEIVED_FOLDER
+
+    def watch() -> None:
+        while not done.is_set():
+            for p in folder.glob("*") if folder.is_dir() else []:
+                seen.setdefault(p.name, p.stat().st_size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        films = []
+        for i in range(4):
+            ds = pydicom.dcmread(_rg3())
+            ds.SOPInstanceUID = generate_uid()
+            films.append(tmp_path / f"leg{i}.dcm")
+            ds.save_as(films[-1])
+        assert _send(receiver.port, *films) == [SUCCESS] * 4
+    finally:
+        done.set()
+        watcher.join()
+    final = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert len(final) == 4 and seen  # the watcher did see the files arrive
+    assert all(seen[name] == final[name] for name in seen)
+
+
+def test_a_write_failure_is_answered_and_the_server_keeps_serving(
+    tmp_path: Path, receiver: DicomReceiver, dx_film: Path
+) -> None:
+    blocker = tmp_path / "in" / TEMP_FOLDER
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the temporary folder should be")
+    statuses = _send(receiver.port, dx_film)
+    assert statuses[0] != SUCCESS and statuses[0] in (0x0110, 0xA700)
+    assert _received(tmp_path / "in") == []
+    blocker.unlink()
+    assert _send(receiver.port, dx_film) == [SUCCESS]
+    assert len(_received(tmp_path / "in")) == 1
