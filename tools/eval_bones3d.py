@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             side,
             marks,
             depth_model=args.depth_model,
-            knee_films=[case.films["knee_ap"], case.films["knee_lat"]],
         )
         truth = case.truth["angles_3d"]
         err = {k: float(got.angles.value(k) - truth[k]) for k in (*CORONAL, *OTHERS)}

@@ -16,16 +16,17 @@ bone's own frame, following the definitions of the simulator's truth (docs/recon
   them, MTPA / MTPP on the plane 2 mm inside the anterior / posterior rim at the middle of the medial plateau.
 
 FHC and AC lie outside the knee volume. Each is taken on the ray of the long-leg AP film through its 2D
-landmark (the recorded geometry), at the depth where that ray passes closest to the bone's shaft axis
-(a line fitted through the centroids of the shaft cross-sections inside the reconstruction) extended;
-without a usable shaft, at the depth of the knee centre. Depth errors move the points almost only along
-the ray, which the coronal angles barely see.
+landmark (the recorded geometry). Depth model ``"knee"`` (default): at the depth of the knee centre (the
+plane through it parallel to the long-leg detector). ``"shaft"``: where the ray passes closest to the
+bone's shaft axis (a line through the centroids of shaft cross-sections inside the reconstruction),
+worse on the 144 mm cube. Depth errors move the points almost only along the ray, which the coronal
+angles barely see; they tilt the mechanical axes sagittally, which slope and flexion do see.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +54,7 @@ from appliance.errors import GeometryError, InputError
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume
 from appliance.recon.meshes import Mesh, label_surface
-from appliance.recon.shaft import ShaftFit, fit_tibial_shaft
-from appliance.recon.types import FEMUR, TIBIA, FilmView
+from appliance.recon.types import FEMUR, TIBIA
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,11 @@ F64 = NDArray[np.float64]
 SPINE_HALF_WIDTH_MM = 14.0  # lateral half-width around TKC excluded from the plateau fit (spines)
 PLATEAU_INSET_MM = 1.5  # MTP / LTP inside the plateau's extremes
 SLOPE_INSET_MM = 2.0  # MTPA / MTPP inside the anterior / posterior rim
-SHAFT_START_MM = 45.0
+SHAFT_START_MM = 45.0  # shaft cross-sections from this far from the joint line
 # "knee": hip and ankle centres at the knee centre's depth; "shaft": where the ray passes the shaft axis
-# fitted inside the reconstruction; "tibial_shaft": hip at the knee's depth, ankle where its ray passes
-# the tibial shaft fitted on the knee films below the reconstruction (appliance.recon.shaft).
-DEPTH_MODELS = ("knee", "shaft", "tibial_shaft")
-DEFAULT_DEPTH_MODEL = "knee"  # shaft cross-sections from this far from the joint line
+# fitted inside the reconstruction (worse on the 144 mm cube, see docs/recon-checks.md).
+DEPTH_MODELS = ("knee", "shaft")
+DEFAULT_DEPTH_MODEL = "knee"
 
 
 @dataclass(frozen=True)
@@ -283,7 +282,6 @@ def landmarks_from_labels(
     longleg: LongLegLandmarks,
     poses: Mapping[str, F64] | None = None,
     depth_model: str = DEFAULT_DEPTH_MODEL,
-    knee_films: Sequence[FilmView] = (),
 ) -> Landmarks3D:
     """All 3D landmarks and the 3D angles from a reconstructed label volume and the long-leg landmarks.
 
@@ -315,7 +313,6 @@ def landmarks_from_labels(
     fhc = g.back_project(*longleg.fhc_px, knee)
     ac = g.back_project(*longleg.ac_px, knee)
     pts: dict[str, F64] = {}
-    shaft: ShaftFit | None = None
     for _ in range(3):
         fm = femur_landmarks(fem, _unit(knee - fhc), side)
         pts.update(fm.points)
@@ -326,10 +323,6 @@ def landmarks_from_labels(
         if depth_model == "shaft":
             f_axis = shaft_axis(fem, _unit(pts[FKC] - fhc), float(pts[FKC] @ _unit(pts[FKC] - fhc)), 1.0)
             t_axis = shaft_axis(tib_v, _unit(ac - pts[TKC]), float(pts[TKC] @ _unit(ac - pts[TKC])), -1.0)
-        if depth_model == "tibial_shaft" and shaft is None and knee_films:
-            shaft = fit_tibial_shaft(labels, tib_v, _unit(ac - pts[TKC]), knee_films)
-        if shaft is not None:
-            t_axis = (shaft.point, shaft.direction)
         notes = []
         if f_axis is not None:
             fhc = point_on_ray_near_line(g, *longleg.fhc_px, *f_axis)
@@ -339,10 +332,7 @@ def landmarks_from_labels(
             notes.append("FHC: long-leg ray at the knee depth")
         if t_axis is not None:
             ac = point_on_ray_near_line(g, *longleg.ac_px, *t_axis)
-            notes.append(
-                "AC: long-leg ray at the depth of the tibial shaft"
-                + (" fitted on the knee films" if shaft is not None else " axis in the reconstruction")
-            )
+            notes.append("AC: long-leg ray at the tibial shaft axis depth")
         else:
             ac = g.back_project(*longleg.ac_px, knee)
             notes.append("AC: long-leg ray at the knee depth")
