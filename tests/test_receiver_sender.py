@@ -151,3 +151,17 @@ def test_the_service_sends_its_outbox_when_the_pacs_is_configured(tmp_path: Path
         sc = _secondary_capture(tmp_path / "out" / "k" / "dicom" / "sr_like.dcm")
         Service(settings).run(once=True)
     assert _arrived(tmp_path) == [str(pydicom.dcmread(sc).SOPInstanceUID)]
+
+
+def test_an_unreadable_object_does_not_stop_the_others(tmp_path: Path) -> None:
+    outbox = tmp_path / "out"
+    good = _secondary_capture(outbox / "s" / "dicom" / "a.dcm")
+    (outbox / "s" / "dicom" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    with _pacs(tmp_path) as pacs:
+        sender = PacsSender(_sender_settings(pacs.port), outbox, tmp_path / "st")
+        try:
+            summary = sender.send_pending()
+        finally:
+            sender.close()
+    assert (summary.sent, summary.failed) == (1, 1)
+    assert _arrived(tmp_path) == [str(pydicom.dcmread(good).SOPInstanceUID)]

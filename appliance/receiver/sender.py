@@ -155,7 +155,11 @@ class PacsSender:
         sent = failed = 0
         for start in range(0, len(due), _MAX_CONTEXTS // 2):
             batch = due[start : start + _MAX_CONTEXTS // 2]
-            ok, bad = self._send_batch(batch, now)
+            try:
+                ok, bad = self._send_batch(batch, now)
+            except Exception:  # the guard: a pass never raises; the objects stay due
+                log.exception("PACS: sending a batch failed")
+                ok, bad = 0, len(batch)
             sent, failed = sent + ok, failed + bad
         if sent or failed:
             log.info(
@@ -170,7 +174,10 @@ class PacsSender:
         out: list[tuple[Pending, pydicom.Dataset]] = []
         for item in batch:
             try:
-                out.append((item, pydicom.dcmread(item.path)))
+                ds = pydicom.dcmread(item.path)
+                if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                    raise ValueError("no SOP class or instance UID")
+                out.append((item, ds))
             except Exception as exc:
                 log.error("PACS: cannot read an outbox object (%s); not sent", type(exc).__name__)
                 self.ledger.record(item, ok=False, status=None, now=now)
