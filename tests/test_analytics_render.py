@@ -10,7 +10,7 @@ from PIL import Image
 
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.cpak_chart import render_cpak_chart
-from appliance.analytics.overlay import render_overlay
+from appliance.analytics.overlay import render_overlay, write_png
 from appliance.analytics.synthetic import LegSpec, film_2d, synthetic_film
 from appliance.errors import InputError
 
@@ -43,6 +43,41 @@ def test_overlay_size_preview_and_determinism(tmp_path: Path) -> None:
     fhc = np.asarray(lm["FHC"]).round().astype(int)
     dot = rgb[fhc[1], fhc[0]]
     assert dot[0] > 200 and dot[1] < 90 and dot[2] < 90
+
+
+def _red(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] > 200) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+
+
+def test_preview_is_drawn_at_its_own_scale(tmp_path: Path) -> None:
+    img, lm = _case()
+    angles = measure_2d(lm, 1.0)
+    full, prev = tmp_path / "full.png", tmp_path / "prev.png"
+    render_overlay(img, lm, angles, full, preview_png=prev, preview_max_px=450)
+    with Image.open(prev) as pv:
+        small = np.asarray(pv.convert("RGB")).astype(int)
+    scale = small.shape[0] / SHAPE[0]
+    assert small.shape[:2] == (450, int(SHAPE[1] * 450 / SHAPE[0]))
+    # Every landmark dot is red at its scaled position (pixel centres: (x + 0.5) * s - 0.5).
+    for name in ("FHC", "AC", "MTP", "LDFC"):
+        x, y = ((np.asarray(lm[name]) + 0.5) * scale - 0.5).round().astype(int)
+        assert _red(small[y - 1 : y + 2, x - 1 : x + 2]).any(), name
+    # The tibial axis (magenta) is drawn half-way between TKC and AC, and nowhere far from it.
+    mid = ((np.asarray(lm["TKC"]) + np.asarray(lm["AC"])) / 2 + 0.5) * scale - 0.5
+    x, y = mid.round().astype(int)
+    magenta = (small[..., 0] > 200) & (small[..., 1] < 140) & (small[..., 2] > 170)
+    assert magenta[y - 2 : y + 3, x - 3 : x + 4].any()
+    assert not magenta[y - 2 : y + 3, : max(0, x - 40)].any()
+
+
+def test_write_png_round_trips_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(900002)
+    px = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    px[10:20] = px[9]  # repeated rows: the "up" filter gives zeros there
+    write_png(tmp_path / "x.png", px)
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.mode == "RGB" and im.size == (53, 37)
+        assert np.array_equal(np.asarray(im), px)
 
 
 def test_overlay_changes_with_the_numbers(tmp_path: Path) -> None:

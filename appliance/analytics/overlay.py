@@ -1,26 +1,35 @@
 """Measurement overlay on a long-leg film: axes, joint lines, landmarks and every angle where it is read.
 
-Drawn with matplotlib's Agg canvas (no pyplot state, no display) at exactly the film's pixel size,
-so the overlay can be laid over the film 1:1; an optional preview is the same picture scaled down.
-The annotations are drawn on a transparent layer and composited over the 8-bit film with Pillow,
-whose PNGs carry no version or time stamp: the same inputs give byte-identical files.
+The drawing is laid out once in film pixels (:func:`_layout`, a list of drawing operations) and then
+painted straight into 8-bit RGB pixels with numpy: lines, dots and boxes are antialiased from each
+pixel centre's exact distance to the shape; text is Pillow's FreeType rendering of the DejaVu fonts
+that ship with matplotlib. The full-size picture is painted at the film's own pixel size (so it lies
+over the film 1:1); the preview is painted from the same operations at the preview's scale onto a
+downsampled film instead of shrinking the full picture. (The matplotlib figure at film size this
+replaces took ~1.4 s per study; BENCHMARKS.md, "Picture rendering".)
+
+Same inputs, same bytes: the painting is plain arithmetic, text uses Pillow's basic layout (not raqm,
+which a box may or may not have) and the PNGs hold only image chunks. They are written by
+:func:`write_png` with the "up" filter and zlib level 1: about the size of Pillow's level-3 file at
+half the time of Pillow's fastest (its per-row adaptive filter choice dominates on a 14 MB picture).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Final
 
 import numpy as np
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from numpy.typing import ArrayLike, NDArray
-from PIL import Image
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from appliance.analytics import style
 from appliance.analytics.cpak import Cpak, cpak_type
@@ -31,7 +40,8 @@ from appliance.errors import InputError
 
 log = logging.getLogger(__name__)
 
-_DPI = 100.0
+PNG_ZLIB_LEVEL: Final = 1
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _LEGEND_KEYS = ("mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO", "MAD_mm")
 # Where each landmark's name goes, in font heights along (lateral, distal).
 _NAME_OFFSETS: dict[str, tuple[float, float]] = {
@@ -42,15 +52,67 @@ _NAME_OFFSETS: dict[str, tuple[float, float]] = {
     FKC: (0.0, -1.1),
     TKC: (0.0, 1.2),
 }
+_KEY_ENTRIES: tuple[tuple[str, str, bool], ...] = (
+    (style.FEMORAL_AXIS, "femoral mech. axis", False),
+    (style.TIBIAL_AXIS, "tibial mech. axis", False),
+    (style.LOAD_LINE, "hip–ankle line (MAD)", True),
+    (style.FEMORAL_JOINT, "femoral joint line", False),
+    (style.TIBIAL_JOINT, "tibial joint line", False),
+)
 _Corner = tuple[str, str]  # (top|bottom, left|right)
-_LegendLoc = Literal["upper left", "upper right", "lower left", "lower right"]
-_LEGEND_LOC: dict[_Corner, _LegendLoc] = {
-    ("top", "left"): "upper left",
-    ("top", "right"): "upper right",
-    ("bottom", "left"): "lower left",
-    ("bottom", "right"): "lower right",
-}
 _CORNERS: tuple[_Corner, ...] = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))
+_DASH = (3.7, 1.6)  # on, off in line widths (matplotlib's "--")
+_ROW_CHUNK = 256  # long lines are painted in bands of rows, each only as wide as the line there
+Rgb = tuple[int, int, int]
+Pixels = NDArray[np.uint8]
+
+
+# --- layout: what is drawn where, in film pixels ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Segment:
+    p: tuple[float, float]
+    q: tuple[float, float]
+    width: float
+    colour: str
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class _Dot:
+    centre: tuple[float, float]
+    radius: float
+    colour: str
+    edge: str
+    edge_width: float
+
+
+@dataclass(frozen=True)
+class _Label:
+    """Text centred on ``at``: boxed (angle values) or with a black halo (landmark names)."""
+
+    at: tuple[float, float]
+    text: str
+    colour: str
+    size: float
+    bold: bool
+    boxed: bool
+    line_width: float
+
+
+@dataclass(frozen=True)
+class _CornerBox:
+    """The value box (monospace lines) or the colour key (``lines`` empty) in a corner of the film."""
+
+    corner: _Corner
+    lines: tuple[str, ...]
+    size: float
+    line_width: float
+    film: tuple[int, int]  # (width, height) px
+
+
+_Op = _Segment | _Dot | _Label | _CornerBox
 
 
 def _sample_drawing(pts: Mapping[str, FloatArray]) -> FloatArray:
@@ -88,12 +150,8 @@ def _best_corner(
     return best[1], best[0]
 
 
-def _display_image(image: ArrayLike) -> NDArray[np.uint8]:
-    """8-bit RGB for imshow. Grey films are windowed on robust percentiles.
-
-    Handing matplotlib 8-bit RGB instead of floats through a colormap keeps a 7000 x 2500 film
-    to a few hundred MB and seconds instead of gigabytes.
-    """
+def _display_image(image: ArrayLike) -> Pixels:
+    """8-bit grey (rows, cols) or RGB (rows, cols, 3). Grey films are windowed on robust percentiles."""
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         rgb = arr[..., :3]
@@ -103,7 +161,7 @@ def _display_image(image: ArrayLike) -> NDArray[np.uint8]:
         return (np.clip(np.nan_to_num(rgb.astype(np.float32) / top), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if arr.ndim != 2 or arr.size == 0:
         raise InputError(f"overlay needs a 2D grey or RGB image, got shape {arr.shape}", reason="bad_image")
-    grey = arr.astype(np.float32)
+    grey = arr.astype(np.float32, copy=False)
     finite = np.isfinite(grey)
     if not finite.any():
         raise InputError("overlay image has no finite pixels", reason="bad_image")
@@ -117,10 +175,12 @@ def _display_image(image: ArrayLike) -> NDArray[np.uint8]:
     lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
     if hi <= lo:
         hi = lo + 1.0
-    scaled = np.clip((np.nan_to_num(grey, nan=lo) - lo) * (255.0 / (hi - lo)) + 0.5, 0.0, 255.0).astype(
-        np.uint8
-    )
-    return np.repeat(scaled[:, :, None], 3, axis=2)
+    scaled = np.nan_to_num(grey, nan=lo, posinf=hi, neginf=lo)  # a new array: scaled in place below
+    scaled -= lo
+    scaled *= 255.0 / (hi - lo)
+    scaled += 0.5
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _angle_values(
@@ -162,66 +222,29 @@ def _legend_lines(values: Mapping[str, float | None], cpak: Cpak | None) -> list
     return lines
 
 
-def render_overlay(
-    image: ArrayLike,
-    landmarks_2d: Mapping[str, Sequence[float] | None],
-    angles: Angles2D | Mapping[str, float | None],
-    out_png: str | Path,
-    preview_png: str | Path | None = None,
-    preview_max_px: int = 1024,
-) -> None:
-    """Draw the 2D measurement over ``image`` and write ``out_png`` at the image's own pixel size.
+def _xy(p: FloatArray) -> tuple[float, float]:
+    return float(p[0]), float(p[1])
 
-    ``landmarks_2d`` are (col, row) pixels of ``image``; ``angles`` an Angles2D or a mapping of the
-    JSON keys (mHKA, mLDFA, MPTA, JLCA, aHKA, JLO, MAD_mm). ``preview_png``, if given, is the same
-    drawing scaled so its longer side is at most ``preview_max_px``.
-    """
-    disp = _display_image(image)
-    h, w = disp.shape[:2]
-    pts: dict[str, FloatArray] = {}
-    for name, raw in landmarks_2d.items():
-        if (
-            name in LANDMARKS_2D
-            and raw is not None
-            and np.all(np.isfinite(np.asarray(raw, dtype=np.float64)))
-        ):
-            pts[name] = np.asarray(raw, dtype=np.float64)[:2]
-    values, cpak = _angle_values(angles)
 
+def _layout(
+    pts: Mapping[str, FloatArray],
+    values: Mapping[str, float | None],
+    cpak: Cpak | None,
+    w: int,
+    h: int,
+) -> list[_Op]:
+    """Every drawing operation, in painting order, in film pixels (col, row of pixel centres)."""
     size = float(max(h, w))
     # ~1.2 % of the film's long side, but at most 2 % of its width so the value box fits beside a
     # one-leg crop (about 1:3); never below 12 px.
     font_px = max(12.0, min(0.012 * size, 0.02 * w))
-    font_pt = font_px * 72.0 / _DPI
-    lw_pt = max(2.0, size / 700.0) * 72.0 / _DPI
-    halo: list[patheffects.AbstractPathEffect] = [
-        patheffects.withStroke(linewidth=font_pt * 0.35, foreground="black")
-    ]
-
-    # Annotations only, on a transparent canvas; the film is composited underneath afterwards.
-    # (imshow of a full-size film makes matplotlib resample it in float RGBA: ~2 GB, ~10 s.)
-    # The 0.01 px keeps Agg's integer canvas from rounding a side down to one pixel short.
-    fig = Figure(figsize=((w + 0.01) / _DPI, (h + 0.01) / _DPI), dpi=_DPI)
-    fig.patch.set_alpha(0.0)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    ax.set_axis_off()
+    lw = max(2.0, size / 700.0)
+    ops: list[_Op] = []
 
     def line(a: str, b: str, colour: str, extend: float = 0.0, dashed: bool = False) -> None:
         if a in pts and b in pts:
-            p, q = pts[a], pts[b]
-            d = q - p
-            p2, q2 = p - extend * d, q + extend * d
-            ax.plot(
-                [p2[0], q2[0]],
-                [p2[1], q2[1]],
-                color=colour,
-                lw=lw_pt,
-                ls="--" if dashed else "-",
-                solid_capstyle="round",
-            )
+            d = pts[b] - pts[a]
+            ops.append(_Segment(_xy(pts[a] - extend * d), _xy(pts[b] + extend * d), lw, colour, dashed))
 
     line(FHC, AC, style.LOAD_LINE, dashed=True)
     line(FHC, FKC, style.FEMORAL_AXIS)
@@ -249,7 +272,7 @@ def render_overlay(
         u = _unit(bottom - top)
         if u is not None:
             foot = top + float((knee - top) @ u) * u
-            ax.plot([knee[0], foot[0]], [knee[1], foot[1]], color=style.LOAD_LINE, lw=lw_pt)
+            ops.append(_Segment(_xy(knee), _xy(foot), lw, style.LOAD_LINE))
 
     margin = 2.5 * font_px
 
@@ -258,24 +281,7 @@ def render_overlay(
             return
         x = float(np.clip(at[0], margin * 2, w - margin * 2))
         y = float(np.clip(at[1], margin, h - margin))
-        ax.text(
-            x,
-            y,
-            text,
-            color=colour,
-            fontsize=font_pt,
-            fontfamily=style.FONT,
-            fontweight="bold",
-            ha="center",
-            va="center",
-            bbox={
-                "boxstyle": "round,pad=0.25",
-                "fc": style.BOX,
-                "ec": colour,
-                "alpha": 0.8,
-                "lw": lw_pt * 0.6,
-            },
-        )
+        ops.append(_Label((x, y), text, colour, font_px, bold=True, boxed=True, line_width=lw * 0.6))
 
     def at(name: str, lat: float, dist: float) -> FloatArray | None:
         p = pts.get(name)
@@ -307,23 +313,10 @@ def render_overlay(
 
     # Landmarks last so they sit on top of the lines; names pushed outward so the knee stays legible.
     for name, p in pts.items():
-        ax.plot(
-            [p[0]], [p[1]], "o", ms=font_pt * 0.7, mfc=style.LANDMARK, mec="white", mew=lw_pt * 0.5, zorder=5
-        )
+        ops.append(_Dot(_xy(p), 0.35 * font_px, style.LANDMARK, "white", lw * 0.5))
         lat_off, dist_off = _NAME_OFFSETS.get(name, (1.6, 0.0))
         q = p + font_px * (lat_off * lateral + dist_off * distal)
-        t = ax.text(
-            q[0],
-            q[1],
-            name,
-            color=style.TEXT,
-            fontsize=font_pt * 0.8,
-            fontfamily=style.FONT,
-            ha="center",
-            va="center",
-            zorder=6,
-        )
-        t.set_path_effects(halo)
+        ops.append(_Label(_xy(q), name, style.TEXT, 0.8 * font_px, bold=False, boxed=False, line_width=0.0))
         log.debug("landmark %s (%s) at %s", name, DESCRIPTIONS.get(name, name), p)
 
     # Value box and colour key in the corners that cover the fewest landmarks and lines; shrink the
@@ -340,53 +333,283 @@ def render_overlay(
             break
     key_box = (22.0 * 0.75 * 0.62 * font_px + 3.0 * font_px, 5.0 * 1.3 * 0.75 * font_px + font_px)
     corner_key, _ = _best_corner(obstacles, key_box, (w, h), exclude=corner_value)
-    fx = {"left": 0.015, "right": 0.985}
-    fy = {"top": 0.99, "bottom": 0.01}
-    ax.text(
-        fx[corner_value[1]],
-        fy[corner_value[0]],
-        "\n".join(lines),
-        transform=ax.transAxes,
-        color=style.TEXT,
-        fontsize=font_pt * box_scale,
-        fontfamily=style.MONO,
-        ha=corner_value[1],
-        va=corner_value[0],
-        bbox={
-            "boxstyle": "round,pad=0.5",
-            "fc": style.BOX,
-            "ec": style.TEXT,
-            "alpha": 0.85,
-            "lw": lw_pt * 0.5,
-        },
-        zorder=10,
-    )
-    keys = [
-        Line2D([], [], color=style.FEMORAL_AXIS, lw=lw_pt, label="femoral mech. axis"),
-        Line2D([], [], color=style.TIBIAL_AXIS, lw=lw_pt, label="tibial mech. axis"),
-        Line2D([], [], color=style.LOAD_LINE, lw=lw_pt, ls="--", label="hip–ankle line (MAD)"),
-        Line2D([], [], color=style.FEMORAL_JOINT, lw=lw_pt, label="femoral joint line"),
-        Line2D([], [], color=style.TIBIAL_JOINT, lw=lw_pt, label="tibial joint line"),
-    ]
-    leg = ax.legend(
-        handles=keys,
-        loc=_LEGEND_LOC[corner_key],
-        prop={"family": style.FONT, "size": font_pt * 0.75},
-        facecolor=style.BOX,
-        edgecolor=style.TEXT,
-        framealpha=0.85,
-        labelcolor=style.TEXT,
-    )
-    leg.set_zorder(10)
+    ops.append(_CornerBox(corner_value, tuple(lines), font_px * box_scale, lw * 0.5, (w, h)))
+    ops.append(_CornerBox(corner_key, (), 0.75 * font_px, lw, (w, h)))
+    return ops
 
-    canvas.draw()
-    layer = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:h, :w])
-    film = Image.fromarray(disp, "RGB").convert("RGBA")
-    # Agg's buffer holds straight (not premultiplied) alpha, which is what alpha_composite expects.
-    picture = Image.alpha_composite(film, Image.fromarray(layer, "RGBA")).convert("RGB")
-    # Pillow writes no time or version chunks: identical inputs give identical bytes.
-    picture.save(str(out_png), format="PNG")
+
+# --- painting: operations into 8-bit RGB pixels at a scale ----------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _font_dir() -> Path:
+    # matplotlib's own copy of DejaVu, located without importing matplotlib (a second of start-up).
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        raise InputError("matplotlib (for its DejaVu fonts) is not installed", reason="missing_fonts")
+    return Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
+
+
+@lru_cache(maxsize=64)
+def _font(kind: str, size: float) -> ImageFont.FreeTypeFont:
+    name = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}[kind]
+    return ImageFont.truetype(
+        str(_font_dir() / name), size=max(1.0, size), layout_engine=ImageFont.Layout.BASIC
+    )
+
+
+def _rgb(colour: str) -> Rgb:
+    r, g, b = ImageColor.getrgb(colour)[:3]
+    return r, g, b
+
+
+def _blend(
+    px: Pixels, alpha: NDArray[np.float32], x0: int, y0: int, colour: str, opacity: float = 1.0
+) -> None:
+    """Paint ``colour`` with coverage ``alpha`` (rows, cols in [0, 1]) at (x0, y0), clipped to the picture."""
+    h, w = px.shape[:2]
+    ah, aw = alpha.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + aw, w), min(y0 + ah, h)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    a = alpha[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0, None] * np.float32(opacity)
+    region = px[cy0:cy1, cx0:cx1]
+    base = region.astype(np.float32)
+    base += (np.asarray(_rgb(colour), np.float32) - base) * a
+    base += 0.5
+    region[...] = base.astype(np.uint8)
+
+
+def _paint_segment(px: Pixels, seg: _Segment, s: float) -> None:
+    h, w = px.shape[:2]
+    p = np.array([_at(seg.p[0], s), _at(seg.p[1], s)])
+    q = np.array([_at(seg.q[0], s), _at(seg.q[1], s)])
+    r = max(seg.width * s, 1.0) / 2
+    d = q - p
+    length = float(np.hypot(*d))
+    if length < 1e-6:
+        return
+    pad = r + 1.0
+    ylo = max(0, math.floor(min(p[1], q[1]) - pad))
+    yhi = min(h, math.ceil(max(p[1], q[1]) + pad) + 1)
+    on, off = (_DASH[0] * 2 * r, _DASH[1] * 2 * r) if seg.dashed else (0.0, 0.0)
+    for y0 in range(ylo, yhi, _ROW_CHUNK):
+        y1 = min(y0 + _ROW_CHUNK, yhi)
+        # Columns the line can reach within these rows.
+        if abs(d[1]) > 1e-9:
+            ta, tb = sorted(((y0 - pad - p[1]) / d[1], (y1 + pad - p[1]) / d[1]))
+            ta, tb = max(ta, 0.0), min(tb, 1.0)
+            if ta > tb:
+                continue
+            xa, xb = sorted((p[0] + ta * d[0], p[0] + tb * d[0]))
+        else:
+            xa, xb = sorted((p[0], q[0]))
+        x0, x1 = max(0, math.floor(xa - pad)), min(w, math.ceil(xb + pad) + 1)
+        if x0 >= x1:
+            continue
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(p[0])
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(p[1])
+        along = (xs * np.float32(d[0]) + ys * np.float32(d[1])) / np.float32(length)
+        t = np.clip(along, 0.0, length)
+        dist = np.hypot(xs - t * np.float32(d[0] / length), ys - t * np.float32(d[1] / length))
+        alpha = np.clip(np.float32(r + 0.5) - dist, 0.0, 1.0)
+        if seg.dashed:
+            phase = np.mod(along, np.float32(on + off))
+            inside = np.where(
+                phase < on, np.minimum(phase, on - phase), -np.minimum(phase - on, on + off - phase)
+            )
+            alpha *= np.clip(inside + np.float32(0.5), 0.0, 1.0)
+        _blend(px, alpha, x0, y0, seg.colour)
+
+
+def _disc_alpha(cx: float, cy: float, r: float) -> tuple[NDArray[np.float32], int, int]:
+    x0, y0 = math.floor(cx - r - 1), math.floor(cy - r - 1)
+    n = math.ceil(2 * r + 3)
+    xs = np.arange(x0, x0 + n, dtype=np.float32)[None, :] - np.float32(cx)
+    ys = np.arange(y0, y0 + n, dtype=np.float32)[:, None] - np.float32(cy)
+    return np.clip(np.float32(r + 0.5) - np.hypot(xs, ys), 0.0, 1.0), x0, y0
+
+
+def _paint_dot(px: Pixels, dot: _Dot, s: float) -> None:
+    cx, cy = _at(dot.centre[0], s), _at(dot.centre[1], s)
+    edge = max(dot.edge_width * s, 0.5)
+    outer, x0, y0 = _disc_alpha(cx, cy, dot.radius * s + edge / 2)
+    _blend(px, outer, x0, y0, dot.edge)
+    inner, x0, y0 = _disc_alpha(cx, cy, max(dot.radius * s - edge / 2, 0.5))
+    _blend(px, inner, x0, y0, dot.colour)
+
+
+def _paint_box(
+    px: Pixels,
+    box: tuple[float, float, float, float],
+    radius: float,
+    edge: str,
+    edge_width: float,
+    opacity: float,
+) -> None:
+    """A rounded box (x0, y0, x1, y1): black face and an ``edge`` outline, both at ``opacity``."""
+    bx0, by0, bx1, by1 = box
+    x0, y0 = math.floor(bx0 - edge_width - 1), math.floor(by0 - edge_width - 1)
+    xs = np.arange(x0, math.ceil(bx1 + edge_width + 2), dtype=np.float32)[None, :]
+    ys = np.arange(y0, math.ceil(by1 + edge_width + 2), dtype=np.float32)[:, None]
+    half_w, half_h = (bx1 - bx0) / 2, (by1 - by0) / 2
+    radius = min(radius, half_w, half_h)
+    qx = np.abs(xs - np.float32((bx0 + bx1) / 2)) - np.float32(half_w - radius)
+    qy = np.abs(ys - np.float32((by0 + by1) / 2)) - np.float32(half_h - radius)
+    outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
+    sdf = outside + np.minimum(np.maximum(qx, qy), 0.0) - np.float32(radius)
+    _blend(px, np.clip(np.float32(0.5) - sdf, 0.0, 1.0), x0, y0, style.BOX, opacity)
+    ring = np.clip(np.float32(max(edge_width, 0.5) / 2 + 0.5) - np.abs(sdf), 0.0, 1.0)
+    _blend(px, ring, x0, y0, edge, opacity)
+
+
+def _at(v: float, s: float) -> float:
+    """A film pixel coordinate at scale ``s`` (pixel centres: (v + 0.5) * s - 0.5)."""
+    return v * s + (s - 1) / 2
+
+
+def _paint_text(
+    px: Pixels,
+    xy: tuple[float, float],
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    colour: str,
+    anchor: str,
+    s: float,
+    halo: int = 0,
+) -> None:
+    """``text`` rendered at film scale, anchored at film pixel ``xy``, and painted at scale ``s``.
+
+    Below film scale the glyph mask is box-filtered down rather than rendered small, so the preview
+    shows the full picture's letters (hinting would widen tiny text past its box) at its own size.
+    """
+    for fill, stroke in (((style.BOX, halo),) if halo else ()) + ((colour, 0),):
+        left, top, right, bottom = (int(v) for v in font.getbbox(text, anchor=anchor, stroke_width=stroke))
+        mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+        ImageDraw.Draw(mask).text(
+            (-left, -top), text, font=font, fill=255, anchor=anchor, stroke_width=stroke, stroke_fill=255
+        )
+        x0, y0 = xy[0] + left, xy[1] + top  # the mask's corner, film pixels
+        if s != 1.0:
+            small = (max(1, round(mask.width * s)), max(1, round(mask.height * s)))
+            mask = mask.resize(small, Image.Resampling.BOX)
+        alpha = np.asarray(mask, dtype=np.float32) / np.float32(255.0)
+        _blend(px, alpha, round(x0 * s), round(y0 * s), fill)
+
+
+def _paint_label(px: Pixels, lab: _Label, s: float) -> None:
+    font = _font("bold" if lab.bold else "sans", lab.size)
+    x, y = lab.at
+    if lab.boxed:
+        left, top, right, bottom = font.getbbox(lab.text, anchor="mm")
+        pad = 0.25 * lab.size
+        box = (x + left - pad, y + top - pad, x + right + pad, y + bottom + pad)
+        scaled = (_at(box[0], s), _at(box[1], s), _at(box[2], s), _at(box[3], s))
+        _paint_box(px, scaled, pad * s, lab.colour, lab.line_width * s, 0.8)
+        _paint_text(px, (x, y), lab.text, font, lab.colour, "mm", s)
+    else:
+        # The halo is 0.35 font sizes wide in all (as matplotlib's stroke was): half on each side.
+        _paint_text(px, (x, y), lab.text, font, lab.colour, "mm", s, halo=max(1, round(0.175 * lab.size)))
+
+
+def _paint_corner_box(px: Pixels, cb: _CornerBox, s: float) -> None:
+    w, h = cb.film
+    size = cb.size
+    if cb.lines:
+        font = _font("mono", size)
+        pad, step = 0.5 * size, 1.2 * size
+        inner_w = max(font.getlength(line) for line in cb.lines)
+        inner_h = step * (len(cb.lines) - 1) + size
+        gap_x, gap_y = 0.015 * w, 0.01 * h
+    else:
+        font = _font("sans", size)
+        pad, step = 0.4 * size, 1.5 * size
+        handle = 2.0 * size
+        inner_w = handle + 0.8 * size + max(font.getlength(e[1]) for e in _KEY_ENTRIES)
+        inner_h = step * (len(_KEY_ENTRIES) - 1) + size
+        gap_x = gap_y = 0.5 * size
+    box_w, box_h = inner_w + 2 * pad, inner_h + 2 * pad
+    x0 = gap_x if cb.corner[1] == "left" else w - gap_x - box_w
+    y0 = gap_y if cb.corner[0] == "top" else h - gap_y - box_h
+    box = (_at(x0, s), _at(y0, s), _at(x0 + box_w, s), _at(y0 + box_h, s))
+    _paint_box(px, box, pad * s, style.TEXT, cb.line_width * s, 0.85)
+    if cb.lines:
+        for i, line in enumerate(cb.lines):
+            _paint_text(px, (x0 + pad, y0 + pad + i * step + size / 2), line, font, style.TEXT, "lm", s)
+        return
+    for i, (colour, name, dashed) in enumerate(_KEY_ENTRIES):
+        yc = y0 + pad + i * step + size / 2
+        seg = _Segment((x0 + pad, yc), (x0 + pad + handle, yc), cb.line_width, colour, dashed)
+        _paint_segment(px, seg, s)
+        _paint_text(px, (x0 + pad + handle + 0.8 * size, yc), name, font, style.TEXT, "lm", s)
+
+
+def _paint(film: Pixels, ops: Sequence[_Op], s: float) -> Pixels:
+    """RGB pixels of ``film`` (grey or RGB) with ``ops`` (film pixels) painted at scale ``s``."""
+    px = np.empty((*film.shape[:2], 3), dtype=np.uint8)
+    px[...] = film[..., None] if film.ndim == 2 else film
+    for op in ops:
+        if isinstance(op, _Segment):
+            _paint_segment(px, op, s)
+        elif isinstance(op, _Dot):
+            _paint_dot(px, op, s)
+        elif isinstance(op, _Label):
+            _paint_label(px, op, s)
+        else:
+            _paint_corner_box(px, op, s)
+    return px
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path: str | Path, px: Pixels, level: int = PNG_ZLIB_LEVEL) -> None:
+    """8-bit RGB (rows, cols, 3) as a PNG: every row "up"-filtered (the row above subtracted; the
+    first row's "above" is zeros), one zlib stream, no ancillary chunks."""
+    h, w = px.shape[:2]
+    rows = np.ascontiguousarray(px, dtype=np.uint8).reshape(h, w * 3)
+    raw = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # PNG filter type 2, "Up"
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no interlace
+    data = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw.data, level)) + _chunk(b"IEND", b"")
+    Path(path).write_bytes(_PNG_SIGNATURE + data)
+
+
+def render_overlay(
+    image: ArrayLike,
+    landmarks_2d: Mapping[str, Sequence[float] | None],
+    angles: Angles2D | Mapping[str, float | None],
+    out_png: str | Path,
+    preview_png: str | Path | None = None,
+    preview_max_px: int = 1024,
+) -> None:
+    """Draw the 2D measurement over ``image`` and write ``out_png`` at the image's own pixel size.
+
+    ``landmarks_2d`` are (col, row) pixels of ``image``; ``angles`` an Angles2D or a mapping of the
+    JSON keys (mHKA, mLDFA, MPTA, JLCA, aHKA, JLO, MAD_mm). ``preview_png``, if given, is the same
+    drawing scaled so its longer side is at most ``preview_max_px``.
+    """
+    disp = _display_image(image)
+    h, w = disp.shape[:2]
+    pts: dict[str, FloatArray] = {}
+    for name, raw in landmarks_2d.items():
+        if (
+            name in LANDMARKS_2D
+            and raw is not None
+            and np.all(np.isfinite(np.asarray(raw, dtype=np.float64)))
+        ):
+            pts[name] = np.asarray(raw, dtype=np.float64)[:2]
+    values, cpak = _angle_values(angles)
+    ops = _layout(pts, values, cpak, w, h)
+
+    write_png(out_png, _paint(disp, ops, 1.0))
     if preview_png is not None:
-        scale = min(1.0, preview_max_px / size)
+        scale = min(1.0, preview_max_px / float(max(h, w)))
         small = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
-        picture.resize(small, Image.Resampling.LANCZOS).save(str(preview_png), format="PNG")
+        film = np.asarray(Image.fromarray(disp).resize(small, Image.Resampling.LANCZOS, reducing_gap=3.0))
+        # The film may round down by a pixel; the drawing uses the scale the film really got.
+        s = small[0] / w if w >= h else small[1] / h
+        write_png(preview_png, _paint(film, ops, s))
