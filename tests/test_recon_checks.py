@@ -240,3 +240,21 @@ def test_runtime_modules_do_not_import_torch_or_export() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_lateral_film_without_long_leg_gives_knee_landmarks_only(
+    phantom: Phantom, films: dict[str, FilmView], tmp_path: Path
+) -> None:
+    out = reconstruct_study(
+        dict(films),
+        tmp_path,
+        side="R",
+        reconstructor=lambda views: phantom.recon,
+        settings=ReconSettings(register=False),
+    )
+    assert out.angles_3d is not None and out.landmarks_3d is not None
+    assert out.angles_3d["mHKA"] is None and out.angles_3d["mLDFA"] is None  # need FHC / AC
+    assert "FHC" not in out.landmarks_3d and "AC" not in out.landmarks_3d
+    for name in ("MDFC", "LDFC", "MTP", "LTP"):
+        err = np.linalg.norm(np.asarray(out.landmarks_3d[name]) - phantom.landmarks[name])
+        assert err < 1.0, (name, err)

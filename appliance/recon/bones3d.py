@@ -279,14 +279,16 @@ def _transform(T: F64 | None, p: F64) -> F64:
 def landmarks_from_labels(
     labels: Volume,
     side: str,
-    longleg: LongLegLandmarks,
+    longleg: LongLegLandmarks | None,
     poses: Mapping[str, F64] | None = None,
     depth_model: str = DEFAULT_DEPTH_MODEL,
 ) -> Landmarks3D:
     """All 3D landmarks and the 3D angles from a reconstructed label volume and the long-leg landmarks.
 
     ``side`` is "L" or "R"; ``poses`` optional 4x4 corrections per bone ("femur", "tibia") from
-    :func:`appliance.recon.register.register_bones`, applied to that bone's landmarks."""
+    :func:`appliance.recon.register.register_bones`, applied to that bone's landmarks. Without
+    ``longleg`` only the knee landmarks are placed (bone axes taken along the grid's S-I direction) and
+    the angles that need the hip or ankle centre are None."""
     if depth_model not in DEPTH_MODELS:
         raise InputError(f"unknown depth model {depth_model!r}")
     if side not in ("L", "R"):
@@ -306,13 +308,22 @@ def landmarks_from_labels(
         tib_v = tib_v @ T_t[:3, :3].T + T_t[:3, 3]
         tib_n = tib_n @ T_t[:3, :3].T
     notes: list[str] = []
+    if longleg is None:
+        down = np.array([0.0, 0.0, -1.0])  # LPS: distal is -z
+        fm = femur_landmarks(fem, down, side)
+        pts: dict[str, F64] = {**fm.points, **tibia_landmarks(tib_v, tib_n, down, fm.lateral, side)}
+        notes.append("no long-leg hip/ankle centres: knee landmarks only, bone axes along S-I")
+        angles = measure_3d({k: v.tolist() for k, v in pts.items()}, side=side)
+        return Landmarks3D(
+            {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in pts.items()}, angles, tuple(notes)
+        )
     g = longleg.geometry
 
     # Initial axes: knee centre, hip and ankle at the knee's depth.
     knee = 0.5 * (fem[np.argmin(fem[:, 2])] + tib_v[np.argmax(tib_v[:, 2])])
     fhc = g.back_project(*longleg.fhc_px, knee)
     ac = g.back_project(*longleg.ac_px, knee)
-    pts: dict[str, F64] = {}
+    pts = {}
     for _ in range(3):
         fm = femur_landmarks(fem, _unit(knee - fhc), side)
         pts.update(fm.points)

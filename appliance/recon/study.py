@@ -11,14 +11,15 @@ Entry point (called by the study pipeline, ``appliance.pipeline.study``, by keyw
   ready :class:`~appliance.recon.types.FilmView`. Films without a recorded geometry are left out.
 * ``out_dir``: the study folder; files go to ``out_dir/recon/``.
 * ``side``: "L" / "R" (needed for the 3D landmarks); ``landmarks_2d``: result.json's
-  ``{"longleg_ap": {"FHC": {"col": .., "row": ..}, ...}}`` (FHC and AC place the hip and ankle centres).
+  ``{"longleg_ap": {"FHC": {"col": .., "row": ..}, ...}}`` (FHC and AC place the hip and ankle centres;
+  without them only the knee landmarks are placed and the angles needing FHC / AC are null).
 * ``reconstructor``: films -> :class:`~appliance.recon.types.Reconstruction`; default: the network in
   ``appliance.recon.infer`` (imported when first needed).
 
 Steps: reconstruct from the knee films; register femur and tibia to them
 (:mod:`appliance.recon.register`); score the re-projection against every knee film
 (:mod:`appliance.recon.consistency`); 3D landmarks and angles (:mod:`appliance.recon.bones3d`) when a
-lateral film, a long-leg film with FHC and AC, and the side are all present; write
+lateral film and the side are present (hip and ankle centres from the long-leg film's FHC and AC); write
 ``recon/volume.nii.gz``, ``recon/labels.nii.gz``, ``recon/<bone>.stl`` / ``.ply``, ``recon/slices.png``
 and ``recon/reprojection_<view>.png`` (film | DRR). The DICOM CT series (``dicom/ct/``) is written later
 by ``appliance.outputs.write_study_dicom`` from ``recon/volume.nii.gz``.
@@ -234,8 +235,6 @@ def reconstruct_study(
     longleg = _longleg_landmarks(views, landmarks_2d)
     if "knee_lat" not in knee:
         notes.append("no lateral knee film: no 3D angles")
-    elif longleg is None:
-        notes.append("no long-leg film with FHC and AC: no 3D angles")
     elif side not in ("L", "R"):
         notes.append("side unknown: no 3D angles")
     else:
