@@ -47,8 +47,11 @@ def original_points(study: Study, view: str) -> Points:
 
 def measure(study: Study, view: str, points: Mapping[str, tuple[float, float]]) -> Angles2D:
     """Angles of ``points`` on ``view`` with that film's spacing, as the pipeline measures them."""
-    film = study.films[view]
     side = study.side if study.side in ("L", "R") else None
+    film = study.films.get(view)
+    if film is None:
+        # No film record (a study that was only ingested): nothing can be measured in millimetres.
+        return measure_2d({}, 1.0, 1.0, side)
     return measure_2d(dict(points), film.detector_spacing_mm, film.magnification, side)
 
 

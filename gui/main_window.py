@@ -198,7 +198,7 @@ class MainWindow(QMainWindow):
         try:
             self.session = EditSession.open(folder)
         except InputError as exc:
-            QMessageBox.warning(self, "Cannot open study", str(exc))
+            self._warn("Cannot open study", str(exc))
             return
         self._build_film_buttons()
         self.show_film(self.session.view)
@@ -207,6 +207,13 @@ class MainWindow(QMainWindow):
         if self.tabs.currentIndex() == 1:
             self.recon.ensure_loaded()
         log.info("opened study %s in %.3f s", self.session.study.uid, self.first_image_s)
+
+    def _warn(self, title: str, text: str) -> None:
+        """Status bar and log; a dialog too when there is a screen (offscreen nobody could answer it)."""
+        log.warning("%s: %s", title, text)
+        self.statusBar().showMessage(f"{title}: {text}", 10000)
+        if QGuiApplication.platformName() != "offscreen":
+            QMessageBox.warning(self, title, text)
 
     def _confirm_discard(self) -> bool:
         if QGuiApplication.platformName() == "offscreen":
@@ -268,9 +275,14 @@ class MainWindow(QMainWindow):
         self.save_btn.setEnabled(bool(s and s.dirty))
         self.revert_btn.setEnabled(bool(s and s.differs_from_pipeline))
         self.report_btn.setEnabled(s is not None)
-        self.sr_btn.setEnabled(bool(s and not s.dirty and self._sr_unavailable is None))
+        dicom_films = bool(
+            s and any(f.path is not None and f.path.suffix == ".dcm" for f in s.study.films.values())
+        )
+        self.sr_btn.setEnabled(bool(s and not s.dirty and dicom_films and self._sr_unavailable is None))
         if self._sr_unavailable is not None:
             self.sr_btn.setToolTip(self._sr_unavailable)
+        elif s is not None and not dicom_films:
+            self.sr_btn.setToolTip("No DICOM film in this study: an SR could not join its DICOM study")
         elif s is not None and s.dirty:
             self.sr_btn.setToolTip("Save the correction first: the SR records a saved, attributed result")
         else:
@@ -350,7 +362,7 @@ class MainWindow(QMainWindow):
         return out
 
     def export_sr(self, target: Path | None = None) -> Path | None:
-        if self.session is None or self.session.dirty or self._sr_unavailable is not None:
+        if self.session is None or not self.sr_btn.isEnabled():
             return None
         if target is None:
             name, _ = QFileDialog.getSaveFileName(
@@ -362,7 +374,7 @@ class MainWindow(QMainWindow):
         try:
             out = export_sr(self.session, target, self.user, self.organization)
         except InputError as exc:
-            QMessageBox.warning(self, "SR export failed", str(exc))
+            self._warn("SR export failed", str(exc))
             return None
         self.statusBar().showMessage(f"SR written: {out}", 5000)
         return out

@@ -157,3 +157,26 @@ def test_process_schema_is_read(tmp_path: Path) -> None:
     assert st.films["longleg_ap"].detector_spacing_mm == (0.5, 0.5) and st.films["longleg_ap"].path is None
     assert st.landmarks["longleg_ap"]["FHC"].col == 10.0 and st.needs_review
     assert st.angles == {"mHKA": None, "mLDFA": 88.0}
+
+
+def test_unmeasured_and_broken_studies(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An ingested-only study opens with every value shown as missing; an unreadable result is skipped."""
+    from gui.main_window import MainWindow
+
+    (tmp_path / "1.2.3").mkdir()
+    (tmp_path / "1.2.3" / "result.json").write_text(
+        json.dumps({"schema": "xr3d.result/1", "status": "ingested_only", "study_uid": "1.2.3", "films": {}})
+    )
+    (tmp_path / "1.2.4").mkdir()
+    (tmp_path / "1.2.4" / "result.json").write_text("not json")
+    w = MainWindow(tmp_path, "t")
+    qtbot.addWidget(w)
+    assert [e.uid for e in w.model.entries] == ["1.2.3"]
+    assert w.select_uid("1.2.3")
+    assert set(w.angles.values.values()) == {"—"}
+    assert not w.sr_btn.isEnabled() and "No DICOM film" in w.sr_btn.toolTip()
+    assert w.film_view.displayed_pixels() is None
+    w.tabs.setCurrentIndex(1)
+    assert "No 3D reconstruction" in w.recon.consistency.text()
+    pdf = w.export_report(tmp_path / "r.pdf")
+    assert pdf is not None and pdf.read_bytes()[:5] == b"%PDF-"
