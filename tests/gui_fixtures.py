@@ -239,3 +239,35 @@ def copy_study(src: Path, outbox: Path) -> Path:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def correction_screenshot(
+    outbox: Path, uid: str, out: Path, landmark: str = "MTP", dy_px: float = 14.0
+) -> Path:
+    """docs/gui/correction.png: the window with one landmark moved (unsaved), zoomed on the knee.
+
+    Offscreen Qt; the move goes through the same handle API a mouse drag does."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from gui.app import make_app
+    from gui.main_window import MainWindow
+
+    make_app()
+    w = MainWindow(outbox, "docs")
+    w.resize(1600, 1000)
+    w.show()
+    QApplication.processEvents()
+    if not w.select_uid(uid):
+        raise FileNotFoundError(uid)
+    fv = w.film_view
+    c, r = fv.points[landmark]
+    fv.move_landmark(landmark, c, r + dy_px)
+    fv._handle_pressed(landmark)
+    fv.fit()
+    fv.zoom(5.0)
+    fv.centerOn(c, r)
+    QApplication.processEvents()
+    w.grab().save(str(out), "PNG")
+    w.session = None  # nothing to ask about when the window goes
+    return out
