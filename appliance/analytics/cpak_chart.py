@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -25,6 +26,7 @@ from appliance.analytics.cpak import (
     ROMAN,
     cpak_type,
 )
+from appliance.analytics.overlay import write_png
 from appliance.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def render_cpak_chart(ahka: float, jlo: float, out_png: str | Path, size_px: int
     cpak = cpak_type(ahka, jlo)
     dpi = 100.0
     fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi, facecolor="white")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes((0.12, 0.11, 0.66, 0.72))
     x_edges = (AHKA_RANGE[0], AHKA_VARUS_BELOW, AHKA_VALGUS_ABOVE, AHKA_RANGE[1])
     y_edges = (JLO_RANGE[0], JLO_APEX_DISTAL_BELOW, JLO_APEX_PROXIMAL_ABOVE, JLO_RANGE[1])
@@ -136,4 +138,6 @@ def render_cpak_chart(ahka: float, jlo: float, out_png: str | Path, size_px: int
         fontfamily=style.FONT,
         color="#303030",
     )
-    fig.savefig(str(out_png), dpi=dpi, metadata=style.PNG_METADATA)
+    # The same pixels as savefig, written by the overlay's fast PNG writer (up filter, zlib level 1).
+    canvas.draw()
+    write_png(out_png, np.asarray(canvas.buffer_rgba())[..., :3])
