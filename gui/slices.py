@@ -20,13 +20,24 @@ from gui.recon_data import BONE_COLOURS, BONES, LABEL_OF, SliceVolume
 PLANES: Final = ("axial", "coronal", "sagittal")
 BONE_WINDOW: Final = (400.0, 1800.0)  # HU level, width
 LABEL_ALPHA: Final = 0.35
-_LABEL_RGB: Final = np.zeros((256, 3), np.float32)
-for _bone in BONES:
-    _LABEL_RGB[LABEL_OF[_bone]] = BONE_COLOURS[_bone]
-_LABEL_RGB[LABEL_OF["femur"]] = (1.0, 0.85, 0.2)
-_LABEL_RGB[LABEL_OF["tibia"]] = (0.2, 0.7, 1.0)
-_LABEL_RGB[LABEL_OF["fibula"]] = (0.3, 1.0, 0.4)
-_LABEL_RGB[LABEL_OF["patella"]] = (1.0, 0.4, 0.3)
+# Slice tints are stronger than the surface colours so thin cortices stay visible in the bone window.
+SLICE_TINTS: Final = {
+    "femur": (1.0, 0.85, 0.2),
+    "tibia": (0.2, 0.7, 1.0),
+    "fibula": (0.3, 1.0, 0.4),
+    "patella": (1.0, 0.4, 0.3),
+}
+
+
+def _label_table() -> NDArray[np.float32]:
+    table = np.zeros((256, 3), np.float32)
+    for bone in BONES:
+        table[LABEL_OF[bone]] = SLICE_TINTS.get(bone, BONE_COLOURS[bone])
+    table.setflags(write=False)
+    return table
+
+
+_LABEL_RGB: Final = _label_table()
 
 
 def plane_axes(plane: str) -> tuple[int, int, int]:
