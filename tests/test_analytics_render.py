@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,24 @@ def test_preview_is_drawn_at_its_own_scale(tmp_path: Path) -> None:
     magenta = (small[..., 0] > 200) & (small[..., 1] < 140) & (small[..., 2] > 170)
     assert magenta[y - 2 : y + 3, x - 3 : x + 4].any()
     assert not magenta[y - 2 : y + 3, : max(0, x - 40)].any()
+
+
+def test_parallel_renders_give_the_same_bytes(tmp_path: Path) -> None:
+    # The service renders studies in parallel threads: no shared state may leak between them.
+    img, lm = _case()
+    angles = measure_2d(lm, 1.0)
+    render_overlay(img, lm, angles, tmp_path / "ref.png", preview_png=tmp_path / "ref_p.png")
+    names = [f"t{i}" for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(
+            pool.map(
+                lambda n: render_overlay(img, lm, angles, tmp_path / f"{n}.png", tmp_path / f"{n}_p.png"),
+                names,
+            )
+        )
+    for n in names:
+        assert (tmp_path / f"{n}.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
+        assert (tmp_path / f"{n}_p.png").read_bytes() == (tmp_path / "ref_p.png").read_bytes()
 
 
 def test_write_png_round_trips_exactly(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from appliance.analytics.cpak import Cpak, cpak_type
 from appliance.analytics.landmarks import AC, DESCRIPTIONS, FHC, FKC, LANDMARKS_2D, LDFC, LTP, MDFC, MTP, TKC
 from appliance.analytics.points import FloatArray
 from appliance.analytics.results import KEYS_2D, Angles2D
-from appliance.errors import InputError
+from appliance.errors import InputError, Xr3dError
 
 log = logging.getLogger(__name__)
 
@@ -346,16 +346,28 @@ def _font_dir() -> Path:
     # matplotlib's own copy of DejaVu, located without importing matplotlib (a second of start-up).
     spec = importlib.util.find_spec("matplotlib")
     if spec is None or spec.origin is None:
-        raise InputError("matplotlib (for its DejaVu fonts) is not installed", reason="missing_fonts")
+        raise Xr3dError("matplotlib (for its DejaVu fonts) is not installed", reason="missing_fonts")
     return Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
 
 
-@lru_cache(maxsize=64)
-def _font(kind: str, size: float) -> ImageFont.FreeTypeFont:
-    name = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}[kind]
-    return ImageFont.truetype(
-        str(_font_dir() / name), size=max(1.0, size), layout_engine=ImageFont.Layout.BASIC
-    )
+class _Fonts:
+    """The fonts of one rendering. Not shared between calls: a FreeType face must not be used by two
+    threads at once, and the service renders studies in parallel threads."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, float], ImageFont.FreeTypeFont] = {}
+
+    def get(self, kind: str, size: float) -> ImageFont.FreeTypeFont:
+        font = self._loaded.get((kind, size))
+        if font is None:
+            name = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}[
+                kind
+            ]
+            font = ImageFont.truetype(
+                str(_font_dir() / name), size=max(1.0, size), layout_engine=ImageFont.Layout.BASIC
+            )
+            self._loaded[(kind, size)] = font
+        return font
 
 
 def _rgb(colour: str) -> Rgb:
@@ -497,8 +509,8 @@ def _paint_text(
         _blend(px, alpha, round(x0 * s), round(y0 * s), fill)
 
 
-def _paint_label(px: Pixels, lab: _Label, s: float) -> None:
-    font = _font("bold" if lab.bold else "sans", lab.size)
+def _paint_label(px: Pixels, lab: _Label, s: float, fonts: _Fonts) -> None:
+    font = fonts.get("bold" if lab.bold else "sans", lab.size)
     x, y = lab.at
     if lab.boxed:
         left, top, right, bottom = font.getbbox(lab.text, anchor="mm")
@@ -512,17 +524,17 @@ def _paint_label(px: Pixels, lab: _Label, s: float) -> None:
         _paint_text(px, (x, y), lab.text, font, lab.colour, "mm", s, halo=max(1, round(0.175 * lab.size)))
 
 
-def _paint_corner_box(px: Pixels, cb: _CornerBox, s: float) -> None:
+def _paint_corner_box(px: Pixels, cb: _CornerBox, s: float, fonts: _Fonts) -> None:
     w, h = cb.film
     size = cb.size
     if cb.lines:
-        font = _font("mono", size)
+        font = fonts.get("mono", size)
         pad, step = 0.5 * size, 1.2 * size
         inner_w = max(font.getlength(line) for line in cb.lines)
         inner_h = step * (len(cb.lines) - 1) + size
         gap_x, gap_y = 0.015 * w, 0.01 * h
     else:
-        font = _font("sans", size)
+        font = fonts.get("sans", size)
         pad, step = 0.4 * size, 1.5 * size
         handle = 2.0 * size
         inner_w = handle + 0.8 * size + max(font.getlength(e[1]) for e in _KEY_ENTRIES)
@@ -544,7 +556,7 @@ def _paint_corner_box(px: Pixels, cb: _CornerBox, s: float) -> None:
         _paint_text(px, (x0 + pad + handle + 0.8 * size, yc), name, font, style.TEXT, "lm", s)
 
 
-def _paint(film: Pixels, ops: Sequence[_Op], s: float) -> Pixels:
+def _paint(film: Pixels, ops: Sequence[_Op], s: float, fonts: _Fonts) -> Pixels:
     """RGB pixels of ``film`` (grey or RGB) with ``ops`` (film pixels) painted at scale ``s``."""
     px = np.empty((*film.shape[:2], 3), dtype=np.uint8)
     px[...] = film[..., None] if film.ndim == 2 else film
@@ -554,9 +566,9 @@ def _paint(film: Pixels, ops: Sequence[_Op], s: float) -> Pixels:
         elif isinstance(op, _Dot):
             _paint_dot(px, op, s)
         elif isinstance(op, _Label):
-            _paint_label(px, op, s)
+            _paint_label(px, op, s, fonts)
         else:
-            _paint_corner_box(px, op, s)
+            _paint_corner_box(px, op, s, fonts)
     return px
 
 
@@ -605,11 +617,12 @@ def render_overlay(
     values, cpak = _angle_values(angles)
     ops = _layout(pts, values, cpak, w, h)
 
-    write_png(out_png, _paint(disp, ops, 1.0))
+    fonts = _Fonts()
+    write_png(out_png, _paint(disp, ops, 1.0, fonts))
     if preview_png is not None:
         scale = min(1.0, preview_max_px / float(max(h, w)))
         small = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
         film = np.asarray(Image.fromarray(disp).resize(small, Image.Resampling.LANCZOS, reducing_gap=3.0))
         # The film may round down by a pixel; the drawing uses the scale the film really got.
         s = small[0] / w if w >= h else small[1] / h
-        write_png(preview_png, _paint(film, ops, s))
+        write_png(preview_png, _paint(film, ops, s, fonts))
