@@ -11,6 +11,9 @@ Every problem raises :class:`ConfigError` with a specific ``reason``:
 - ``config_bad_value``: a value is out of range or names something that does not exist
 - ``config_paths_overlap``: inbox, outbox, state and quarantine must be four distinct, non-nested folders
 
+``[pipeline]`` says where the models are and which optional stages run; ``[retention]`` how long the
+films of finished studies stay in ``state/store/``.
+
 The view-classification rules live here too (``[[classify.rules]]``), so deciding what a film is happens
 in data, not in code. docs/config.md documents every key; :data:`DEFAULT_RULES` are the shipped rules.
 """
@@ -27,9 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import InputError
+from appliance.landmarks.confidence import LOW_CONFIDENCE
 
 VIEWS: tuple[str, ...] = ("longleg_ap", "knee_ap", "knee_lat")
 MISSING_SPACING_POLICIES: tuple[str, ...] = ("quarantine", "default")
+
+# The models folder shipped with the code: <repo>/models in a source tree; in an installed wheel the
+# ONNX files are package data at <site-packages>/models (pyproject.toml), the same place relative to
+# this file. appliance.landmarks.detector and appliance.recon.infer compute the same default.
+SHIPPED_MODELS_DIR: Path = Path(__file__).resolve().parents[1] / "models"
 
 
 class ConfigError(InputError):
@@ -204,6 +213,25 @@ class PacsSettings:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    """What the study pipeline runs (docs/study-outputs.md); a disabled stage is reported ``disabled``."""
+
+    models_dir: Path = SHIPPED_MODELS_DIR
+    """Folder with the ONNX models (landmarks_whole/crop.onnx, the reconstruction models if any)."""
+    low_confidence: float = LOW_CONFIDENCE
+    """A landmark whose confidence is below this is flagged ``low_confidence`` (needs review)."""
+    reconstruction: bool = True
+    report_pdf: bool = True
+    dicom_outputs: bool = True
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    store_days: float = 30.0
+    """Films of studies done longer than this are deleted from state/store/; 0 keeps them forever."""
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: Paths
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -212,11 +240,23 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 # --- parsing ---------------------------------------------------------------------------------------
 
-_TOP_SECTIONS = ("paths", "ingest", "classify", "jobs", "watch", "receiver", "pacs")
+_TOP_SECTIONS = (
+    "paths",
+    "ingest",
+    "classify",
+    "jobs",
+    "watch",
+    "receiver",
+    "pacs",
+    "pipeline",
+    "retention",
+)
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -434,6 +474,42 @@ def _pacs(table: Mapping[str, Any]) -> PacsSettings:
     return replace(p, calling_aet=calling, called_aet=called)
 
 
+def _pipeline(table: Mapping[str, Any], base: Path) -> PipelineSettings:
+    _check_keys(table, {f.name for f in fields(PipelineSettings)}, "pipeline")
+    values: dict[str, Any] = {}
+    if "models_dir" in table:
+        raw = table["models_dir"]
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError("pipeline.models_dir must be a non-empty string", reason="config_bad_type")
+        d = Path(raw)
+        d = (d if d.is_absolute() else base / d).resolve()
+        # Checked here so a typo stops the service at start, not at the first study.
+        if not d.is_dir():
+            raise ConfigError(
+                f"pipeline.models_dir {str(d)!r} is not an existing folder", reason="config_bad_value"
+            )
+        values["models_dir"] = d
+    if "low_confidence" in table:
+        value = _number(table["low_confidence"], "pipeline.low_confidence")
+        if not 0.0 < value < 1.0:
+            raise ConfigError(
+                f"pipeline.low_confidence must be between 0 and 1 (exclusive), got {value}",
+                reason="config_bad_value",
+            )
+        values["low_confidence"] = value
+    for name in ("reconstruction", "report_pdf", "dicom_outputs"):
+        if name in table:
+            values[name] = _bool(table[name], f"pipeline.{name}")
+    return replace(PipelineSettings(), **values)
+
+
+def _retention(table: Mapping[str, Any]) -> RetentionSettings:
+    _check_keys(table, {f.name for f in fields(RetentionSettings)}, "retention")
+    if "store_days" not in table:
+        return RetentionSettings()
+    return RetentionSettings(store_days=_number(table["store_days"], "retention.store_days"))
+
+
 def settings_from_mapping(
     doc: Mapping[str, Any], *, base_dir: Path, overrides: Mapping[str, Path | None] | None = None
 ) -> Settings:
@@ -476,7 +552,15 @@ def settings_from_mapping(
     receiver = _receiver(_section(doc, "receiver"))
     pacs = _pacs(_section(doc, "pacs"))
     return Settings(
-        paths=paths, ingest=ingest, classify=classify, jobs=jobs, watch=watch, receiver=receiver, pacs=pacs
+        paths=paths,
+        ingest=ingest,
+        classify=classify,
+        jobs=jobs,
+        watch=watch,
+        receiver=receiver,
+        pacs=pacs,
+        pipeline=_pipeline(_section(doc, "pipeline"), base_dir),
+        retention=_retention(_section(doc, "retention")),
     )
 
 

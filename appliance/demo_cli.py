@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +29,7 @@ from typing import Any, Final
 import pydicom
 import pydicom.config
 
-from appliance.config import settings_from_mapping
+from appliance.config import load_settings, settings_from_mapping
 from appliance.errors import InputError
 from appliance.jobs.service import Service
 from appliance.landmarks.detector import LandmarkDetector
@@ -59,7 +60,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="use the DICOM films under this folder instead of the simulated samples (any layout)",
     )
-    p.add_argument("--models", type=Path, help="folder with the landmark ONNX models (default: models/)")
+    p.add_argument("--models", type=Path, help="folder with the ONNX models (default: pipeline.models_dir)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="use the [pipeline] settings of this TOML file (its paths are not used)",
+    )
     p.add_argument("--workers", type=int, default=2, help="studies processed in parallel (default 2)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=run)
@@ -158,8 +164,16 @@ def run(args: argparse.Namespace) -> int:
         },
         base_dir=out,
     )
-    with LandmarkDetector(args.models) as detector:
-        summary = Service(settings, processor=StudyProcessor(detector)).run(once=True)
+    if args.config is not None:
+        # Only [pipeline] is taken: the demo keeps its own folders and fast timings.
+        own = {name: out / name for name in ("inbox", "outbox", "state")}
+        settings = replace(settings, pipeline=load_settings(args.config, overrides=own).pipeline)
+    pipeline = settings.pipeline
+    if args.models is not None:
+        pipeline = replace(pipeline, models_dir=args.models.resolve())
+    with LandmarkDetector(pipeline.models_dir) as detector:
+        processor = StudyProcessor.from_settings(detector, pipeline)
+        summary = Service(settings, processor=processor).run(once=True)
     truth = _truth_by_study(films)
     rows = []
     for folder in sorted(p for p in settings.paths.outbox.iterdir() if not p.name.startswith(".")):

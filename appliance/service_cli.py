@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -17,7 +18,6 @@ from appliance.config import load_settings
 from appliance.jobs.service import Service
 from appliance.landmarks.detector import LandmarkDetector
 from appliance.pipeline.study import StudyProcessor
-from appliance.process import LOW_CONFIDENCE
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--outbox", type=Path, help="override paths.outbox")
     p.add_argument("--state", type=Path, help="override paths.state (job database, stored inputs)")
     p.add_argument("--once", action="store_true", help="process what is there now, then exit (tests, cron)")
-    p.add_argument("--models", type=Path, help="folder with the landmark ONNX models (default: models/)")
+    p.add_argument("--models", type=Path, help="folder with the ONNX models (overrides pipeline.models_dir)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config, overrides={"inbox": args.inbox, "outbox": args.outbox, "state": args.state}
     )
+    if args.models is not None:
+        settings = replace(settings, pipeline=replace(settings.pipeline, models_dir=args.models.resolve()))
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -62,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The models are loaded once, before the first study: a missing model stops the service at
         # start (exit 2, reason model_missing) instead of failing every study.
-        with LandmarkDetector(args.models) as detector:
-            processor = StudyProcessor(detector, low_confidence=LOW_CONFIDENCE)
+        with LandmarkDetector(settings.pipeline.models_dir) as detector:
+            processor = StudyProcessor.from_settings(detector, settings.pipeline)
             summary = Service(settings, processor=processor, stop=stop).run(once=args.once)
     finally:
         for sig, handler in previous.items():

@@ -5,15 +5,20 @@ a crash left ``running`` back in the queue, and scan the whole inbox. Then, ever
 observer's nominations, rescan every ``watch.reconcile_seconds``, take in complete files, promote
 ready studies and keep up to ``jobs.workers`` studies running. ``once`` stops when nothing more can be
 done now (files still being written or waiting out their grace time stay for the next run).
+
+Store retention (:func:`appliance.jobs.retention.prune_store` with ``retention.store_days``; 0 turns it
+off) runs at start and then every :data:`RETENTION_INTERVAL_SECONDS` from the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Final
 
 import pydicom.config
 from watchdog.observers.api import BaseObserver
@@ -24,6 +29,7 @@ from appliance.ingest.quarantine import finish_interrupted
 from appliance.ingest.watch import InboxEvents, scan, start_observer
 from appliance.jobs.intake import DEFERRED, intake_file
 from appliance.jobs.processor import Processor, ingested_only_processor
+from appliance.jobs.retention import prune_store
 from appliance.jobs.runner import clean_outbox, run_job
 from appliance.jobs.store import JobStore
 from appliance.receiver.scp import DicomReceiver
@@ -31,6 +37,9 @@ from appliance.receiver.sender import PacsSender, PacsSenderThread
 from appliance.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_SECONDS: Final = 86_400.0
+"""Retention runs about once a day: films expire by the day, so a finer schedule would only cost I/O."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,17 @@ class Service:
                 n_r,
             )
 
+    def _prune_store(self) -> None:
+        """One retention pass; a failure is logged and tried again at the next pass, never fatal."""
+        days = self.settings.retention.store_days
+        if days <= 0:
+            return
+        p = self.settings.paths
+        try:
+            prune_store(p.database, p.store, time.time(), retention_days=days)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("store retention failed (%s); tried again later", type(exc).__name__)
+
     def run(self, *, once: bool = False) -> Summary:
         s = self.settings
         # pydicom logs file paths at DEBUG (clinics name files after patients) and quotes invalid
@@ -84,6 +104,8 @@ class Service:
         pacs: PacsSenderThread | None = None
         try:
             self._prepare(store)
+            self._prune_store()
+            last_prune = time.monotonic()
             if not once:
                 observer = start_observer(
                     s.paths.inbox, events, polling=s.watch.polling, interval=s.watch.poll_interval_seconds
@@ -111,6 +133,9 @@ class Service:
                     last_scan = time.monotonic()
                     notifier.status(f"{len(tracker)} inbox file(s) waiting, {len(inflight)} study run(s)")
                 tracker.release_deferred_older_than(s.ingest.incomplete_grace_seconds)
+                if time.monotonic() - last_prune >= RETENTION_INTERVAL_SECONDS:
+                    self._prune_store()
+                    last_prune = time.monotonic()
                 for path in tracker.ready():
                     if self.stop.is_set():
                         break

@@ -12,19 +12,25 @@ into place, so everything below (films, pictures, DICOM, reconstruction) appears
 4. result.json is written, then the report PDF and the DICOM objects (``appliance.outputs``) when the
    build has them, and result.json is rewritten with the final file list and stage outcomes.
 
+The ``[pipeline]`` settings (:meth:`StudyProcessor.from_settings`) turn the reconstruction, the report
+PDF and the DICOM objects off; such a stage is reported ``disabled`` (not ``unavailable``) and adds no
+reason.
+
 A missing or failing optional stage is a flag, never a failed study. :class:`~appliance.errors.InputError`
 from the measurement quarantines the study (the runner's rule); any other exception is retried.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from appliance import __version__
+from appliance.config import PipelineSettings
 from appliance.jobs.processor import StudyInput
 from appliance.landmarks.detector import LandmarkDetector
 from appliance.pipeline.films import StudyFilm, choose_films, copy_films, film_entry
@@ -48,6 +54,9 @@ RECON_FUNCTIONS: Final = ("reconstruct_study",)
 OUTPUTS_MODULE: Final = "appliance.outputs"
 REPORT_FUNCTIONS: Final = ("write_report_pdf", "write_study_report", "write_report")
 DICOM_FUNCTIONS: Final = ("write_study_dicom",)
+DISABLED: Final = "disabled"
+"""A stage turned off in ``[pipeline]`` (not a problem: no reason is added, unlike ``unavailable``)."""
+_DISABLED_DETAIL: Final = "turned off in the [pipeline] settings"
 
 
 class StudyProcessor:
@@ -62,12 +71,29 @@ class StudyProcessor:
         *,
         low_confidence: float = LOW_CONFIDENCE,
         reconstruction: bool = True,
-        outputs: bool = True,
+        report_pdf: bool = True,
+        dicom_outputs: bool = True,
+        models_dir: Path | None = None,
     ) -> None:
         self.detector = detector
         self.low_confidence = low_confidence
         self.reconstruction = reconstruction
-        self.outputs = outputs
+        self.report_pdf = report_pdf
+        self.dicom_outputs = dicom_outputs
+        self.models_dir = models_dir
+        """The reconstruction's models folder (None: its shipped default)."""
+
+    @classmethod
+    def from_settings(cls, detector: LandmarkDetector, pipeline: PipelineSettings) -> StudyProcessor:
+        """The processor configured by a ``[pipeline]`` section (appliance/config.py)."""
+        return cls(
+            detector,
+            low_confidence=pipeline.low_confidence,
+            reconstruction=pipeline.reconstruction,
+            report_pdf=pipeline.report_pdf,
+            dicom_outputs=pipeline.dicom_outputs,
+            models_dir=pipeline.models_dir,
+        )
 
     def __call__(self, study: StudyInput, out_dir: Path) -> None:
         process_study(self, study, out_dir)
@@ -102,6 +128,19 @@ def _recon_fields(outcome: StageOutcome) -> tuple[Any, Any, Any]:
     if recon is None:
         recon = doc or None
     return recon, angles_3d, landmarks_3d
+
+
+def _network_in(models_dir: Path) -> Callable[[Mapping[str, Any]], Any]:
+    """``reconstruct_study``'s ``reconstructor`` with the network's ONNX files read from ``models_dir``."""
+
+    def reconstruct(films: Mapping[str, Any]) -> Any:
+        # Imported on first use, like the stage itself: a build without it reports the stage unavailable.
+        infer = importlib.import_module("appliance.recon.infer")
+        rstudy = importlib.import_module(RECON_MODULE)
+        out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()}, models_dir=models_dir)
+        return rstudy.Reconstruction(out.hu, out.labels, rstudy.MODEL_NAME)
+
+    return reconstruct
 
 
 def _det_spacing(measured: FilmMeasurement | None, view: str) -> tuple[float, float] | None:
@@ -141,7 +180,10 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
             reasons.append("landmarks_need_review")
 
     knees = {v: films[v] for v in KNEE_VIEWS if v in films}
-    recon_outcome = StageOutcome(SKIPPED, "no knee film" if not knees else "turned off")
+    if not proc.reconstruction:
+        recon_outcome = StageOutcome(DISABLED, _DISABLED_DETAIL)
+    else:
+        recon_outcome = StageOutcome(SKIPPED, "no knee film")
     if knees and proc.reconstruction:
         t = time.perf_counter()
         pool = {
@@ -152,6 +194,8 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
             "side": side,
             "landmarks_2d": {LONGLEG_VIEW: measured.landmarks_json()} if measured else {},
         }
+        if proc.models_dir is not None:
+            pool["reconstructor"] = _network_in(proc.models_dir)
         recon_outcome = run_optional(RECON_MODULE, RECON_FUNCTIONS, pool)
         timings["reconstruction"] = time.perf_counter() - t
         if recon_outcome.status != DONE:
@@ -200,22 +244,22 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
         write_json_durably(out_dir / RESULT_FILE, doc)
 
     write()  # the writers below may read it
-    if proc.outputs:
-        t = time.perf_counter()
-        pool = {
-            "study_dir": out_dir,
-            "out_dir": out_dir,
-            "result": doc,
-            "result_path": out_dir / RESULT_FILE,
-            "films": {v: out_dir / sf.copy for v, sf in films.items()},
-        }
-        report = run_optional(OUTPUTS_MODULE, REPORT_FUNCTIONS, pool)
-        dicom = run_optional(OUTPUTS_MODULE, DICOM_FUNCTIONS, pool)
-        flags["stages"].update({"report": report.to_json(), "dicom": dicom.to_json()})
-        for name, outcome in (("report", report), ("dicom", dicom)):
-            if outcome.status != DONE:
-                reasons.append(f"{name}_{outcome.status}")
-        timings["outputs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pool = {
+        "study_dir": out_dir,
+        "out_dir": out_dir,
+        "result": doc,
+        "result_path": out_dir / RESULT_FILE,
+        "films": {v: out_dir / sf.copy for v, sf in films.items()},
+    }
+    off = StageOutcome(DISABLED, _DISABLED_DETAIL)
+    report = run_optional(OUTPUTS_MODULE, REPORT_FUNCTIONS, pool) if proc.report_pdf else off
+    dicom = run_optional(OUTPUTS_MODULE, DICOM_FUNCTIONS, pool) if proc.dicom_outputs else off
+    flags["stages"].update({"report": report.to_json(), "dicom": dicom.to_json()})
+    for name, outcome in (("report", report), ("dicom", dicom)):
+        if outcome.status not in (DONE, DISABLED):
+            reasons.append(f"{name}_{outcome.status}")
+    timings["outputs"] = time.perf_counter() - t
     write()
     log.info(
         "study %s %s: %d film(s), mHKA %s, reasons: %s, %.2f s",
