@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with Reconstructor(args.models_dir, EngineConfig(cpu_threads=args.threads)) as r:
         r.reconstruct(films)  # warm-up (session allocation)
+        cpu = []
         for _ in range(args.repeats):
+            c0 = time.process_time()
             res = r.reconstruct(films)
+            cpu.append(round(time.process_time() - c0, 3))
             runs.append(dict(res.timings_s))
         backend, points = res.backend, res.decoded_points
     totals = [x["total"] for x in runs]
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "read_dicom_s": round(t_read, 3),
         "total_s_median": statistics.median(totals),
         "total_s_runs": totals,
+        "cpu_s_runs": cpu,
         "stages_last": runs[-1],
         "decoded_points": points,
         "backend": backend,
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(
             f"reconstruction ({'+'.join(films)}): median {out['total_s_median']:.2f} s over {args.repeats} "
-            f"(runs {totals}); stages {runs[-1]}; {points} points decoded; {backend}, "
+            f"(runs {totals}, CPU s {cpu}); stages {runs[-1]}; {points} points decoded; {backend}, "
             f"{args.threads} threads; load average {out['load_average_1min']:.1f} on {out['nproc']} CPUs\n"
         )
     return 0

@@ -74,6 +74,7 @@ DECODER_MODEL: Final = "recon_decoder.onnx"
 DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
 N_CLASSES: Final = 5
 HU_SCALE: Final = 1000.0  # network HU unit: hu / HU_SCALE
+REFINE_HU_STEP: Final = 0.5  # coarse-neighbourhood HU range (units of 1000 HU) that triggers 1 mm decoding
 
 
 # --- geometry shared with training ------------------------------------------------------------------
@@ -270,8 +271,8 @@ class Reconstructor:
         """Reconstruct the knee cube from ``films`` (see the module docstring).
 
         The decoder runs on the 2 mm sub-grid first; with ``refine`` every 1 mm voxel whose 2 mm
-        neighbourhood holds more than one label or an HU step > 150 is decoded itself, the others take
-        the trilinear (HU) / nearest (labels) values of the coarse pass."""
+        neighbourhood holds more than one label or an HU step > 500 (skin, cortex) is decoded itself, the
+        others take the trilinear (HU) / nearest (labels) values of the coarse pass."""
         t0 = time.perf_counter()
         unknown = sorted(set(films) - set(VIEWS))
         if unknown:
@@ -341,7 +342,7 @@ class Reconstructor:
         t_coarse = time.perf_counter()
         if refine:
             lab_mix = ndimage.maximum_filter(lab_c, 3) != ndimage.minimum_filter(lab_c, 3)
-            hu_step = (ndimage.maximum_filter(hu_c, 3) - ndimage.minimum_filter(hu_c, 3)) > 0.15
+            hu_step = (ndimage.maximum_filter(hu_c, 3) - ndimage.minimum_filter(hu_c, 3)) > REFINE_HU_STEP
             busy_c = lab_mix | hu_step
             busy = busy_c[np.ix_(near, near, near)]
             fidx = np.argwhere(busy)
