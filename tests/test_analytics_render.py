@@ -97,6 +97,8 @@ def test_write_png_round_trips_exactly(tmp_path: Path) -> None:
     with Image.open(tmp_path / "x.png") as im:
         assert im.mode == "RGB" and im.size == (53, 37)
         assert np.array_equal(np.asarray(im), px)
+    with pytest.raises(ValueError):
+        write_png(tmp_path / "y.png", np.zeros((4, 4), dtype=np.uint8))
 
 
 def test_overlay_changes_with_the_numbers(tmp_path: Path) -> None:

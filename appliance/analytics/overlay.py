@@ -579,8 +579,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def write_png(path: str | Path, px: Pixels, level: int = PNG_ZLIB_LEVEL) -> None:
     """8-bit RGB (rows, cols, 3) as a PNG: every row "up"-filtered (the row above subtracted; the
     first row's "above" is zeros), one zlib stream, no ancillary chunks."""
+    if px.ndim != 3 or px.shape[2] != 3 or px.dtype != np.uint8:
+        raise ValueError(f"write_png takes 8-bit RGB (rows, cols, 3), got {px.dtype} {px.shape}")
     h, w = px.shape[:2]
-    rows = np.ascontiguousarray(px, dtype=np.uint8).reshape(h, w * 3)
+    rows = np.ascontiguousarray(px).reshape(h, w * 3)
     raw = np.empty((h, w * 3 + 1), dtype=np.uint8)
     raw[:, 0] = 2  # PNG filter type 2, "Up"
     raw[0, 1:] = rows[0]
