@@ -14,8 +14,9 @@ retried, then ``failed``; the published result stays as it was).
 it runs beside the service's) and handles one study per short write transaction: a film arriving for
 that study meanwhile waits for the commit, re-opens it afterwards, and can never race the deletion.
 A file is deleted only if it lies in the store folder and no study that is not itself due refers to
-it; a file already gone is counted, not an error. The period is :data:`RETENTION_DAYS` until the
-settings file has a ``[jobs] store_retention_days`` entry.
+it; a file already gone is counted, not an error. The service calls it at start and once a day
+with ``[retention] store_days`` (default :data:`RETENTION_DAYS`; the service treats 0 as "off", while
+``retention_days=0`` here means "every done study is due").
 """
 
 from __future__ import annotations
