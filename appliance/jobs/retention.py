@@ -7,8 +7,8 @@ own copy of each film it used (``films/<view>.dcm``, docs/study-outputs.md).
 
 Only the files go: the ``instances`` rows stay, so a film sent again is still recognised as a
 duplicate and does not re-open the study with that one film. A film that really is new for a pruned
-study re-opens it as usual, and the run then finds the pruned films missing (a processor error:
-retried, then ``failed``; the published result stays as it was).
+study re-opens it as usual, and a run that needs a pruned film (the latest of another view) fails
+(retried, then ``failed``; the published result stays as it was).
 
 :func:`prune_store` is the whole rule. It opens its own connection to the job database (WAL mode, so
 it runs beside the service's) and handles one study per short write transaction: a film arriving for
