@@ -147,7 +147,9 @@ if [ "$MAKE_VENV" = 1 ]; then
         run python3 -m venv "$ROOT$PREFIX"
     fi
     run "$ROOT$PREFIX/bin/python" -m pip install --upgrade pip
-    # runtime only: no training, GUI or test extras on the clinic box
+    # runtime only: no training, GUI or test extras on the clinic box. A regular (non-editable) install:
+    # pip builds a wheel, which carries the ONNX models as package data (pyproject.toml), so the box
+    # does not depend on the source tree after this.
     run "$ROOT$PREFIX/bin/python" -m pip install --upgrade "$SOURCE"
 fi
 run install -D -m 0644 "$SOURCE/systemd/README.md" "$ROOT$PREFIX/share/xr3d/README.md"
@@ -171,6 +173,37 @@ else
 fi
 CONFIG_VARS="$(read_config "$CONFIG_TO_READ")" || die "fix $ROOT$CONFIG (docs/config.md), then run this again"
 eval "$CONFIG_VARS"
+
+# --- 3b. the models: the installed xr3d must find them where the config says --------------------------
+# The wheel carries the ONNX models as package data (<site-packages>/models/, the default
+# pipeline.models_dir of an installed xr3d); a config may point models_dir elsewhere. Checked with the
+# installed package (not the source tree), from /, so a missing model stops the install, not the service.
+check_models() {
+    (cd / && env -u PYTHONPATH "$PYTHON" - "$1" <<'PY'
+import sys
+from pathlib import Path
+
+try:
+    from appliance.config import ConfigError, load_settings
+except ImportError as exc:
+    sys.stderr.write(f"xr3d is not installed for this Python ({exc}); models not checked\n")
+    sys.exit(0)
+try:
+    d = load_settings(Path(sys.argv[1])).pipeline.models_dir
+except ConfigError as exc:
+    sys.stderr.write(f"invalid config {sys.argv[1]}: {exc}\n")
+    sys.exit(2)
+missing = [n for n in ("landmarks_whole.onnx", "landmarks_crop.onnx") if not (d / n).is_file()]
+if missing:
+    sys.stderr.write(f"models folder {d} lacks {', '.join(missing)} (pipeline.models_dir)\n")
+    sys.exit(2)
+print(f"install.sh: models found in {d}")
+PY
+    )
+}
+if [ "$DRY_RUN" = 0 ] && [ -x "$PYTHON" ]; then
+    check_models "$CONFIG_TO_READ" || die "the landmark models are missing: see docs/config.md (models_dir)"
+fi
 
 # --- 4. the folders, owned by the service user ----------------------------------------------------
 for dir in "$CFG_INBOX" "$CFG_OUTBOX" "$CFG_STATE" "$CFG_QUARANTINE"; do
