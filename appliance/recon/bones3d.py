@@ -16,11 +16,19 @@ bone's own frame, following the definitions of the simulator's truth (docs/recon
   them, MTPA / MTPP on the plane 2 mm inside the anterior / posterior rim at the middle of the medial plateau.
 
 FHC and AC lie outside the knee volume. Each is taken on the ray of the long-leg AP film through its 2D
-landmark (the recorded geometry). Depth model ``"knee"`` (default): at the depth of the knee centre (the
-plane through it parallel to the long-leg detector). ``"shaft"``: where the ray passes closest to the
-bone's shaft axis (a line through the centroids of shaft cross-sections inside the reconstruction),
-worse on the 144 mm cube. Depth errors move the points almost only along the ray, which the coronal
-angles barely see; they tilt the mechanical axes sagittally, which slope and flexion do see.
+landmark (the recorded geometry), at a depth set by the depth model:
+
+* ``"axes"`` (default): where the ray passes closest to the bone's axis in the reconstruction, a line
+  through the centroids of 5 mm surface cross-sections from 15 mm beyond the joint to the end of the
+  volume (on the simulator's 144 mm cubes the tibial line is within 0.9 deg of the mechanical axis, the
+  femoral one within 4.5 deg);
+* ``"tibial_axis"``: FHC at the knee's depth, AC as in ``"axes"``;
+* ``"knee"``: both at the depth of the knee centre (fails for flexed knees);
+* ``"shaft"``: as ``"axes"`` with cross-sections from 45 mm only (too few inside a 144 mm cube).
+
+Depth errors move the points almost only along the ray, which the coronal angles barely see directly;
+they tilt the mechanical axes sagittally, which slope, flexion and (through each bone's frame) the
+coronal angles do see.
 """
 
 from __future__ import annotations
@@ -64,10 +72,10 @@ SPINE_HALF_WIDTH_MM = 14.0  # lateral half-width around TKC excluded from the pl
 PLATEAU_INSET_MM = 1.5  # MTP / LTP inside the plateau's extremes
 SLOPE_INSET_MM = 2.0  # MTPA / MTPP inside the anterior / posterior rim
 SHAFT_START_MM = 45.0  # shaft cross-sections from this far from the joint line
-# "knee": hip and ankle centres at the knee centre's depth; "shaft": where the ray passes the shaft axis
-# fitted inside the reconstruction (worse on the 144 mm cube, see docs/recon-checks.md).
-DEPTH_MODELS = ("knee", "shaft")
-DEFAULT_DEPTH_MODEL = "knee"
+# Hip / ankle depth models (module docstring) and where their axis cross-sections start.
+DEPTH_MODELS = ("knee", "shaft", "axes", "tibial_axis")
+DEPTH_AXIS_START_MM = {"shaft": SHAFT_START_MM, "axes": 15.0, "tibial_axis": 15.0}
+DEFAULT_DEPTH_MODEL = "axes"
 
 
 @dataclass(frozen=True)
@@ -227,12 +235,14 @@ def tibia_landmarks(surface: F64, normals: F64, distal: F64, lateral_ref: F64, s
     return pts
 
 
-def shaft_axis(surface: F64, distal: F64, joint_level: float, away: float) -> tuple[F64, F64] | None:
+def shaft_axis(
+    surface: F64, distal: F64, joint_level: float, away: float, start_mm: float = SHAFT_START_MM
+) -> tuple[F64, F64] | None:
     """Line (point, unit direction) through the centroids of 5 mm cross-sections of the shaft, from
     SHAFT_START_MM beyond the joint (``away`` = +1 proximal for the femur, -1 distal for the tibia)."""
     h = (surface @ distal - joint_level) * -away  # distance from the joint toward the shaft
     centres = []
-    for start in np.arange(SHAFT_START_MM, h.max() - 5.0, 5.0):
+    for start in np.arange(start_mm, h.max() - 5.0, 5.0):
         ring = surface[(h >= start) & (h < start + 5.0)]
         if len(ring) >= 30:
             centres.append(ring.mean(axis=0))
@@ -331,9 +341,11 @@ def landmarks_from_labels(
         pts.update(tm)
         knee = 0.5 * (pts[FKC] + pts[TKC])
         f_axis = t_axis = None
-        if depth_model == "shaft":
-            f_axis = shaft_axis(fem, _unit(pts[FKC] - fhc), float(pts[FKC] @ _unit(pts[FKC] - fhc)), 1.0)
-            t_axis = shaft_axis(tib_v, _unit(ac - pts[TKC]), float(pts[TKC] @ _unit(ac - pts[TKC])), -1.0)
+        d_f, d_t = _unit(pts[FKC] - fhc), _unit(ac - pts[TKC])
+        if depth_model in ("shaft", "axes"):
+            f_axis = shaft_axis(fem, d_f, float(pts[FKC] @ d_f), 1.0, DEPTH_AXIS_START_MM[depth_model])
+        if depth_model in ("shaft", "axes", "tibial_axis"):
+            t_axis = shaft_axis(tib_v, d_t, float(pts[TKC] @ d_t), -1.0, DEPTH_AXIS_START_MM[depth_model])
         notes = []
         if f_axis is not None:
             fhc = point_on_ray_near_line(g, *longleg.fhc_px, *f_axis)
