@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,20 @@ def test_watch_cli_models_dir_is_used(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED_MODELS_DIR, tmp_path / "empty_models", ignore=shutil.ignore_patterns("*.pt"))
     done = subprocess.run(watch_cmd(cfg, "--once"), capture_output=True, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_demo_takes_the_pipeline_section(tmp_path: Path, factory: StudyFactory) -> None:
+    """``xr3d demo --config`` applies [pipeline] (and nothing else of the file) to its own folders."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "longleg_ap.dcm").write_bytes(factory.films(34, views=("longleg_ap",))["longleg_ap"])
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text('[paths]\ninbox = "x"\noutbox = "y"\nstate = "z"\n[pipeline]\nreport_pdf = false\n')
+    cmd = [sys.executable, "-m", "appliance.cli.main", "demo", "--out", str(tmp_path / "demo")]
+    cmd += ["--samples", str(samples), "--config", str(cfg), "--json", "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)["studies"]
+    assert row["stages"]["report"] == DISABLED and row["stages"]["dicom"] == "done"
+    assert not (tmp_path / "demo" / "outbox" / row["study"] / "report.pdf").exists()
+    assert not (tmp_path / "x").exists()  # the file's [paths] are not used
