@@ -3,7 +3,7 @@
 
     nice -n 5 .venv/bin/python -m tools.run_recon_study /tmp/xr3d_a2/eval/case_510000 /tmp/xr3d_a2/study
 
-``--shift-mm X Y Z`` moves the truth volume to show a failing consistency check.
+``--shift-mm X Y Z`` / ``--rotate-si-deg A`` move the truth volume to show a failing consistency check.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from appliance.recon.study import reconstruct_study
 from appliance.recon.types import FilmView, Reconstruction
 from tools.calibrate_consistency import knee_cube
-from tools.recon_sim_cases import load_case, shifted
+from tools.recon_sim_cases import load_case, rotated, shifted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("case", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--shift-mm", type=float, nargs=3)
+    ap.add_argument("--rotate-si-deg", type=float, help="rotate the volume about S-I through its centre")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     case = load_case(args.case)
     recon = knee_cube(case)
     if args.shift_mm:
         recon = shifted(recon, np.asarray(args.shift_mm, dtype=np.float64))
+    if args.rotate_si_deg:
+        recon = rotated(recon, np.array([0.0, 0.0, 1.0]), args.rotate_si_deg)
     ll = case.truth["films"]["longleg_ap"]["landmarks_2d"]
     landmarks_2d = {"longleg_ap": {k: {"col": v[0], "row": v[1]} for k, v in ll.items()}}
 
