@@ -53,7 +53,7 @@ class ConsistencySettings:
     projected bone region is grown to include the bone edges and their soft-tissue side."""
 
     threshold: float = 0.72
-    max_residual_mm: float = 4.0
+    max_residual_mm: float = 3.0
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
     margin_mm: float = 4.0
