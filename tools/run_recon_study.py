@@ -1,5 +1,6 @@
 """Run appliance.recon.study.reconstruct_study on a simulated case with the truth CT as the
-"reconstruction" (the 144 mm cube the runtime reconstructs), print the result.json parts and timings.
+"reconstruction" (the 144 mm cube the runtime reconstructs; ``--network``: the shipped network
+instead), print the result.json parts and timings.
 
     nice -n 5 .venv/bin/python -m tools.run_recon_study /tmp/xr3d_a2/eval/case_510000 /tmp/xr3d_a2/study
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("case", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--shift-mm", type=float, nargs=3)
+    ap.add_argument("--network", action="store_true", help="use the shipped network instead of the truth")
     ap.add_argument("--rotate-si-deg", type=float, help="rotate the volume about S-I through its centre")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         side="R" if case.truth["side"] == "right" else "L",
         landmarks_2d=landmarks_2d,
-        reconstructor=reconstructor,  # type: ignore[arg-type]
+        reconstructor=None if args.network else reconstructor,  # type: ignore[arg-type]
     )
     doc = {**result.to_json(), "notes": list(result.notes), "timings_s": dict(result.timings_s)}
     doc["truth_angles_3d"] = case.truth["angles_3d"]
