@@ -62,6 +62,7 @@ def register_train(tsub: Any) -> None:
         help="torch threads (default 1: on the shared 2-core box 2 threads were ~20x slower per step)",
     )
     p.add_argument("--rescan-steps", type=int, default=0, help="pick up new samples every N steps")
+    p.add_argument("--hidden", type=int, default=64, help="decoder MLP width (default 64)")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
     p.add_argument("--ap-only", action="store_true", help="ablation: train (and use) the AP film only")
@@ -99,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         ap_only=bool(args.ap_only),
         export=not args.no_export,
         rescan_steps=int(args.rescan_steps),
+        hidden=int(args.hidden),
     )
     res = train_recon(cfg)
     _say(

@@ -128,10 +128,10 @@ class PointDecoder(nn.Module):
 
 
 class ReconNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 64) -> None:
         super().__init__()
         self.encoder = FilmEncoder()
-        self.decoder = PointDecoder()
+        self.decoder = PointDecoder(hidden)
 
     def encode(self, films: Tensor) -> Tensor:
         """``films`` (B, V, H, W) -> features (B, V, N_FEAT, H, W)."""

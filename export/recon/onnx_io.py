@@ -185,7 +185,7 @@ def parity(net: ReconNet, models_dir: Path) -> dict[str, float]:
 def export_checkpoint(checkpoint: Path, models_dir: Path) -> tuple[tuple[Path, ...], dict[str, float]]:
     """Export a ``recon.pt`` written by training."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    net = ReconNet()
+    net = ReconNet(hidden=int(ck.get("config", {}).get("hidden", 64)))
     # Only the decoder is learned; the encoder's fixed kernels are rebuilt from the constants.
     net.decoder.load_state_dict(
         {k[len("decoder.") :]: v for k, v in ck["net"].items() if k.startswith("decoder.")}

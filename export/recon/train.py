@@ -57,6 +57,7 @@ class TrainConfig:
     ap_only: bool = False
     export: bool = True
     rescan_steps: int = 0  # > 0: look for new samples every so many steps
+    hidden: int = 64  # decoder MLP width
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     samples = load_samples(cfg.data, TRAIN_SEEDS, cfg.max_samples)
     if not samples:
         raise FileNotFoundError(f"no training samples in {cfg.data}")
-    net = ReconNet()
+    net = ReconNet(hidden=cfg.hidden)
     disc = PatchDiscriminator()
     feats = encode_all(net, samples)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
