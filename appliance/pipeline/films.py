@@ -17,8 +17,9 @@ from typing import Any, Final
 import pydicom
 
 from appliance.dicomio.geometry_tags import read_geometry
-from appliance.errors import GeometryError
+from appliance.errors import GeometryError, InputError
 from appliance.ingest.film import Film
+from appliance.ingest.reader import file_sha256
 from appliance.jobs.store import StoredInstance
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,43 @@ def _view_rank(view: str) -> tuple[int, str]:
     return (VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER), view)
 
 
-def copy_films(chosen: Mapping[str, StoredInstance], study_dir: Path) -> dict[str, StudyFilm]:
+def _source_of(inst: StoredInstance, rel: Path, published: Path | None) -> Path:
+    """The stored film, or, when retention has pruned it (appliance/jobs/retention.py), the copy the
+    study's published folder kept, if its bytes are the same film (sha256)."""
+    if inst.stored_path.is_file():
+        return inst.stored_path
+    if published is not None:
+        copy = published / rel
+        if copy.is_file() and file_sha256(copy) == inst.film.sha256:
+            log.info("%s film: stored copy pruned, using the published study's copy", inst.film.view)
+            return copy
+    raise InputError(
+        f"{inst.film.view} film: its stored copy was pruned and the published study has no identical copy",
+        reason="film_pruned",
+    )
+
+
+def copy_films(
+    chosen: Mapping[str, StoredInstance], study_dir: Path, published: Path | None = None
+) -> dict[str, StudyFilm]:
     """Copy each chosen film's stored bytes to ``films/<view>.<ext>`` (PNG/TIFF: plus a sidecar JSON
-    rebuilt from what the ingest accepted, since the original sidecar is not kept)."""
+    rebuilt from what the ingest accepted, since the original sidecar is not kept).
+
+    ``published`` is the study's current outbox folder, if any: a re-opened study whose older films
+    were pruned from the state store reads them from there instead.
+    """
     (study_dir / FILMS_DIR).mkdir(exist_ok=True)
     out: dict[str, StudyFilm] = {}
     for view, inst in chosen.items():
         film = inst.film
         suffix = ".dcm" if film.kind == "dicom" else inst.stored_path.suffix.lower() or ".png"
         rel = Path(FILMS_DIR) / f"{view}{suffix}"
-        shutil.copyfile(inst.stored_path, study_dir / rel)
+        source = _source_of(inst, rel, published)
+        shutil.copyfile(source, study_dir / rel)
         if film.kind != "dicom":
             side = {"view": view, "spacing_mm": list(film.spacing_mm), "side": film.side or None}
             (study_dir / FILMS_DIR / f"{view}.json").write_text(json.dumps(side, indent=2) + "\n")
-        out[view] = StudyFilm(film=film, source=inst.stored_path, copy=rel)
+        out[view] = StudyFilm(film=film, source=source, copy=rel)
     return out
 
 

@@ -156,7 +156,8 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     chosen, repeated = choose_films(study.instances)
-    films = copy_films(chosen, out_dir)
+    published = out_dir.parent / study.study_uid
+    films = copy_films(chosen, out_dir, published if published.is_dir() else None)
     timings["films"] = time.perf_counter() - t0
     reasons: list[str] = []
     side, side_conflict = _study_side(films)
