@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -41,12 +41,15 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CROP_MODEL",
     "DEFAULT_MODELS_DIR",
+    "KNEE_AXIS_MM",
     "SAME_LEG_MM",
     "WHOLE_MODEL",
     "Detection",
     "LandmarkDetector",
     "decode_peaks",
     "normalise_side",
+    "pick_leg",
+    "plausible_labels",
     "resample",
 ]
 
@@ -54,6 +57,10 @@ F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 WHOLE_MODEL: Final = "landmarks_whole.onnx"
 CROP_MODEL: Final = "landmarks_crop.onnx"
+KNEE_AXIS_MM: Final = 80.0
+"""Knee points farther than this (detector mm) from the hip-ankle line do not centre the knee crop: the
+mechanical axis deviation of even marked varus/valgus knees stays within ~60 mm, the other knee of a
+bilateral film lies >= ~150 mm away."""
 SAME_LEG_MM: Final = 60.0
 """Knee centres of the two orientations closer than this (detector mm) are the same leg: knees of
 the two legs of a standing adult stand >= ~150 mm apart centre to centre, so 60 mm separates them while
@@ -287,9 +294,9 @@ class LandmarkDetector:
         points, conf = points.copy(), conf.copy()
         refined = np.zeros(len(self.names), bool)
         for _ in range(passes):
-            for idx in self.regions.values():
+            for region, idx in self.regions.items():
                 ix = list(idx)
-                centre = points[ix].mean(axis=0)
+                centre = self._region_centre(region, points, ix, spacing)
                 a2 = frame_affine(
                     cs.mm_per_px / spacing[1],
                     cs.mm_per_px / spacing[0],
@@ -304,6 +311,26 @@ class LandmarkDetector:
                 conf[ix] = c2
                 refined[ix] = True
         return points, conf, refined
+
+    def _region_centre(self, region: str, points: F64, ix: list[int], spacing: tuple[float, float]) -> F64:
+        """Where a region's crop is centred: the mean of its points; for the knee only of those
+        within :data:`KNEE_AXIS_MM` of the hip-ankle line (stage 1 on a bilateral film sometimes puts
+        some knee points on the other knee, and their mean would fall between the knees)."""
+        pts = points[ix]
+        if region != "knee" or "FHC" not in self.names or "AC" not in self.names:
+            return np.asarray(pts.mean(axis=0), dtype=np.float64)
+        mm = np.array([spacing[1], spacing[0]])
+        hip = points[self.names.index("FHC")] * mm
+        ankle = points[self.names.index("AC")] * mm
+        axis = ankle - hip
+        length = float(np.hypot(axis[0], axis[1]))
+        if length < 1e-6:
+            return np.asarray(pts.mean(axis=0), dtype=np.float64)
+        rel = pts * mm - hip
+        dist = np.abs(rel[:, 0] * axis[1] - rel[:, 1] * axis[0]) / length
+        near = dist < KNEE_AXIS_MM
+        chosen = pts[near] if near.any() else pts
+        return np.asarray(chosen.mean(axis=0), dtype=np.float64)
 
     def refine(
         self,
@@ -373,8 +400,9 @@ class LandmarkDetector:
         """Both legs of a film whose side is unknown: {"R": ..., "L": ...} from the two orientations.
 
         On a one-leg film both orientations find the same leg (their knee centres closer than
-        :data:`SAME_LEG_MM` at the detector); then only the more confident one is returned, since the
-        film alone does not say which leg it shows. A model without ``canonical_side`` gives one
+        :data:`SAME_LEG_MM` at the detector); then only the one :func:`pick_leg` prefers is returned
+        (the orientation the leg does not look like tends to give inconsistent medial/lateral
+        labels). A model without ``canonical_side`` gives one
         detection keyed by the side its landmarks look like ("R" if that cannot be told)."""
         img, spacing = self._checked(image, spacing_mm)
         if self.canonical_side is None:
@@ -384,7 +412,7 @@ class LandmarkDetector:
         k = self.names.index("FKC") if "FKC" in self.names else 0
         d = legs["R"].points[k] - legs["L"].points[k]
         if float(np.hypot(d[0] * spacing[1], d[1] * spacing[0])) < SAME_LEG_MM:
-            best = max(legs.values(), key=lambda x: x.mean_confidence)
+            best = pick_leg(legs.values())
             return {str(best.side): best}
         return legs
 
@@ -398,17 +426,39 @@ class LandmarkDetector:
         ``spacing_mm`` the detector pixel spacing (row, col) or a scalar, ``side`` the leg the study is
         about (R/L/right/left: the DICOM laterality or the sidecar's side).
 
-        Without a side, both legs are measured (:meth:`detect_legs`) and the one with the higher mean
-        landmark confidence is returned (its ``side`` says which); callers that know nothing about the
-        side of a bilateral film should report both from :meth:`detect_legs` instead."""
+        Without a side, both legs are measured (:meth:`detect_legs`) and :func:`pick_leg` chooses
+        (its ``side`` says which). On a bilateral film that choice is close to a coin toss (5 of 10
+        held-out films): callers that do not know the side should report both legs from
+        :meth:`detect_legs` instead."""
         img, spacing = self._checked(image, spacing_mm)
         s = normalise_side(side)
         if s is not None or self.canonical_side is None:
             return self._detect_one(img, spacing, s)
         legs = self.detect_legs(img, spacing)
-        best = max(legs.values(), key=lambda x: x.mean_confidence)
+        best = pick_leg(legs.values())
         log.info("side unknown: measured leg %s of %d found", best.side, len(legs))
         return best
+
+
+def plausible_labels(det: Detection) -> bool:
+    """Medial/lateral labels that can describe one leg seen as ``det.side``: femoral condyles and
+    tibial plateaus ordered the same way across the film, and the side they imply equal to ``det.side``
+    (when it is set)."""
+    p = det.as_dict()
+    try:
+        fem = float(p["LDFC"][0] - p["MDFC"][0])
+        tib = float(p["LTP"][0] - p["MTP"][0])
+    except KeyError:
+        return True
+    if fem * tib <= 0:
+        return False
+    return det.side is None or _apparent_side(det) == det.side
+
+
+def pick_leg(legs: Iterable[Detection]) -> Detection:
+    """The documented choice among detections of unknown side: those with :func:`plausible_labels`
+    first, then the higher mean landmark confidence."""
+    return max(legs, key=lambda d: (plausible_labels(d), d.mean_confidence))
 
 
 def _apparent_side(det: Detection) -> str | None:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.results import Angles2D
 from appliance.errors import InputError, Xr3dError
-from appliance.landmarks.detector import LandmarkDetector
+from appliance.landmarks.detector import LandmarkDetector, pick_leg
 from engines.config import EngineConfig
 from export.datasets.landmark_samples import build_index
 
@@ -158,9 +158,7 @@ class ConfidenceFit:
         return dict(self.__dict__)
 
 
-def flag_rates(
-    conf: ArrayLike, err: ArrayLike, threshold: float, error_mm: float
-) -> tuple[float, float]:
+def flag_rates(conf: ArrayLike, err: ArrayLike, threshold: float, error_mm: float) -> tuple[float, float]:
     """(sensitivity, flag rate among good landmarks) of flagging confidence < ``threshold``."""
     c = np.asarray(conf, dtype=np.float64)
     e = np.asarray(err, dtype=np.float64)
@@ -233,7 +231,7 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     p_or, _ = detector.refine(case.film.image, (s_row, s_col), case.landmarks + shift, side=case.side)
     # without a side: how many legs, and is the documented pick the case's leg (knee within 30 mm)
     legs = detector.detect_legs(case.film.image, (s_row, s_col))
-    pick = max(legs.values(), key=lambda x: x.mean_confidence)
+    pick = pick_leg(legs.values())
     k = case.names.index("FKC")
     dk = (pick.points[k] - case.landmarks[k]) * np.array([s_col, s_row]) / mag
     on_target = bool(np.hypot(*dk) < 30.0)
