@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +33,7 @@ from appliance.recon.consistency import (
     away_from_faces,
     bin_image,
     binning_factor,
-    gradient_correlation,
+    gradients,
     hu_to_mu,
 )
 from appliance.recon.types import BONE_NAMES, FEMUR, TIBIA, FilmView, Reconstruction
@@ -48,7 +48,13 @@ class RegistrationSettings:
     """``bones``: labels to register; ``max_rotation_deg`` / ``max_translation_mm``: search bounds;
     ``margin_mm``: growth of each bone's projected region (covers the poses searched);
     ``xtol``: Powell's parameter tolerance of the fine stage in the scaled units (1 = 1 deg or 1 mm; the
-    coarse stage at twice the pitch uses twice that); the evaluation caps bound the run time."""
+    coarse stage at twice the pitch uses twice that); the evaluation caps bound the run time.
+
+    ``probe_step``: the first, coarse look moves each of the 6 parameters by +-this (deg or mm); when no
+    probe raises the similarity by more than ``fits_gain``, the bone already fits at that scale and
+    only a per-axis parabolic refinement from those probes is made (no Powell search).
+    ``threads``: numba threads per DRR; the crops are small, and on a shared 2-core box a second thread
+    costs more in waiting than it gains (docs/recon-checks.md)."""
 
     bones: tuple[int, ...] = (FEMUR, TIBIA)
     max_rotation_deg: float = 15.0
@@ -57,9 +63,12 @@ class RegistrationSettings:
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
     xtol: float = 0.1
-    initial_step: float = 2.0  # first Powell step per parameter (deg or mm)
-    coarse_max_evaluations: int = 150
-    fine_max_evaluations: int = 60
+    initial_step: float = 2.0  # first Powell step per parameter (deg or mm), halved for the fine stage
+    coarse_max_evaluations: int = 100
+    fine_max_evaluations: int = 30
+    probe_step: float = 2.0
+    fits_gain: float = 0.002
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -149,9 +158,38 @@ def _downsampled(model: _BoneModel) -> _BoneModel:
 @dataclass(frozen=True)
 class _View:
     geometry: ProjectionGeometry
-    film: NDArray[np.float32]
     rest_drr: NDArray[np.float32]
     region: NDArray[np.bool_]
+    # The film's x / y gradients inside the region, centred and scaled to unit norm once, so that an
+    # evaluation only differentiates its DRR (same numbers as consistency.gradient_correlation).
+    film_gx: NDArray[np.float64]
+    film_gy: NDArray[np.float64]
+
+
+def _unit_centred(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    x = x - x.mean()
+    n = float(np.sqrt((x * x).sum()))
+    return x / n if n > 0 else np.zeros_like(x)
+
+
+def _prepared_view(
+    geom: ProjectionGeometry,
+    film: NDArray[np.float32],
+    rest_drr: NDArray[np.float32],
+    region: NDArray[np.bool_],
+    sigma_px: float,
+) -> _View:
+    fx, fy = gradients(film, sigma_px)
+    return _View(geom, rest_drr, region, _unit_centred(fx[region]), _unit_centred(fy[region]))
+
+
+def _view_similarity(v: _View, drr: NDArray[np.float32], sigma_px: float) -> float:
+    if v.film_gx.size < 16:
+        return 0.0
+    dx, dy = gradients(drr, sigma_px)
+    return 0.5 * (
+        float(_unit_centred(dx[v.region]) @ v.film_gx) + float(_unit_centred(dy[v.region]) @ v.film_gy)
+    )
 
 
 def _crop_geometry(geom: ProjectionGeometry, r0: int, r1: int, c0: int, c1: int) -> ProjectionGeometry:
@@ -171,27 +209,75 @@ def _stage_views(
     films: Sequence[FilmView],
     pitch_mm: float,
     margin_mm: float,
+    sigma_px: float = 1.0,
+    threads: int | None = None,
 ) -> list[_View]:
     """Per view at ``pitch_mm``: the film, the DRR of everything but the bone and the bone's grown
-    projected region, all cropped to that region's bounding box (only those rays are traced later)."""
+    projected region, all cropped to that region's bounding box (only those rays are traced later).
+
+    Only the detector rectangle under the bone's voxel bounding box (grown by the margin) is rendered:
+    the full detector at 1 mm costs about half a second per view, the bone's part a fraction of that."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return []
+    lo, hi = idx.min(axis=0) - 0.5, idx.max(axis=0) + 0.5
+    corners = np.array([[(lo, hi)[k >> j & 1][j] for j in range(3)] for k in range(8)], dtype=np.float64)
+    corners_mm = corners @ affine[:3, :3].T + affine[:3, 3]
+    mask_f = mask.astype(np.float32)
     out = []
     for film in films:
         factor = binning_factor(film.geometry, pitch_mm)
         geom = film.geometry.binned(factor)
         img = bin_image(film.image, factor)
-        (bone_path,) = line_integrals_multi([mask.astype(np.float32)], affine, geom)
         grow = max(1, round(margin_mm / geom.pitch_u_mm))
+        pad = 4
+        uv = geom.project(corners_mm)
+        extra = grow + pad + 1
+        b_r0 = max(0, int(np.floor(uv[:, 1].min())) - extra)
+        b_r1 = min(geom.rows, int(np.ceil(uv[:, 1].max())) + extra + 1)
+        b_c0 = max(0, int(np.floor(uv[:, 0].min())) - extra)
+        b_c1 = min(geom.columns, int(np.ceil(uv[:, 0].max())) + extra + 1)
+        if b_r1 <= b_r0 or b_c1 <= b_c0:
+            continue
+        box = _crop_geometry(geom, b_r0, b_r1, b_c0, b_c1)
+        bone_path, rest_box = line_integrals_multi([mask_f, rest], affine, box, threads=threads)
         region = ndimage.binary_dilation(bone_path > 1.0, iterations=grow)
         if not region.any():
             continue
         rows, cols = np.nonzero(region)
-        pad = 4
-        r0, r1 = max(0, rows.min() - pad), min(geom.rows, rows.max() + pad + 1)
-        c0, c1 = max(0, cols.min() - pad), min(geom.columns, cols.max() + pad + 1)
-        sub = _crop_geometry(geom, int(r0), int(r1), int(c0), int(c1))
-        (rest_drr,) = line_integrals_multi([rest], affine, sub)
-        out.append(_View(sub, img[r0:r1, c0:c1], rest_drr, region[r0:r1, c0:c1]))
+        r0, r1 = max(0, rows.min() - pad), min(region.shape[0], rows.max() + pad + 1)
+        c0, c1 = max(0, cols.min() - pad), min(region.shape[1], cols.max() + pad + 1)
+        sub = _crop_geometry(geom, b_r0 + int(r0), b_r0 + int(r1), b_c0 + int(c0), b_c0 + int(c1))
+        film_crop = img[b_r0 + r0 : b_r0 + r1, b_c0 + c0 : b_c0 + c1]
+        out.append(_prepared_view(sub, film_crop, rest_box[r0:r1, c0:c1], region[r0:r1, c0:c1], sigma_px))
     return out
+
+
+def _probe(
+    f: Callable[[NDArray[np.float64]], float], step: float, fits_gain: float
+) -> tuple[NDArray[np.float64], bool]:
+    """Similarity at the identity and at +-``step`` on each parameter (13 evaluations).
+
+    Returns the start for the search and whether the bone already fits: no probe gains more than
+    ``fits_gain``. A fitting bone gets the per-axis parabola vertex through its three values (clipped to
+    +-``step``) as its pose instead of a search: a sub-step correction for the residual, at no cost."""
+    f0 = f(np.zeros(6))
+    plus = np.empty(6)
+    minus = np.empty(6)
+    for i in range(6):
+        e = np.zeros(6)
+        e[i] = step
+        plus[i], minus[i] = f(e), f(-e)
+    best = float(max(plus.max(), minus.max()))
+    if best - f0 > fits_gain:
+        i = int(np.argmax(np.maximum(plus, minus)))
+        x = np.zeros(6)
+        x[i] = step if plus[i] >= minus[i] else -step
+        return x, False
+    curvature = plus + minus - 2.0 * f0  # < 0 around a maximum
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.where(curvature < 0, 0.5 * step * (minus - plus) / curvature, 0.0)
+    return np.clip(vertex, -step, step), True
 
 
 def register_bones(
@@ -217,13 +303,14 @@ def register_bones(
         model, rest = cut
         # Only the bone away from the grid's faces is compared (consistency.mu_volumes).
         compared = (labels == label) & away_from_faces(labels.shape, recon.volume.spacing_mm, FACE_MARGIN_MM)
-        stages = []
-        for pitch, xtol in ((2.0 * s.pitch_mm, 2.0 * s.xtol), (s.pitch_mm, s.xtol)):
-            stages.append((_stage_views(rest, compared, affine, films, pitch, s.margin_mm), xtol))
-
-        n_eval = 0
-
+        coarse_views = _stage_views(
+            rest, compared, affine, films, 2.0 * s.pitch_mm, s.margin_mm, s.sigma_px, s.threads
+        )
+        fine_views = _stage_views(
+            rest, compared, affine, films, s.pitch_mm, s.margin_mm, s.sigma_px, s.threads
+        )
         coarse = _downsampled(model)
+        n_eval = 0
 
         def similarity(x: NDArray[np.float64], views: list[_View], bone: _BoneModel = model) -> float:
             nonlocal n_eval
@@ -233,11 +320,10 @@ def register_bones(
             vol = Volume(bone.data, T @ bone.affine)
             total = 0.0
             for v in views:
-                drr = v.rest_drr + line_integrals(vol, v.geometry)
-                total += gradient_correlation(v.film, drr, v.region, s.sigma_px)
+                drr = v.rest_drr + line_integrals(vol, v.geometry, threads=s.threads)
+                total += _view_similarity(v, drr, s.sigma_px)
             return total / len(views)
 
-        fine_views = stages[-1][0]
         before = similarity(np.zeros(6), fine_views)
 
         def objective(
@@ -250,20 +336,29 @@ def register_bones(
                 return 2.0
             return -similarity(x, views, bone)
 
-        x = np.zeros(6)
-        for (views, xtol), bone, maxfev in zip(
-            stages, (coarse, model), (s.coarse_max_evaluations, s.fine_max_evaluations), strict=True
-        ):
-            t_stage, n_stage = time.perf_counter(), n_eval
-            res = optimize.minimize(
-                objective,
-                x,
-                args=(views, bone),
-                method="Powell",
-                options={"xtol": xtol, "ftol": 1e-5, "maxfev": maxfev, "direc": np.eye(6) * s.initial_step},
-            )
-            x = np.asarray(res.x, dtype=np.float64)
-            log.debug("stage: %d evaluations, %.1f s", n_eval - n_stage, time.perf_counter() - t_stage)
+        def coarse_similarity(
+            y: NDArray[np.float64], views: list[_View] = coarse_views, bone: _BoneModel = coarse
+        ) -> float:
+            return similarity(y, views, bone)
+
+        x, fits = _probe(coarse_similarity, s.probe_step, s.fits_gain)
+        if fits:
+            log.debug("%s already fits (no probe gains > %.4f)", BONE_NAMES[label], s.fits_gain)
+        else:
+            for views, bone, xtol, step, maxfev in (
+                (coarse_views, coarse, 2.0 * s.xtol, s.initial_step, s.coarse_max_evaluations),
+                (fine_views, model, s.xtol, 0.5 * s.initial_step, s.fine_max_evaluations),
+            ):
+                t_stage, n_stage = time.perf_counter(), n_eval
+                res = optimize.minimize(
+                    objective,
+                    x,
+                    args=(views, bone),
+                    method="Powell",
+                    options={"xtol": xtol, "ftol": 1e-5, "maxfev": maxfev, "direc": np.eye(6) * step},
+                )
+                x = np.asarray(res.x, dtype=np.float64)
+                log.debug("stage: %d evaluations, %.1f s", n_eval - n_stage, time.perf_counter() - t_stage)
         after = similarity(x, fine_views)
         p = x * _SCALE
         T = rigid_matrix(p[:3], p[3:], model.centre)
