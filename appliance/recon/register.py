@@ -202,6 +202,28 @@ def _crop_geometry(geom: ProjectionGeometry, r0: int, r1: int, c0: int, c1: int)
     )
 
 
+def _cropped_view(
+    geom: ProjectionGeometry,
+    box: tuple[int, int],
+    film: NDArray[np.float32],
+    bone_path: NDArray[np.float32],
+    rest_drr: NDArray[np.float32],
+    margin_mm: float,
+    sigma_px: float,
+) -> _View | None:
+    """The view cut to the bone's grown projected region; ``box`` = (row, column) of the arrays' first
+    pixel on ``geom``'s detector."""
+    pad = 4
+    region = ndimage.binary_dilation(bone_path > 1.0, iterations=max(1, round(margin_mm / geom.pitch_u_mm)))
+    if not region.any():
+        return None
+    rows, cols = np.nonzero(region)
+    r0, r1 = max(0, rows.min() - pad), min(region.shape[0], rows.max() + pad + 1)
+    c0, c1 = max(0, cols.min() - pad), min(region.shape[1], cols.max() + pad + 1)
+    sub = _crop_geometry(geom, box[0] + int(r0), box[0] + int(r1), box[1] + int(c0), box[1] + int(c1))
+    return _prepared_view(sub, film[r0:r1, c0:c1], rest_drr[r0:r1, c0:c1], region[r0:r1, c0:c1], sigma_px)
+
+
 def _stage_views(
     rest: NDArray[np.float32],
     mask: NDArray[np.bool_],
@@ -211,46 +233,52 @@ def _stage_views(
     margin_mm: float,
     sigma_px: float = 1.0,
     threads: int | None = None,
-) -> list[_View]:
-    """Per view at ``pitch_mm``: the film, the DRR of everything but the bone and the bone's grown
-    projected region, all cropped to that region's bounding box (only those rays are traced later).
+) -> tuple[list[_View], list[_View]]:
+    """Per view, at ``2 * pitch_mm`` (coarse) and at ``pitch_mm`` (fine): the film, the DRR of everything
+    but the bone and the bone's grown projected region, cut to that region's bounding box (only those
+    rays are traced later).
 
-    Only the detector rectangle under the bone's voxel bounding box (grown by the margin) is rendered:
-    the full detector at 1 mm costs about half a second per view, the bone's part a fraction of that."""
+    One render per view, on the detector rectangle under the bone's voxel bounding box (grown by the
+    margin): the full detector at 1 mm costs about half a second per view. The coarse stage is the fine
+    one averaged over 2 x 2 pixels (film and rest DRR alike; the rectangle starts on an even pixel)."""
     idx = np.argwhere(mask)
     if idx.size == 0:
-        return []
+        return [], []
     lo, hi = idx.min(axis=0) - 0.5, idx.max(axis=0) + 0.5
     corners = np.array([[(lo, hi)[k >> j & 1][j] for j in range(3)] for k in range(8)], dtype=np.float64)
     corners_mm = corners @ affine[:3, :3].T + affine[:3, 3]
     mask_f = mask.astype(np.float32)
-    out = []
+    coarse: list[_View] = []
+    fine: list[_View] = []
     for film in films:
         factor = binning_factor(film.geometry, pitch_mm)
         geom = film.geometry.binned(factor)
         img = bin_image(film.image, factor)
-        grow = max(1, round(margin_mm / geom.pitch_u_mm))
-        pad = 4
         uv = geom.project(corners_mm)
-        extra = grow + pad + 1
-        b_r0 = max(0, int(np.floor(uv[:, 1].min())) - extra)
-        b_r1 = min(geom.rows, int(np.ceil(uv[:, 1].max())) + extra + 1)
-        b_c0 = max(0, int(np.floor(uv[:, 0].min())) - extra)
-        b_c1 = min(geom.columns, int(np.ceil(uv[:, 0].max())) + extra + 1)
+        extra = round(margin_mm / geom.pitch_u_mm) + 6
+        b_r0 = max(0, int(np.floor(uv[:, 1].min())) - extra) // 2 * 2
+        b_c0 = max(0, int(np.floor(uv[:, 0].min())) - extra) // 2 * 2
+        b_r1 = b_r0 + (min(geom.rows, int(np.ceil(uv[:, 1].max())) + extra + 1) - b_r0) // 2 * 2
+        b_c1 = b_c0 + (min(geom.columns, int(np.ceil(uv[:, 0].max())) + extra + 1) - b_c0) // 2 * 2
         if b_r1 <= b_r0 or b_c1 <= b_c0:
             continue
         box = _crop_geometry(geom, b_r0, b_r1, b_c0, b_c1)
         bone_path, rest_box = line_integrals_multi([mask_f, rest], affine, box, threads=threads)
-        region = ndimage.binary_dilation(bone_path > 1.0, iterations=grow)
-        if not region.any():
-            continue
-        rows, cols = np.nonzero(region)
-        r0, r1 = max(0, rows.min() - pad), min(region.shape[0], rows.max() + pad + 1)
-        c0, c1 = max(0, cols.min() - pad), min(region.shape[1], cols.max() + pad + 1)
-        sub = _crop_geometry(geom, b_r0 + int(r0), b_r0 + int(r1), b_c0 + int(c0), b_c0 + int(c1))
-        film_crop = img[b_r0 + r0 : b_r0 + r1, b_c0 + c0 : b_c0 + c1]
-        out.append(_prepared_view(sub, film_crop, rest_box[r0:r1, c0:c1], region[r0:r1, c0:c1], sigma_px))
-    return out
+        film_box = img[b_r0:b_r1, b_c0:b_c1]
+        v_fine = _cropped_view(geom, (b_r0, b_c0), film_box, bone_path, rest_box, margin_mm, sigma_px)
+        v_coarse = _cropped_view(
+            geom.binned(2),
+            (b_r0 // 2, b_c0 // 2),
+            bin_image(film_box, 2),
+            bin_image(bone_path, 2),
+            bin_image(rest_box, 2),
+            margin_mm,
+            sigma_px,
+        )
+        if v_fine is not None and v_coarse is not None:
+            fine.append(v_fine)
+            coarse.append(v_coarse)
+    return coarse, fine
 
 
 def _probe(
@@ -303,12 +331,12 @@ def register_bones(
         model, rest = cut
         # Only the bone away from the grid's faces is compared (consistency.mu_volumes).
         compared = (labels == label) & away_from_faces(labels.shape, recon.volume.spacing_mm, FACE_MARGIN_MM)
-        coarse_views = _stage_views(
-            rest, compared, affine, films, 2.0 * s.pitch_mm, s.margin_mm, s.sigma_px, s.threads
-        )
-        fine_views = _stage_views(
+        coarse_views, fine_views = _stage_views(
             rest, compared, affine, films, s.pitch_mm, s.margin_mm, s.sigma_px, s.threads
         )
+        if not fine_views:
+            log.info("registration: %s projects onto no film", BONE_NAMES[label])
+            continue
         coarse = _downsampled(model)
         n_eval = 0
 
