@@ -123,16 +123,30 @@ def _cut_bone(
     mask = labels == label
     if int(mask.sum()) < 50:
         return None
-    grown = ndimage.binary_dilation(mask, iterations=1)
-    idx = np.argwhere(grown)
+    # Work in the label's bounding box (+3 voxels for the dilation and the 2-voxel zero rim); the
+    # full-grid morphology and copies cost more than the rest of a fitting bone's registration.
+    lo = np.zeros(3, dtype=int)
+    hi = np.array(labels.shape)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        lo[axis] = max(int(present[0]) - 3, 0)
+        hi[axis] = min(int(present[-1]) + 4, labels.shape[axis])
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box_lo = lo.copy()
+    grown_box = ndimage.binary_dilation(mask[box], iterations=1)
+    idx = np.argwhere(grown_box) + box_lo
     lo = np.maximum(idx.min(axis=0) - 2, 0)
     hi = np.minimum(idx.max(axis=0) + 3, labels.shape)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    excess = np.where(grown, mu - MU_SOFT_PER_MM, 0.0).astype(np.float32)[sl]
-    rest = np.where(grown, MU_SOFT_PER_MM, mu).astype(np.float32)
+    grown = np.zeros(labels.shape, dtype=bool)
+    grown[box] = grown_box
+    excess = np.where(grown[sl], mu[sl] - MU_SOFT_PER_MM, 0.0).astype(np.float32)
+    rest = np.array(mu, dtype=np.float32, copy=True)
+    rest[grown] = MU_SOFT_PER_MM
     crop_aff = affine.copy()
     crop_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    vox = np.argwhere(mask)
+    vox = np.argwhere(mask[box]) + box_lo
     pts = vox @ affine[:3, :3].T + affine[:3, 3]
     step = max(1, len(pts) // 5000)
     return _BoneModel(excess, crop_aff, pts.mean(axis=0), pts[::step]), rest

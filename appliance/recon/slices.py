@@ -32,11 +32,15 @@ def knee_centre(labels: Volume) -> NDArray[np.float64]:
     """Between the femur's lowest and the tibia's highest voxel (LPS z), at their mean x, y; falls back to
     the centroid of all bone (or the volume centre) when a bone is missing."""
     lab = np.asarray(labels.data)
-    fem = labels.index_to_mm(np.argwhere(lab == FEMUR)) if (lab == FEMUR).any() else None
-    tib = labels.index_to_mm(np.argwhere(lab == TIBIA)) if (lab == TIBIA).any() else None
-    if fem is not None and tib is not None:
-        low = fem[fem[:, 2] <= fem[:, 2].min() + 5.0]
-        high = tib[tib[:, 2] >= tib[:, 2].max() - 5.0]
+    z_row = np.asarray(labels.affine, dtype=np.float64)[2]
+    fem = np.argwhere(lab == FEMUR)
+    tib = np.argwhere(lab == TIBIA)
+    if len(fem) and len(tib):
+        # S-I (LPS z) of each voxel from the affine's third row; only the end caps go to mm in full.
+        zf = fem @ z_row[:3]
+        zt = tib @ z_row[:3]
+        low = labels.index_to_mm(fem[zf <= zf.min() + 5.0])
+        high = labels.index_to_mm(tib[zt >= zt.max() - 5.0])
         return np.asarray(0.5 * (low.mean(axis=0) + high.mean(axis=0)), dtype=np.float64)
     if (lab > 0).any():
         return np.asarray(labels.index_to_mm(np.argwhere(lab > 0)).mean(axis=0), dtype=np.float64)
