@@ -427,7 +427,7 @@ class LandmarkDetector:
         about (R/L/right/left: the DICOM laterality or the sidecar's side).
 
         Without a side, both legs are measured (:meth:`detect_legs`) and :func:`pick_leg` chooses
-        (its ``side`` says which). On a bilateral film that choice is close to a coin toss (5 of 10
+        (its ``side`` says which). On a bilateral film that choice is close to a coin toss (10 of 16
         held-out films): callers that do not know the side should report both legs from
         :meth:`detect_legs` instead."""
         img, spacing = self._checked(image, spacing_mm)
