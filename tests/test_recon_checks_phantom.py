@@ -88,13 +88,25 @@ def build_phantom(
 
 def knee_geometries(pitch_mm: float = 0.5, size_mm: float = 150.0) -> dict[str, ProjectionGeometry]:
     """Knee AP (source anterior) and lateral (source on the patient's left... for a right knee, medial)."""
-    common = {"isocenter_mm": (0.0, 0.0, 0.0), "sid_mm": 1100.0, "sod_mm": 1000.0}
-    size = {"width_mm": size_mm, "height_mm": size_mm, "pitch_mm": pitch_mm}
+
+    def geometry(
+        name: str, beam_dir: tuple[int, int, int], u_dir: tuple[int, int, int]
+    ) -> ProjectionGeometry:
+        return centred_geometry(
+            name=name,
+            isocenter_mm=(0.0, 0.0, 0.0),
+            beam_dir=beam_dir,
+            u_dir=u_dir,
+            sid_mm=1100.0,
+            sod_mm=1000.0,
+            width_mm=size_mm,
+            height_mm=size_mm,
+            pitch_mm=pitch_mm,
+        )
+
     return {
-        "knee_ap": centred_geometry(name="knee_ap", beam_dir=(0, 1, 0), u_dir=(1, 0, 0), **common, **size),  # type: ignore[arg-type]
-        "knee_lat": centred_geometry(
-            name="knee_lat", beam_dir=(-1, 0, 0), u_dir=(0, -1, 0), **common, **size
-        ),  # type: ignore[arg-type]
+        "knee_ap": geometry("knee_ap", (0, 1, 0), (1, 0, 0)),
+        "knee_lat": geometry("knee_lat", (-1, 0, 0), (0, -1, 0)),
     }
 
 
