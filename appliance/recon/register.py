@@ -5,7 +5,8 @@ in the bone's bounding box); the rest of the reconstruction, with that bone repl
 rendered once per view. A pose (rotation vector about the bone's centroid, translation; 6 DoF) only
 changes the bone volume's affine, so each evaluation is one small DRR per view on the ~1 mm working
 detector of :mod:`appliance.recon.consistency`. Powell's method maximises the mean gradient correlation
-over the views inside the bone's projected region. Seconds per bone, not minutes.
+over the views inside the bone's projected region, after a first coarse look (each parameter +-2 units)
+that ends the search at once when the bone already fits. Seconds per bone, not minutes.
 
 The residual of a bone is the RMS displacement of its voxels under the correcting pose (mm); the
 study's residual is the largest over the registered bones and joins the consistency verdict.
