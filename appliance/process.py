@@ -46,7 +46,9 @@ from appliance.ingest.dicom_reader import decode_pixels
 from appliance.ingest.film import Film
 from appliance.ingest.presentation import bone_bright_unit
 from appliance.ingest.reader import load_pixels, read_film
+from appliance.landmarks.confidence import LOW_CONFIDENCE
 from appliance.landmarks.detector import Detection, LandmarkDetector
+from appliance.landmarks.limb_check import require_lower_limb
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,6 @@ __all__ = [
 ]
 
 RESULT_SCHEMA: Final = "xr3d.process/1"
-LOW_CONFIDENCE: Final = 0.3
-"""A landmark whose heatmap peak (confidence, 1 = as sharp as a training target) is below this is
-flagged ``low_confidence``. Not yet calibrated against landmark error: on a held-out simulated film
-the eight peaks were 0.66-1.0, on a wrongly normalised (unusable) input 0.09-0.56 (docs/result-schema.md)."""
 LONGLEG_VIEW: Final = "longleg_ap"
 RESULT_FILE: Final = "result.json"
 OVERLAY_FILE: Final = "overlay.png"
@@ -205,7 +203,11 @@ def measure_film(
     t_read = time.perf_counter()
     mag = float(film.magnification) if film.magnification else 1.0
     detector_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
-    det = detector.detect(image, detector_spacing)
+    # The study's side picks the leg on a bilateral film; without one the detector's documented rule
+    # chooses (docs/landmarks.md).
+    det = detector.detect(image, detector_spacing, film.side or None)
+    # A film that shows no lower limb (wrong body part that passed the ingest rules) is not measured.
+    require_lower_limb(det, detector_spacing)
     t_detect = time.perf_counter()
     angles = measure_2d(det.as_dict(), detector_spacing, mag, film.side or None)
     flags = _flags(film, det, angles, low_confidence)
