@@ -68,6 +68,7 @@ class ModelBench:
     gflop_per_call: float | None
     stats: tuple[BackendStats, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def get(self, backend: str) -> BackendStats | None:
         return next((s for s in self.stats if s.backend == backend), None)
@@ -85,6 +86,7 @@ class ModelBench:
             "model": self.model,
             "onnx": self.onnx,
             "batch": self.batch,
+            "input_shapes": {k: list(v) for k, v in self.input_shapes},
             "gflop_per_call": self.gflop_per_call,
             "ort_cpu_vs_pytorch_cpu": self.ort_cpu_vs_torch,
             "backends": [s.__dict__ for s in self.stats],
@@ -92,8 +94,14 @@ class ModelBench:
         }
 
 
-def count_flops(onnx_path: Path, batch: int) -> int | None:
-    """FLOPs of one call at ``batch`` (Conv/ConvTranspose/Gemm/MatMul); None if ``onnx`` is missing."""
+def count_flops(onnx_path: Path, batch: int, feeds: Mapping[str, np.ndarray] | None = None) -> int | None:
+    """FLOPs of one call at ``batch`` (Conv/ConvTranspose/Gemm/MatMul); None if ``onnx`` is missing.
+
+    With ``feeds`` the inputs take their shapes (models with symbolic non-batch axes, e.g. the
+    reconstruction decoder's point count), and tensors whose shapes static inference cannot derive
+    (pads computed in the graph, as in the reconstruction encoder) are measured by one ONNX Runtime run
+    that exposes them as outputs; without ``feeds`` a symbolic axis 0 gets ``batch``.
+    """
     try:
         import onnx
         from onnx import numpy_helper, shape_inference
@@ -103,7 +111,11 @@ def count_flops(onnx_path: Path, batch: int) -> int | None:
     model = onnx.load(str(onnx_path))
     for vi in model.graph.input:
         dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
+        given = (feeds or {}).get(vi.name)
+        if given is not None and given.ndim == len(dims):
+            for d, n in zip(dims, given.shape, strict=True):
+                d.dim_value = int(n)
+        elif dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch
     model = shape_inference.infer_shapes(model)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -118,6 +130,16 @@ def count_flops(onnx_path: Path, batch: int) -> int | None:
             for a in node.attribute:
                 if a.name == "value":
                     shapes[node.output[0]] = tuple(numpy_helper.to_array(a.t).shape)
+    if feeds is not None:
+        missing = [
+            t
+            for node in model.graph.node
+            if node.op_type in _COUNTED
+            for t in (*node.input[:2], node.output[0])
+            if t and t not in shapes
+        ]
+        if missing:
+            shapes.update(_measured_shapes(model, feeds, sorted(set(missing))))
     total = 0
     for node in model.graph.node:
         try:
@@ -125,6 +147,27 @@ def count_flops(onnx_path: Path, batch: int) -> int | None:
         except KeyError as exc:
             log.warning("no shape for %s in %s node %s: FLOPs undercounted", exc, node.op_type, node.name)
     return 2 * total
+
+
+_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _measured_shapes(model: Any, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    """Shapes of the intermediate tensors ``names`` from one ONNX Runtime CPU run of ``model``."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in have:
+            probe.graph.output.append(onnx.ValueInfoProto(name=n))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = sess.run(list(names), {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+    return {n: tuple(np.asarray(v).shape) for n, v in zip(names, outs, strict=True)}
 
 
 def _node_macs(node: Any, shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -273,11 +316,19 @@ def bench_model(
     backends: Sequence[str],
     skipped: Sequence[tuple[str, str]] = (),
     torch_fn: RunFn | None = None,
+    feeds: Feeds | None = None,
 ) -> ModelBench:
-    """Benchmark one ONNX model on ``backends`` (and ``torch_fn`` as ``pytorch-cpu`` if given)."""
+    """Benchmark one ONNX model on ``backends`` (and ``torch_fn`` as ``pytorch-cpu`` if given).
+
+    ``feeds`` are the inputs to time (a realistic call of a shipped model); default: uniform random
+    inputs at ``settings.batch``.
+    """
     info = read_model_info(onnx_path)
-    feeds = random_feeds(info, settings.batch, settings.seed)
-    flops = count_flops(onnx_path, settings.batch)
+    if feeds is None:
+        feeds = random_feeds(info, settings.batch, settings.seed)
+        flops = count_flops(onnx_path, settings.batch)
+    else:
+        flops = count_flops(onnx_path, settings.batch, feeds)
     stats = []
     for name in backends:
         base = rss_baseline()
@@ -295,6 +346,7 @@ def bench_model(
         model=info.name,
         onnx=str(onnx_path),
         batch=settings.batch,
+        input_shapes=tuple((k, tuple(int(n) for n in v.shape)) for k, v in feeds.items()),
         gflop_per_call=flops / 1e9 if flops is not None else None,
         stats=tuple(stats),
         skipped=tuple(skipped),

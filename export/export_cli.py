@@ -1,11 +1,12 @@
 """``xr3d export onnx|tensorrt|triton`` and ``xr3d bench``: argparse glue.
 
-The registry of shipped models is :data:`SHIPPED_MODELS` (today the two stages of the long-leg landmark
-model, weights in ``models/``). A model registers by adding a :class:`ShippedModel` whose ``build``
-returns the trained module (eval mode), an example input, I/O names and metadata (version, training
-seed, input geometry), exactly like :func:`export.reference_models.build_reference` does.
+The registry of shipped models is :data:`SHIPPED_MODELS` (the two stages of the long-leg landmark model
+and the two parts of the reconstruction network, weights in ``models/``). A model registers by adding a
+:class:`ShippedModel` whose ``build`` returns the trained module (eval mode), an example input (also the
+realistic call ``xr3d bench --shipped`` times), I/O names and metadata (version, training seed, input
+geometry), exactly like :func:`export.reference_models.build_reference` does.
 
-Only ``xr3d export onnx`` and ``xr3d bench --reference`` need torch, and import it lazily, so
+Only ``xr3d export onnx`` and ``xr3d bench --reference/--shipped`` need torch, and import it lazily, so
 ``xr3d export tensorrt`` and ``xr3d bench --onnx`` work on a runtime-only install.
 """
 
@@ -36,6 +37,8 @@ class ShippedModel:
     name: str
     build: Callable[[], ReferenceModel]
     dynamic_batch: bool = True
+    dynamic_axes: tuple[tuple[str, int, str], ...] = ()
+    """(tensor, axis, symbol) exported as symbolic instead of the batch axis (the decoder's point count)."""
 
 
 def _landmarks(stage: str) -> Callable[[], ReferenceModel]:
@@ -48,11 +51,69 @@ def _landmarks(stage: str) -> Callable[[], ReferenceModel]:
     return build
 
 
+def recon_chunk() -> int:
+    """Points per decoder call in the runtime (``Reconstructor``'s default), the decoder's bench input."""
+    import inspect
+
+    from appliance.recon.infer import Reconstructor
+
+    return int(inspect.signature(Reconstructor.__init__).parameters["chunk"].default)
+
+
+def _recon(part: str) -> Callable[[], ReferenceModel]:
+    """Encoder or decoder of ``models/recon.pt``, loaded the way export/recon/onnx_io.py exports it."""
+
+    def build() -> ReferenceModel:
+        import torch
+
+        from appliance.recon.infer import DEFAULT_MODELS_DIR
+        from export.recon.model import ReconNet
+        from export.recon.onnx_io import _meta, example_inputs
+        from export.reference_models import ReferenceModel
+
+        ckpt = DEFAULT_MODELS_DIR / "recon.pt"
+        if not ckpt.is_file():
+            raise InputError(f"reconstruction weights missing: {ckpt}", reason="model_missing")
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        cfg = ck.get("config", {})
+        net = ReconNet(hidden=int(cfg.get("hidden", 64)))
+        # Only the decoder is learned; the encoder's fixed kernels are rebuilt from the constants.
+        net.decoder.load_state_dict(
+            {k[len("decoder.") :]: v for k, v in ck["net"].items() if k.startswith("decoder.")}
+        )
+        net.eval()
+        film, mats, present, _ = example_inputs()
+        if part == "encoder":
+            meta = _meta(int(cfg.get("seed", 0)), cfg, "encoder")
+            return ReferenceModel("recon_encoder", net.encoder, (film,), ("film",), ("features",), meta)
+        # A realistic decoder call: features of a film pair and one runtime chunk of points in the cube.
+        with torch.no_grad():
+            feats = net.encoder(film)[None]
+        gen = torch.Generator().manual_seed(0)
+        points = torch.rand(1, recon_chunk(), 3, generator=gen) * 2.0 - 1.0
+        meta = _meta(int(cfg.get("seed", 0)), cfg, "decoder")
+        return ReferenceModel(
+            "recon_decoder",
+            net.decoder,
+            (feats, mats, present, points),
+            ("features", "mats", "present", "points"),
+            ("hu", "logits"),
+            meta,
+        )
+
+    return build
+
+
+_POINT_AXES = (("points", 1, "points"), ("hu", 1, "points"), ("logits", 1, "points"))
+
 SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("landmarks_whole", _landmarks("whole")),
     ShippedModel("landmarks_crop", _landmarks("crop")),
+    ShippedModel("recon_encoder", _recon("encoder")),
+    ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
 )
-"""Product models to export: the two stages of the long-leg landmark model (issue 4; weights in models/)."""
+"""Product models to export: the two stages of the long-leg landmark model (issue 4) and the encoder and
+point decoder of the reconstruction network (issue 5); weights in models/."""
 
 
 def _say(msg: str) -> None:
@@ -136,14 +197,14 @@ def _config(args: argparse.Namespace, **extra: Any) -> EngineConfig:
     return EngineConfig(**values)
 
 
-def _models_to_export(args: argparse.Namespace) -> list[tuple[str, Callable[[], ReferenceModel], bool]]:
+def _models_to_export(args: argparse.Namespace) -> list[ShippedModel]:
     if args.reference:
         from export.reference_models import REFERENCE_NAMES, build_reference
 
         def builder(n: str) -> Callable[[], ReferenceModel]:
             return lambda: build_reference(n, scale="bench")
 
-        return [(f"ref-{n}", builder(n), True) for n in REFERENCE_NAMES]
+        return [ShippedModel(f"ref-{n}", builder(n)) for n in REFERENCE_NAMES]
     if not SHIPPED_MODELS:
         raise InputError(
             "no shipped models are registered yet (no product model has been trained); models are added "
@@ -151,34 +212,101 @@ def _models_to_export(args: argparse.Namespace) -> list[tuple[str, Callable[[], 
             reason="no_shipped_models",
         )
     if args.all:
-        return [(m.name, m.build, m.dynamic_batch) for m in SHIPPED_MODELS]
+        return list(SHIPPED_MODELS)
     for m in SHIPPED_MODELS:
         if m.name == args.model:
-            return [(m.name, m.build, m.dynamic_batch)]
+            return [m]
     known = ", ".join(m.name for m in SHIPPED_MODELS)
     raise InputError(f"unknown model {args.model!r}; shipped models: {known}", reason="unknown_model")
 
 
-def run_export_onnx(args: argparse.Namespace) -> int:
-    from export.onnx_export import export_onnx, ort_parity
+def export_shipped(model: ShippedModel, spec: ReferenceModel, path: Path, opset: int, fp16: bool) -> Any:
+    """Export one model; returns :class:`export.onnx_export.ExportResult`.
 
-    rows = []
-    failed = False
-    for name, build, dynamic in _models_to_export(args):
-        spec = build()
-        path = args.out / f"{name}.onnx"
-        res = export_onnx(
+    ``export_onnx`` only knows a dynamic batch axis, so a model with other symbolic axes (the decoder's
+    point count) is traced here with those axes and then written through ``export_onnx``'s own steps
+    (metadata, op check, hash, optional FP16 sibling).
+    """
+    from export.onnx_export import export_onnx
+
+    if not model.dynamic_axes:
+        return export_onnx(
             spec.module,
             spec.example,
             path,
             input_names=spec.input_names,
             output_names=spec.output_names,
-            dynamic_batch=dynamic,
-            opset=args.opset,
+            dynamic_batch=model.dynamic_batch,
+            opset=opset,
             metadata=spec.metadata,
-            name=name,
-            fp16=args.fp16,
+            name=model.name,
+            fp16=fp16,
         )
+    return _export_axes(model, spec, path, opset, fp16)
+
+
+def _export_axes(model: ShippedModel, spec: ReferenceModel, path: Path, opset: int, fp16: bool) -> Any:
+    import warnings
+
+    import onnx
+    import torch
+
+    from engines.api import META_VERSION, read_model_info
+    from engines.cache import sha256_file
+    from export.onnx_export import ExportResult, check_onnx, metadata_props
+
+    axes: dict[str, dict[int, str]] = {}
+    for tensor, axis, symbol in model.dynamic_axes:
+        axes.setdefault(tensor, {})[axis] = symbol
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec.module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            spec.module,
+            tuple(spec.example),
+            str(path),
+            dynamo=False,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            opset_version=opset,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    props = metadata_props(model.name, spec.metadata)
+    onx = onnx.load(str(path))
+    del onx.metadata_props[:]
+    for k, v in sorted(props.items()):
+        onx.metadata_props.add(key=k, value=v)
+    onx.producer_name = "xr3d"
+    onx.doc_string = f"{model.name} {props[META_VERSION]}"
+    onnx.save(onx, str(path))
+    fp16_path = None
+    if fp16:
+        from engines.fp16 import convert_file
+        from engines.trt_build import fp16_sibling
+
+        fp16_path = convert_file(path, fp16_sibling(path))
+    return ExportResult(
+        path=path,
+        sha256=sha256_file(path),
+        opset=opset,
+        info=read_model_info(path),
+        opcheck=check_onnx(path),
+        fp16_path=fp16_path,
+    )
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from export.onnx_export import ort_parity
+
+    rows = []
+    failed = False
+    for model in _models_to_export(args):
+        name = model.name
+        spec = model.build()
+        path = args.out / f"{name}.onnx"
+        res = export_shipped(model, spec, path, args.opset, args.fp16)
         parity = ort_parity(spec.module, spec.example, path)
         failed |= not parity.ok or (args.strict and not res.opcheck.ok)
         rows.append(
@@ -241,13 +369,22 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="latency p50/p95, throughput, memory and GFLOP/s per model and backend",
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
-            "--reference also exports the reference networks and times PyTorch-CPU in the same run "
-            "(needs torch) for the ORT-CPU/PyTorch-CPU ratio. No shipped models exist yet, so give "
-            "--onnx FILE... or --reference."
+            "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
+            "recon_encoder, recon_decoder) on a realistic call (landmark stages at their input geometry, "
+            "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
+            "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
+            "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "
+            "file on random inputs."
         ),
     )
     p.add_argument("--onnx", type=Path, nargs="+", default=[], metavar="FILE")
     p.add_argument("--reference", action="store_true", help="benchmark the reference networks (+ PyTorch)")
+    p.add_argument(
+        "--shipped", action="store_true", help="benchmark every shipped model (+ PyTorch-CPU, needs torch)"
+    )
+    p.add_argument(
+        "--models-dir", type=Path, default=None, help="where --shipped finds the ONNX files (default models/)"
+    )
     p.add_argument(
         "--work", type=Path, default=Path("build/bench_engines"), help="where --reference writes ONNX"
     )
@@ -264,9 +401,9 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def run_bench(args: argparse.Namespace) -> int:
     from engines.bench import BenchSettings, available_backend_names, bench_model, machine_info, render_table
 
-    if not args.onnx and not args.reference:
+    if not args.onnx and not args.reference and not args.shipped:
         raise InputError(
-            "nothing to benchmark: no shipped models are registered yet; give --onnx FILE... or --reference",
+            "nothing to benchmark: give --shipped (the shipped models), --onnx FILE... or --reference",
             reason="no_models",
         )
     config = _config(args)
@@ -281,13 +418,15 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"backend(s) {', '.join(sorted(unknown))} not available here", reason="bad_backend"
             )
         names = list(args.backends)
-    targets: list[tuple[Path, Any]] = [(f, None) for f in args.onnx]
+    targets: list[tuple[Path, Any, Any]] = [(f, None, None) for f in args.onnx]
     if args.reference:
-        targets += reference_targets(args.work, config.cpu_threads)
+        targets += [(p, fn, None) for p, fn in reference_targets(args.work, config.cpu_threads)]
+    if args.shipped:
+        targets += shipped_targets(args.models_dir, args.work, config.cpu_threads)
     results = []
-    for path, torch_fn in targets:
+    for path, torch_fn, feeds in targets:
         _say(f"bench {path.name} on {', '.join(names)}{' + pytorch-cpu' if torch_fn else ''}")
-        results.append(bench_model(path, config, settings, names, skipped, torch_fn))
+        results.append(bench_model(path, config, settings, names, skipped, torch_fn, feeds))
     machine = machine_info()
     if args.json:
         doc = {"machine": machine, "settings": settings.__dict__, "results": [r.to_json() for r in results]}
@@ -295,6 +434,42 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"machine: {machine}\n\n{render_table(results, settings)}")
     return 0
+
+
+def _torch_runner(module: Any, names: tuple[str, ...]) -> Any:
+    import torch
+
+    def run(feeds: dict[str, Any]) -> Any:
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(feeds[k]) for k in names))
+
+    return run
+
+
+def shipped_targets(models_dir: Path | None, work: Path, threads: int) -> list[tuple[Path, Any, Any]]:
+    """(ONNX, PyTorch runner, realistic feeds) per shipped model.
+
+    The ONNX timed is the shipped file in ``models_dir`` (what the runtime loads); a model whose file is
+    missing there is exported to ``work`` first.
+    """
+    import os
+
+    import torch
+
+    from appliance.recon.infer import DEFAULT_MODELS_DIR
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)  # same thread count as ONNX Runtime
+    d = models_dir or DEFAULT_MODELS_DIR
+    out: list[tuple[Path, Any, Any]] = []
+    for model in SHIPPED_MODELS:
+        spec = model.build()
+        path = d / f"{model.name}.onnx"
+        if not path.is_file():
+            path = work / f"{model.name}.onnx"
+            export_shipped(model, spec, path, 17, fp16=False)
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(spec.input_names, spec.example, strict=True)}
+        out.append((path, _torch_runner(spec.module, spec.input_names), feeds))
+    return out
 
 
 def reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
@@ -320,12 +495,5 @@ def reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
             metadata=spec.metadata,
             name=spec.name,
         )
-        module = spec.module
-        names = spec.input_names
-
-        def run(feeds: dict[str, Any], module: Any = module, names: tuple[str, ...] = names) -> Any:
-            with torch.inference_mode():
-                return module(*(torch.from_numpy(feeds[k]) for k in names))
-
-        out.append((path, run))
+        out.append((path, _torch_runner(spec.module, spec.input_names)))
     return out
