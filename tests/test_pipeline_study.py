@@ -110,6 +110,14 @@ def test_full_study_measured_with_every_output(
     _check_stages(doc)
     if doc["reconstruction"] is None:
         assert doc["flags"]["stages"]["reconstruction"]["status"] != DONE or doc["angles_3d"] is None
+    elif doc["angles_3d"] is not None:
+        # Reported 3D angles agree with the film's within the limit projection explains.
+        agreement = doc["reconstruction"]["agreement_with_2d"]
+        assert not agreement["disagreeing"] and "withheld" not in doc["reconstruction"]
+    elif "withheld" in doc["reconstruction"]:
+        withheld = doc["reconstruction"]["withheld"]
+        assert withheld["reasons"] and set(withheld["reasons"]) <= set(doc["flags"]["reasons"])
+        assert doc["landmarks_3d"] is None
     assert_no_phi(json.dumps(doc))
     assert not [p for p in s.paths.outbox.iterdir() if p.name.startswith(".")]
 

@@ -33,6 +33,7 @@ from appliance import __version__
 from appliance.config import PipelineSettings
 from appliance.jobs.processor import StudyInput
 from appliance.landmarks.detector import LandmarkDetector
+from appliance.pipeline.agreement import angles_agreement
 from appliance.pipeline.films import StudyFilm, choose_films, copy_films, film_entry
 from appliance.pipeline.optional import DONE, SKIPPED, StageOutcome, run_optional
 from appliance.process import (
@@ -203,9 +204,26 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
             reasons.append(f"reconstruction_{recon_outcome.status}")
     reconstruction, angles_3d, landmarks_3d = _recon_fields(recon_outcome)
     if reconstruction is not None and isinstance(reconstruction, Mapping):
+        reconstruction = dict(reconstruction)
         consistency = reconstruction.get("consistency")
+        withhold: list[str] = []
         if isinstance(consistency, Mapping) and consistency.get("consistent") is False:
             reasons.append("reconstruction_not_consistent_with_films")
+            withhold.append("reconstruction_not_consistent_with_films")
+        if angles_3d is not None and measured is not None:
+            agreement = angles_agreement(measured.angles_json(), angles_3d)
+            reconstruction["agreement_with_2d"] = agreement.to_json()
+            if not agreement.agrees:
+                reasons.append("angles_3d_disagree_with_2d")
+                withhold.append("angles_3d_disagree_with_2d")
+        if withhold and (angles_3d is not None or landmarks_3d is not None):
+            # Never presented as fact (appliance/pipeline/agreement.py): kept aside for review only.
+            reconstruction["withheld"] = {
+                "reasons": withhold,
+                "angles_3d": angles_3d,
+                "landmarks_3d": landmarks_3d,
+            }
+            angles_3d, landmarks_3d = None, None
 
     flags: dict[str, Any] = dict(measured.flags) if measured else {}
     flags.update(
