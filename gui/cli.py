@@ -68,6 +68,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # pydicom logs file paths at DEBUG, and clinics name files after patients: as in the service.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     outbox = args.outbox or Path(os.environ.get("XR3D_OUTBOX", str(DEFAULT_OUTBOX)))
     if args.screenshot is not None and not args.study:
         raise InputError("--screenshot needs --study UID", reason="bad_argument")
