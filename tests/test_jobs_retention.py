@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from job_films import film_record
 
 from appliance.ingest.film import Film
 from appliance.jobs.retention import RETENTION_DAYS, PruneResult, prune_store
@@ -22,27 +23,7 @@ VIEWS = ("longleg_ap", "knee_ap", "knee_lat")
 
 
 def _film(study: str, sop: str, view: str, sha: str) -> Film:
-    return Film(
-        sha256=sha,
-        kind="dicom",
-        study_uid=study,
-        series_uid=study + ".9",
-        sop_uid=sop,
-        view=view,
-        side="R",
-        rows=10,
-        columns=10,
-        spacing_mm=(0.1, 0.1),
-        spacing_source="test",
-        spacing_flag="",
-        magnification=None,
-        modality="DX",
-        body_part="KNEE",
-        view_position="AP",
-        photometric="MONOCHROME2",
-        bits_stored=12,
-        transfer_syntax="1.2.840.10008.1.2.1",
-    )
+    return film_record(study, sop, view, sha, series_uid=study + ".9")
 
 
 class Box:

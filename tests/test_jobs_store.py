@@ -4,34 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.ingest.film import Film
+from job_films import film_record as _film
+
 from appliance.jobs.store import JobStore
 
 VIEWS = ("longleg_ap", "knee_ap", "knee_lat")
-
-
-def _film(study: str, sop: str, view: str, sha: str = "") -> Film:
-    return Film(
-        sha256=sha or f"h{sop}",
-        kind="dicom",
-        study_uid=study,
-        series_uid="1.2.3",
-        sop_uid=sop,
-        view=view,
-        side="R",
-        rows=10,
-        columns=10,
-        spacing_mm=(0.1, 0.1),
-        spacing_source="test",
-        spacing_flag="",
-        magnification=None,
-        modality="DX",
-        body_part="KNEE",
-        view_position="AP",
-        photometric="MONOCHROME2",
-        bits_stored=12,
-        transfer_syntax="1.2.840.10008.1.2.1",
-    )
 
 
 def test_same_instance_is_recorded_once_and_survives_reopen(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from service_films import db_rows, start
 
 from appliance.dicomio.uids import uid_from
 from appliance.ingest.quarantine import read_records
@@ -78,26 +78,8 @@ def write_config(root: Path, **ingest: float) -> Path:
     return cfg
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    fh = open(log, "ab")  # noqa: SIM115 - closed when the process is reaped
-    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(log.parent))
-
-
 def watch_cmd(cfg: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "appliance.cli.main", "-vv", "watch", "--config", str(cfg), *extra]
-
-
-def db_rows(root: Path, sql: str) -> list[tuple[object, ...]]:
-    db = root / "state" / "jobs.sqlite3"
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
 
 
 def wait_for(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes] | None = None) -> None:
