@@ -56,6 +56,13 @@ def register(sub: Any) -> None:
     )
     pl.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
     pl.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    pl.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights in DIR/landmarks_{whole,crop}.pt (a stage whose network differs "
+        "starts from a random init)",
+    )
     pl.set_defaults(func=run_train_landmarks)
     from export.recon.cli import register_train as _register_recon_train
 
@@ -76,6 +83,7 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         max_cases=args.max_cases,
         threads=int(args.threads),
+        init_from=args.init_from,
     )
     res = train_landmarks(cfg)
     _say(
