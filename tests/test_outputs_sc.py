@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import RLELossless
 
 from appliance.errors import InputError
 from appliance.outputs.secondary_capture import build_overlay_sc, load_rgb, write_overlay_sc
@@ -26,7 +27,9 @@ def test_overlay_round_trips_and_joins_the_study(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     expected = np.asarray(Image.open(OVERLAY).convert("RGB"))
     assert ds.PhotometricInterpretation == "RGB" and ds.BitsAllocated == 8 and ds.SamplesPerPixel == 3
-    assert np.array_equal(ds.pixel_array, expected)
+    assert np.array_equal(ds.pixel_array, expected)  # lossless
+    assert ds.file_meta.TransferSyntaxUID == RLELossless and ds.LossyImageCompression == "00"
+    assert path.stat().st_size < expected.nbytes / 2  # the overlay's flat areas compress
     assert ds.StudyInstanceUID == src.StudyInstanceUID
     assert ds.SeriesInstanceUID != src.SeriesInstanceUID
     assert (ds.PatientName, ds.PatientID) == (src.PatientName, src.PatientID)

@@ -165,3 +165,40 @@ def test_an_unreadable_object_does_not_stop_the_others(tmp_path: Path) -> None:
             sender.close()
     assert (summary.sent, summary.failed) == (1, 1)
     assert _arrived(tmp_path) == [str(pydicom.dcmread(good).SOPInstanceUID)]
+
+
+def test_the_rle_overlay_reaches_a_pacs_that_takes_only_uncompressed(tmp_path: Path) -> None:
+    """The overlay SC is stored RLE Lossless; a PACS that accepts only Explicit VR Little Endian still gets
+    the identical pixels (pynetdicom decompresses for the accepted context)."""
+    from pynetdicom import AE, evt
+
+    from appliance.outputs.secondary_capture import write_overlay_sc
+    from tests.outputs_support import STUDY_DIR, source_film
+
+    outbox = tmp_path / "out"
+    sc_path = write_overlay_sc(
+        outbox / "s" / "dicom" / "overlay_sc.dcm", STUDY_DIR / "overlay.png", source_film(), key="k"
+    )
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        received[-1].file_meta = event.file_meta
+        return 0x0000
+
+    pacs = AE(ae_title=PACS_AET)
+    pacs.add_supported_context(SecondaryCaptureImageStorage, [ExplicitVRLittleEndian])
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = int(server.server_address[1])
+        sender = PacsSender(_sender_settings(port), outbox, tmp_path / "st")
+        try:
+            summary = sender.send_pending()
+        finally:
+            sender.close()
+    finally:
+        server.shutdown()
+    assert (summary.sent, summary.failed) == (1, 0)
+    assert len(received) == 1
+    assert received[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(received[0].pixel_array, pydicom.dcmread(sc_path).pixel_array)

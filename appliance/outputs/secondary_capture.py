@@ -4,11 +4,12 @@
 RGB, 8 bits, the PNG's own size (the overlay is drawn at the film's size, so its pixels line up with the
 source film's), patient/study copied from the source film, a new series, ImageType DERIVED\\SECONDARY,
 SourceImageSequence naming the film, BurnedInAnnotation YES (values are drawn into the pixels).
-``write_overlay_sc(path, ...)`` saves it.
+Pixels are stored RLE Lossless (:func:`compress_rle`). ``write_overlay_sc(path, ...)`` saves it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import RLELossless, SecondaryCaptureImageStorage
 
 from appliance.errors import InputError
 from appliance.outputs.common import (
@@ -34,7 +35,7 @@ from appliance.outputs.common import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SC_SERIES_NUMBER", "build_overlay_sc", "load_rgb", "write_overlay_sc"]
+__all__ = ["SC_SERIES_NUMBER", "build_overlay_sc", "compress_rle", "load_rgb", "write_overlay_sc"]
 
 SC_SERIES_NUMBER: Final = 9002
 SC_SERIES_DESCRIPTION: Final = "xr3d alignment overlay"
@@ -57,6 +58,18 @@ def load_rgb(png_path: Path) -> NDArray[np.uint8]:
             f"{Path(png_path).name}: not a readable picture ({exc})", reason="bad_picture"
         ) from exc
     return np.ascontiguousarray(rgb)
+
+
+def compress_rle(ds: Dataset) -> None:
+    """Re-encode ``ds``'s pixels as RLE Lossless, in place (transfer syntax and file meta follow).
+
+    A long-leg overlay is ~14 MB of uncompressed RGB; RLE Lossless makes it ~2.3x smaller and, unlike
+    JPEG-LS (2.4 MB but not accepted by every PACS), is part of every archive's baseline and decodable by
+    pydicom with no plugin. pylibjpeg-rle encodes it in ~0.2 s; pydicom's own encoder (~2 s) is the
+    fallback where that wheel is missing.
+    """
+    plugin = "pylibjpeg" if importlib.util.find_spec("rle") is not None else "pydicom"
+    ds.compress(RLELossless, encoding_plugin=plugin)
 
 
 def build_overlay_sc(
@@ -112,7 +125,8 @@ def build_overlay_sc(
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "00"
     ds.PixelData = rgb.tobytes()
-    log.info("overlay SC built: %d x %d RGB", ds.Columns, ds.Rows)
+    compress_rle(ds)
+    log.info("overlay SC built: %d x %d RGB, RLE Lossless", ds.Columns, ds.Rows)
     return ds
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -196,7 +197,8 @@ class PacsSender:
             ts = str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
             contexts.add((str(ds.SOPClassUID), ts))
         for sop_class, ts in sorted(contexts):
-            # The stored syntax, plus the two uncompressed ones pynetdicom can convert to.
+            # The stored syntax, plus the two uncompressed ones (a compressed object is decompressed for a
+            # PACS that accepts only those: see _fit_to_accepted).
             syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             ae.add_requested_context(sop_class, syntaxes)
         try:
@@ -216,6 +218,7 @@ class PacsSender:
             for item, ds in items:
                 status: int | None = None
                 try:
+                    _fit_to_accepted(ds, assoc.accepted_contexts)
                     rsp = assoc.send_c_store(ds)
                     status = int(rsp.Status) if "Status" in rsp else None
                 except Exception as exc:
@@ -233,6 +236,21 @@ class PacsSender:
             if assoc.is_established:
                 assoc.release()
         return sent, failed
+
+
+def _fit_to_accepted(ds: pydicom.Dataset, accepted: list[Any]) -> None:
+    """Decompress ``ds`` in place when the peer accepted its SOP class only uncompressed.
+
+    pynetdicom converts between the uncompressed syntaxes by itself but refuses to send a compressed
+    object (our RLE overlay) on an uncompressed context; pydicom decodes RLE natively, so the PACS still
+    gets the identical pixels.
+    """
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None or not ts.is_compressed:
+        return
+    offered = {str(c.transfer_syntax[0]) for c in accepted if c.abstract_syntax == ds.SOPClassUID}
+    if str(ts) not in offered:
+        ds.decompress()
 
 
 class PacsSenderThread:
