@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from appliance.config import Settings, settings_from_mapping
 from appliance.ingest.classify import FilmFacts, classify, edge_anisotropy
 from appliance.ingest.errors import REASONS, IngestError
-from appliance.ingest.reader import read_film
+from appliance.ingest.reader import load_pixels, read_film
 from export.simulator.case import CaseOptions, generate_case
 
 SEED = 900900
@@ -192,6 +192,27 @@ def test_png_with_sidecar(tmp_path: Path, sim_case: Path) -> None:
     )
     film = read_film(png, s)
     assert (film.view, film.side, film.spacing_mm, film.bits_stored) == ("longleg_ap", "L", (1.0, 1.0), 8)
+
+
+def test_jpeg_with_sidecar_is_read_as_shown(tmp_path: Path, sim_case: Path) -> None:
+    """8-bit JPEG exports are accepted; a JPEG stored turned with an EXIF orientation is read as shown."""
+    arr = (pydicom.dcmread(sim_case / "longleg_ap.dcm").pixel_array >> 8).astype(np.uint8)
+    s = _settings(tmp_path)
+    side = {"view": "longleg_ap", "side": "R", "spacing_mm": 1.8}
+    plain = tmp_path / "leg.jpg"
+    Image.fromarray(arr).save(plain, quality=90)
+    (tmp_path / "leg.json").write_text(json.dumps(side))
+    film = read_film(plain, s)
+    assert (film.kind, film.rows, film.columns, film.spacing_mm) == ("image", *arr.shape, (1.8, 1.8))
+    turned = tmp_path / "turned.jpeg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to show": the stored pixels are the picture turned 90 CCW
+    Image.fromarray(np.rot90(arr)).save(turned, quality=90, exif=exif)
+    (tmp_path / "turned.json").write_text(json.dumps(side))
+    film = read_film(turned, s)
+    assert (film.rows, film.columns) == arr.shape
+    shown = load_pixels(turned)
+    assert np.abs(shown - load_pixels(plain)).mean() < 3.0  # the same picture, up to JPEG noise
 
 
 def test_rules_are_data(tmp_path: Path) -> None:

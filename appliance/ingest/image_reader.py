@@ -1,4 +1,4 @@
-"""A PNG or TIFF film with a sidecar JSON -> :class:`~appliance.ingest.film.Film`.
+"""A PNG, JPEG or TIFF film with a sidecar JSON -> :class:`~appliance.ingest.film.Film`.
 
 Exported films carry no header, so a sidecar ``<file name>.json`` or ``<stem>.json`` next to the image
 must say what the image is::
@@ -27,7 +27,8 @@ from appliance.ingest.classify import check_image
 from appliance.ingest.errors import IngestError
 from appliance.ingest.film import Film
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# JPEG: PACS and research exports of long-leg films are often 8-bit JPEG (issue 4, "real films").
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def sidecar_of(path: Path) -> Path | None:
@@ -63,11 +64,14 @@ def _spacing(value: Any) -> tuple[float, float]:
 
 
 def _pixels(path: Path) -> tuple[NDArray[np.generic], int]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            opened.load()
+            # A JPEG may store its pixels turned and say so in EXIF; the sidecar describes the picture as
+            # shown, so read it as shown (no-op for PNG/TIFF without that tag).
+            im = ImageOps.exif_transpose(opened)
             if im.mode in ("L", "I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im)
             else:
