@@ -67,7 +67,7 @@ def _recon(part: str) -> Callable[[], ReferenceModel]:
         import torch
 
         from appliance.recon.infer import DEFAULT_MODELS_DIR
-        from export.recon.model import ReconNet
+        from export.recon.model import load_net
         from export.recon.onnx_io import _meta, example_inputs
         from export.reference_models import ReferenceModel
 
@@ -76,11 +76,8 @@ def _recon(part: str) -> Callable[[], ReferenceModel]:
             raise InputError(f"reconstruction weights missing: {ckpt}", reason="model_missing")
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
         cfg = ck.get("config", {})
-        net = ReconNet(hidden=int(cfg.get("hidden", 64)))
-        # Only the decoder is learned; the encoder's fixed kernels are rebuilt from the constants.
-        net.decoder.load_state_dict(
-            {k[len("decoder.") :]: v for k, v in ck["net"].items() if k.startswith("decoder.")}
-        )
+        # Learned encoder (recon-1.1) and decoder; the fixed filter-bank kernels are rebuilt from constants.
+        net = load_net(ck["net"], cfg)
         net.eval()
         film, mats, present, _ = example_inputs()
         if part == "encoder":

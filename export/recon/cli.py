@@ -63,6 +63,12 @@ def register_train(tsub: Any) -> None:
     )
     p.add_argument("--rescan-steps", type=int, default=0, help="pick up new samples every N steps")
     p.add_argument("--hidden", type=int, default=64, help="decoder MLP width (default 64)")
+    p.add_argument(
+        "--learned", type=int, default=16, help="learned film-encoder maps (default 16; 0: fixed bank)"
+    )
+    p.add_argument("--init-from", type=Path, default=None, help="warm start from a recon.pt")
+    p.add_argument("--n-small", type=int, default=1024, help="points near fibula/patella surfaces per sample")
+    p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
     p.add_argument("--ap-only", action="store_true", help="ablation: train (and use) the AP film only")
@@ -101,6 +107,10 @@ def run_train(args: argparse.Namespace) -> int:
         export=not args.no_export,
         rescan_steps=int(args.rescan_steps),
         hidden=int(args.hidden),
+        learned=int(args.learned),
+        init_from=args.init_from,
+        n_small=int(args.n_small),
+        class_weights=not args.no_class_weights,
     )
     res = train_recon(cfg)
     _say(

@@ -114,6 +114,25 @@ def sample_points(
     return np.concatenate([uni, np.ravel_multi_index(ijk.T, (n, n, n))])
 
 
+def small_bone_points(s: ReconSample, rng: np.random.Generator, n: int) -> NDArray[np.int64]:
+    """Flat indices near the fibula and patella surfaces (surface voxel of label 3 or 4 +- 1 voxel), half
+    each when both exist: these small bones are otherwise rare among the sampled points."""
+    m = CUBE_VOXELS
+    lab = s.labels.reshape(-1)[s.surface]
+    pools = [s.surface[lab == c] for c in (3, 4)]
+    pools = [p for p in pools if len(p)] or [s.surface]
+    if not len(pools[0]):
+        return rng.integers(0, m**3, n)
+    picks = [p[rng.integers(0, len(p), k)] for p, k in zip(pools, _split(n, len(pools)), strict=True)]
+    ijk = np.stack(np.unravel_index(np.concatenate(picks), (m, m, m)), axis=-1) + rng.integers(-1, 2, (n, 3))
+    ijk = np.clip(ijk, 0, m - 1)
+    return np.asarray(np.ravel_multi_index(ijk.T, (m, m, m)), dtype=np.int64)
+
+
+def _split(n: int, k: int) -> list[int]:
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
 def block_indices(s: ReconSample, rng: np.random.Generator) -> NDArray[np.int64]:
     """Flat indices of a BLOCK^3 block around a random surface voxel (bone texture and edges)."""
     n = CUBE_VOXELS

@@ -19,12 +19,17 @@ def hu_l1(pred: Tensor, hu: Tensor, weight: Tensor) -> Tensor:
     return (weight * (pred - hu_target(hu)).abs()).sum() / weight.sum()
 
 
-def label_loss(logits: Tensor, labels: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted cross-entropy and 1 - mean soft Dice over the four bones (classes 1-4)."""
+def label_loss(
+    logits: Tensor, labels: Tensor, weight: Tensor, class_w: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Weighted cross-entropy (per point ``weight`` x per class ``class_w``) and 1 - mean soft Dice over
+    the four bones (classes 1-4)."""
     n_cls = logits.shape[-1]
     lg = logits.reshape(-1, n_cls)
     y = labels.reshape(-1).long()
     w = weight.reshape(-1)
+    if class_w is not None:
+        w = w * class_w[y]
     ce = (F.cross_entropy(lg, y, reduction="none") * w).sum() / w.sum()
     p = torch.softmax(lg, dim=-1)[:, 1:]
     oh = F.one_hot(y, n_cls).float()[:, 1:]

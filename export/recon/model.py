@@ -1,7 +1,8 @@
 """The reconstruction network: a 2D film encoder and an implicit, geometry-driven 3D decoder.
 
-* :class:`FilmEncoder` turns a 256 x 256 film frame (0.75 mm/px at the detector) into ``N_FEAT`` feature
-  maps (a fixed multi-scale filter bank, see its docstring).
+* :class:`FilmEncoder` turns a 256 x 256 film frame (0.75 mm/px at the detector) into feature maps: a fixed
+  multi-scale filter bank (``N_FIXED`` maps, see its docstring), optionally followed by ``learned`` maps of a
+  small CNN (:class:`LearnedFilmEncoder`, trained end to end with the decoder).
 * :class:`PointDecoder` takes points in normalised cube coordinates (-1..1 per axis), projects each through
   every view's 3x4 matrix (normalised cube -> normalised frame), samples the feature maps there
   (bilinear ``grid_sample``), zeroes views that are absent (``present`` flag, AP-only mode), adds a
@@ -24,7 +25,8 @@ N_CLASSES = 5
 N_VIEWS = 2
 SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)  # frame pixels (0.75 mm at the detector)
 GRAD_SIGMAS = (1.0, 2.0, 4.0)
-N_FEAT = 1 + len(SIGMAS) + 2 * len(GRAD_SIGMAS)
+N_FIXED = 1 + len(SIGMAS) + 2 * len(GRAD_SIGMAS)
+N_FEAT = N_FIXED  # features of the fixed-encoder model (``learned=0``)
 
 
 def _gauss(sigma: float, order: int) -> Tensor:
@@ -44,8 +46,10 @@ class FilmEncoder(nn.Module):
     training budget is a shared 2-core CPU: the features of every sample are computed once, and each
     step then costs only the point decoder (docs/recon.md)."""
 
-    def __init__(self) -> None:
+    def __init__(self, learned: int = 0) -> None:
         super().__init__()
+        self.n_learned = int(learned)
+        self.cnn = LearnedFilmEncoder(self.n_learned) if self.n_learned else None
         # Kernels are derived from the constants, so they are not part of the checkpoint.
         for i, sg in enumerate(SIGMAS):
             self._kernel(f"g{i}", _gauss(sg, 0))
@@ -63,8 +67,19 @@ class FilmEncoder(nn.Module):
         x = F.conv2d(F.pad(x, (rx, rx, 0, 0)), kx)
         return F.conv2d(F.pad(x, (0, 0, ry, ry)), ky)
 
+    @property
+    def n_out(self) -> int:
+        return N_FIXED + self.n_learned
+
     def forward(self, img: Tensor) -> Tensor:
-        """``img`` (B, 1, H, W) in [0, 1] -> (B, N_FEAT, H, W) (zero padding = black outside the film)."""
+        """``img`` (B, 1, H, W) in [0, 1] -> (B, n_out, H, W): the fixed maps, then the learned ones."""
+        fixed = self.fixed(img)
+        if self.cnn is None:
+            return fixed
+        return torch.cat([fixed, self.cnn(img)], dim=1)
+
+    def fixed(self, img: Tensor) -> Tensor:
+        """The filter bank alone, (B, N_FIXED, H, W) (zero padding = black outside the film)."""
         x = img * 2.0 - 1.0
         feats = [x]
         for i in range(len(SIGMAS)):
@@ -77,6 +92,44 @@ class FilmEncoder(nn.Module):
         return torch.cat(feats, dim=1)
 
 
+class LearnedFilmEncoder(nn.Module):
+    """A small multi-scale CNN: four stride-2 levels (128, 64, 32, 16 px; 16-32 channels, two 3x3 convs
+    each), each level projected by a 1x1 conv to ``out`` channels, upsampled and summed at 128 px, then
+    bilinearly upsampled to the frame. Receptive field about +-60 px (+-45 mm at the detector): local
+    context of the ray's neighbourhood on the film, so a point still sees a film only near its own ray."""
+
+    def __init__(self, out: int = 16) -> None:
+        super().__init__()
+        chans = (16, 32, 32, 32)
+        levels = []
+        c_in = 1
+        for c in chans:
+            levels.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c, 3, stride=2, padding=1),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(c, c, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            c_in = c
+        self.levels = nn.ModuleList(levels)
+        self.heads = nn.ModuleList(nn.Conv2d(c, out, 1) for c in chans)
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = img * 2.0 - 1.0
+        size = (img.shape[-2] // 2, img.shape[-1] // 2)
+        y: Tensor | None = None
+        for level, head in zip(self.levels, self.heads, strict=True):
+            x = level(x)
+            h = head(x)
+            if h.shape[-2:] != size:
+                h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+            y = h if y is None else y + h
+        assert y is not None
+        return F.interpolate(y, size=(img.shape[-2], img.shape[-1]), mode="bilinear", align_corners=False)
+
+
 def fourier(p: Tensor) -> Tensor:
     """(..., 3) -> (..., 3 + 6 N_FREQ)."""
     out = [p]
@@ -86,14 +139,16 @@ def fourier(p: Tensor) -> Tensor:
     return torch.cat(out, dim=-1)
 
 
-D_IN = N_VIEWS * N_FEAT + 1 + 3 + 6 * N_FREQ
+D_POS = 1 + 3 + 6 * N_FREQ  # lateral-present flag and Fourier encoding of the point
+D_IN = N_VIEWS * N_FEAT + D_POS
 
 
 class PointDecoder(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = 64, n_feat: int = N_FEAT) -> None:
         super().__init__()
+        self.n_feat = int(n_feat)
         self.mlp = nn.Sequential(
-            nn.Linear(D_IN, hidden),
+            nn.Linear(N_VIEWS * self.n_feat + D_POS, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
@@ -105,8 +160,15 @@ class PointDecoder(nn.Module):
         )
 
     def forward(self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor) -> tuple[Tensor, Tensor]:
-        """``feat`` (B, V, N_FEAT, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V), ``pts`` (B, N, 3)
-        -> HU/1000 (B, N), label logits (B, N, 5)."""
+        """``feat`` (B, V, F, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V), ``pts`` (B, N, 3)
+        -> HU/1000 (B, N), label logits (B, N, 5).
+
+        PyTorch runs the MLP as ``Linear`` on points-last tensors (its fastest form on CPU); the ONNX
+        export traces :meth:`forward_channels_first`, the same weights as 1x1 convolutions on a
+        channels-first (B, C, 1, N) tensor, the form ONNX Runtime runs fastest (NCHWc convolutions with
+        fused ReLU) -- same function, parity checked at export."""
+        if torch.onnx.is_in_onnx_export():
+            return self.forward_channels_first(feat, mats, present, pts)
         b, v = mats.shape[0], mats.shape[1]
         n = pts.shape[1]
         ph = torch.cat([pts, torch.ones_like(pts[..., :1])], dim=-1)  # (B, N, 4)
@@ -126,18 +188,79 @@ class PointDecoder(nn.Module):
         y = self.mlp(torch.cat([f, lat, fourier(pts)], dim=-1))
         return y[..., 0], y[..., 1:]
 
+    def forward_channels_first(
+        self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with elementwise projection and the MLP as 1x1 convolutions on (B, C, 1, N)."""
+        b, v = mats.shape[0], mats.shape[1]
+        n = pts.shape[1]
+        p = pts.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
+        q = (
+            mats[..., 0:1] * p[:, :, 0:1]
+            + mats[..., 1:2] * p[:, :, 1:2]
+            + mats[..., 2:3] * p[:, :, 2:3]
+            + mats[..., 3:4]
+        )  # (B, V, 3, N)
+        w = torch.clamp(q[:, :, 2:3], min=1e-3)
+        uv = (q[:, :, :2] / w).transpose(2, 3).reshape(b * v, 1, n, 2)
+        s = F.grid_sample(
+            feat.reshape(b * v, feat.shape[2], feat.shape[3], feat.shape[4]),
+            uv,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )  # (B V, C, 1, N)
+        f = (s.reshape(b, v, feat.shape[2], n) * present.view(b, v, 1, 1)).reshape(b, v * feat.shape[2], 1, n)
+        lat = present[:, 1:2].view(b, 1, 1, 1) + torch.zeros_like(pts[:, :, 0]).view(b, 1, 1, n)
+        x = torch.cat([f, lat, fourier(pts).transpose(1, 2).unsqueeze(2)], dim=1)  # (B, C_in, 1, N)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                x = F.conv2d(x, layer.weight[:, :, None, None], layer.bias)
+            else:
+                x = torch.relu(x)
+        return x[:, 0, 0, :], x[:, 1:, 0, :].transpose(1, 2)
+
 
 class ReconNet(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = 64, learned: int = 0) -> None:
         super().__init__()
-        self.encoder = FilmEncoder()
-        self.decoder = PointDecoder(hidden)
+        self.encoder = FilmEncoder(learned)
+        self.decoder = PointDecoder(hidden, self.encoder.n_out)
 
     def encode(self, films: Tensor) -> Tensor:
-        """``films`` (B, V, H, W) -> features (B, V, N_FEAT, H, W)."""
+        """``films`` (B, V, H, W) -> features (B, V, n_feat, H, W)."""
         b, v, h, w = films.shape
         f = self.encoder(films.reshape(b * v, 1, h, w))
-        return f.reshape(b, v, N_FEAT, h, w)
+        return f.reshape(b, v, self.encoder.n_out, h, w)
+
+
+def net_from_config(cfg: dict[str, object]) -> ReconNet:
+    """The architecture a training config describes (``hidden``, ``learned``; older checkpoints lack
+    ``learned``: the fixed encoder)."""
+    return ReconNet(hidden=int(str(cfg.get("hidden", 64))), learned=int(str(cfg.get("learned", 0))))
+
+
+def load_net(state: dict[str, Tensor], cfg: dict[str, object]) -> ReconNet:
+    """A ReconNet with the learned weights of a checkpoint; the fixed kernels are rebuilt from the
+    constants (non-persistent buffers)."""
+    net = net_from_config(cfg)
+    net.load_state_dict(state)
+    return net
+
+
+def widen_first_layer(old: PointDecoder, new: PointDecoder) -> None:
+    """Warm start: copy ``old``'s weights into ``new`` whose input has more feature maps per view (the old
+    maps first). The extra input columns start at zero, so ``new`` computes exactly what ``old`` did."""
+    with torch.no_grad():
+        for (name, po), pn in zip(old.mlp.named_parameters(), new.mlp.parameters(), strict=True):
+            if name != "0.weight":
+                pn.copy_(po)
+                continue
+            pn.zero_()
+            fo, fn = old.n_feat, new.n_feat
+            for v in range(N_VIEWS):
+                pn[:, v * fn : v * fn + fo] = po[:, v * fo : (v + 1) * fo]
+            pn[:, N_VIEWS * fn :] = po[:, N_VIEWS * fo :]
 
 
 class PatchDiscriminator(nn.Module):

@@ -1,7 +1,8 @@
 """Export of the reconstruction network to two ONNX files, with metadata and a parity check.
 
-* ``recon_encoder.onnx``: ``film`` (V, 1, 256, 256) -> ``features`` (V, N_FEAT, 256, 256), V dynamic.
-* ``recon_decoder.onnx``: ``features`` (1, 2, N_FEAT, 256, 256), ``mats`` (1, 2, 3, 4), ``present`` (1, 2),
+* ``recon_encoder.onnx``: ``film`` (V, 1, 256, 256) -> ``features`` (V, F, 256, 256), V dynamic (F = 12 fixed
+  filter-bank maps + the learned CNN maps, ``learned`` in the training config).
+* ``recon_decoder.onnx``: ``features`` (1, 2, F, 256, 256), ``mats`` (1, 2, 3, 4), ``present`` (1, 2),
   ``points`` (1, N, 3) -> ``hu`` (1, N) in units of 1000 HU and ``logits`` (1, N, 5); N dynamic.
 
 Both run in ONNX Runtime through ``engines`` (appliance/recon/infer.py); parity with PyTorch is checked on
@@ -32,7 +33,7 @@ from engines.config import EngineConfig
 from engines.ort_backend import OrtBackend
 from export.onnx_export import check_onnx, metadata_props
 from export.recon.data import EVAL_SEEDS, TRAIN_SEEDS
-from export.recon.model import N_FEAT, ReconNet
+from export.recon.model import N_FIXED, ReconNet, load_net
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _meta(seed: int, cfg: dict[str, Any], kind: str) -> dict[str, Any]:
             "cube_voxels": CUBE_VOXELS,
             "voxel_mm": VOXEL_MM,
             "views": ["knee_ap", "knee_lat"],
-            "features": N_FEAT,
+            "features": N_FIXED + int(cfg.get("learned", 0) or 0),
             "classes": ["background", "femur", "tibia", "fibula", "patella"],
             "hu_unit": 1000.0,
         },
@@ -185,10 +186,6 @@ def parity(net: ReconNet, models_dir: Path) -> dict[str, float]:
 def export_checkpoint(checkpoint: Path, models_dir: Path) -> tuple[tuple[Path, ...], dict[str, float]]:
     """Export a ``recon.pt`` written by training."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    net = ReconNet(hidden=int(ck.get("config", {}).get("hidden", 64)))
-    # Only the decoder is learned; the encoder's fixed kernels are rebuilt from the constants.
-    net.decoder.load_state_dict(
-        {k[len("decoder.") :]: v for k, v in ck["net"].items() if k.startswith("decoder.")}
-    )
     cfg = ck.get("config", {})
+    net = load_net(ck["net"], cfg)
     return export_recon(net, models_dir, int(cfg.get("seed", 0)), cfg)

@@ -1,7 +1,9 @@
 """``xr3d train recon``: the reconstruction GAN on compact samples, within a wall-clock budget.
 
-Each step: a batch of samples (training seeds only); films encoded; points decoded (uniform, near-surface
-and one dense 16^3 block per sample); losses = HU L1 + label CE + soft Dice (surface points weighted x2)
+Each step: a batch of samples (training seeds only); films encoded (the fixed filter bank once per sample,
+the learned CNN every step, end to end); points decoded (uniform, near-surface, near the fibula and patella
+surfaces, and one dense 16^3 block per sample); losses = HU L1 + label CE (classes weighted by capped
+square-root inverse frequency) + soft Dice (surface points weighted x2)
 + ``w_proj`` x (1 - NCC) of a DRR of the prediction along rays of each present film against the film
 + ``w_adv`` x least-squares adversarial term of a 3D patch discriminator on the dense blocks, ramped in
 over the second half of training. The lateral view is dropped with probability ``p_drop_lat`` (AP-only
@@ -24,12 +26,19 @@ import torch.nn.functional as F
 
 from export.recon import losses as L
 from export.recon.data import TRAIN_SEEDS
-from export.recon.dataset import ReconSample, block_indices, index_to_norm, load_samples, sample_points
-from export.recon.model import PatchDiscriminator, ReconNet
+from export.recon.dataset import (
+    ReconSample,
+    block_indices,
+    index_to_norm,
+    load_samples,
+    sample_points,
+    small_bone_points,
+)
+from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_first_layer
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.0"
+MODEL_VERSION = "recon-1.1"
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class TrainConfig:
     export: bool = True
     rescan_steps: int = 0  # > 0: look for new samples every so many steps
     hidden: int = 64  # decoder MLP width
+    learned: int = 16  # learned film-encoder maps (0: the fixed filter bank alone, recon-1.0)
+    n_small: int = 1024  # points near the fibula and patella surfaces per sample
+    class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
+    init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,21 @@ class TrainResult:
     report: Path
     onnx: tuple[Path, ...] = ()
     parity: dict[str, float] = field(default_factory=dict)
+
+
+CLASS_W_MAX = 4.0
+
+
+def class_weights(samples: list[ReconSample]) -> torch.Tensor:
+    """CE weight per class: sqrt(f_ref / f_c), clipped to [1, CLASS_W_MAX], f_c the voxel frequency of the
+    class over the samples and f_ref the mean of the femur and tibia frequencies (so background, femur
+    and tibia stay ~1 and the small fibula and patella get up to 4x)."""
+    counts = np.zeros(5)
+    for s in samples[:: max(1, len(samples) // 20)]:
+        counts += np.bincount(s.labels.reshape(-1), minlength=5)[:5]
+    f = np.maximum(counts / counts.sum(), 1e-6)
+    ref = 0.5 * (f[1] + f[2])
+    return torch.tensor(np.clip(np.sqrt(ref / f), 1.0, CLASS_W_MAX), dtype=torch.float32)
 
 
 def _lr(frac: float, base: float) -> float:
@@ -99,12 +127,22 @@ def _batch_tensors(
 
 
 def encode_all(net: ReconNet, samples: list[ReconSample]) -> list[torch.Tensor]:
-    """Fixed encoder features of every sample, once (float16 to halve the memory)."""
+    """Fixed filter-bank features of every sample, once (float16 to halve the memory)."""
     out = []
     with torch.no_grad():
         for s in samples:
-            out.append(net.encode(torch.from_numpy(s.films[None]))[0].half())
+            out.append(net.encoder.fixed(torch.from_numpy(s.films[:, None])).half())
     return out
+
+
+def full_features(net: ReconNet, fixed: torch.Tensor, films: torch.Tensor) -> torch.Tensor:
+    """Cached fixed maps (B, V, N_FIXED, H, W) + the learned CNN's maps of ``films`` (B, V, H, W)."""
+    cnn = net.encoder.cnn
+    if cnn is None:
+        return fixed
+    b, v, h, w = films.shape
+    learned = cnn(films.reshape(b * v, 1, h, w)).reshape(b, v, -1, h, w)
+    return torch.cat([fixed, learned], dim=2)
 
 
 def train_step(
@@ -117,14 +155,18 @@ def train_step(
     rng: np.random.Generator,
     cfg: TrainConfig,
     adv_weight: float,
+    cls_w: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    feat, mats, present = _batch_tensors(ids, feats, samples, rng, cfg)
+    fixed, mats, present = _batch_tensors(ids, feats, samples, rng, cfg)
     batch = [samples[i] for i in ids]
+    films = torch.from_numpy(np.stack([s.films for s in batch]))
+    feat = full_features(net, fixed, films)
     # The dense blocks feed the discriminator; before the adversarial phase they would only cost time.
     with_block = not cfg.no_adv and adv_weight > 0
     idx = [
         np.concatenate(
             [sample_points(s, rng, cfg.n_uniform, cfg.n_surface)]
+            + ([small_bone_points(s, rng, cfg.n_small)] if cfg.n_small else [])
             + ([block_indices(s, rng)] if with_block else [])
         )
         for s in batch
@@ -133,10 +175,10 @@ def train_step(
     hu_t = torch.from_numpy(np.stack([s.hu.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     lab_t = torch.from_numpy(np.stack([s.labels.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     weight = torch.ones(hu_t.shape)
-    weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface] = 2.0
+    weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface + cfg.n_small] = 2.0
     hu_p, logits = net.decoder(feat, mats, present, pts)
     l_hu = L.hu_l1(hu_p, hu_t, weight)
-    l_ce, l_dice = L.label_loss(logits, lab_t, weight)
+    l_ce, l_dice = L.label_loss(logits, lab_t, weight, cls_w)
     total = 2.0 * l_hu + l_ce + l_dice
     parts = {"hu": l_hu.item(), "ce": l_ce.item(), "dice": l_dice.item()}
 
@@ -206,10 +248,27 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     samples = load_samples(cfg.data, TRAIN_SEEDS, cfg.max_samples)
     if not samples:
         raise FileNotFoundError(f"no training samples in {cfg.data}")
-    net = ReconNet(hidden=cfg.hidden)
+    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned)
+    init_steps = 0
+    dec_lr = 1.0
+    if cfg.init_from is not None:
+        ck = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        old = load_net(ck["net"], ck.get("config", {}))
+        widen_first_layer(old.decoder, net.decoder)
+        if old.encoder.cnn is not None and net.encoder.cnn is not None:
+            net.encoder.cnn.load_state_dict(old.encoder.cnn.state_dict())
+        init_steps = int(ck.get("steps", 0))
+        dec_lr = 0.5  # the warm decoder moves more gently than the new encoder
+        log.info("warm start from %s (%d steps)", cfg.init_from, init_steps)
     disc = PatchDiscriminator()
     feats = encode_all(net, samples)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    cls_w = class_weights(samples) if cfg.class_weights else None
+    if cls_w is not None:
+        log.info("class weights %s", [round(float(x), 2) for x in cls_w])
+    groups = [{"params": list(net.decoder.parameters()), "scale": dec_lr}]
+    if net.encoder.cnn is not None:
+        groups.append({"params": list(net.encoder.cnn.parameters()), "scale": 1.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     budget = cfg.minutes * 60.0
     history: dict[str, list[float]] = {}
@@ -222,7 +281,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
             break
         lr = _lr(frac, cfg.lr)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         adv_w = 0.0 if frac < cfg.adv_start else cfg.w_adv * min(1.0, (frac - cfg.adv_start) / 0.2)
         if cfg.rescan_steps and step % cfg.rescan_steps == 0 and step > 0:
             # Samples still being generated join the pool as they appear (data generation runs alongside).
@@ -232,7 +291,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
                 samples.extend(new)
                 feats.extend(encode_all(net, new))
         ids = [int(i) for i in rng.integers(0, len(samples), cfg.batch)]
-        loss, parts = train_step(net, disc, opt_d, ids, feats, samples, rng, cfg, adv_w)
+        loss, parts = train_step(net, disc, opt_d, ids, feats, samples, rng, cfg, adv_w, cls_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -254,7 +313,9 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
             )
     seconds = time.perf_counter() - t0
     ckpt = cfg.out / "recon.pt"
-    torch.save({"net": net.state_dict(), "config": _cfg_json(cfg), "steps": step}, ckpt)
+    torch.save(
+        {"net": net.state_dict(), "config": _cfg_json(cfg), "steps": step, "init_steps": init_steps}, ckpt
+    )
     plot = cfg.out / "loss_curve.png"
     _plot(history, plot)
     final = {k: float(np.mean(v[-50:])) for k, v in history.items()}
@@ -272,6 +333,8 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
                 "model_version": MODEL_VERSION,
                 "config": _cfg_json(cfg),
                 "steps": step,
+                "warm_start_steps": init_steps,
+                "class_weights": None if cls_w is None else [float(x) for x in cls_w],
                 "seconds": round(seconds, 1),
                 "samples": len(samples),
                 "sample_files": [f"recon_{s.seed}_{s.pose}.npz" for s in samples],

@@ -1,0 +1,107 @@
+"""Learned film encoder (recon-1.1): ray-bound decoding, warm start, ORT-friendly export, loss sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from appliance.recon.infer import CUBE_VOXELS, FILM_PX, cube_affine, cube_to_film_matrix, film_frame  # noqa: E402
+from export.recon.dataset import ReconSample, small_bone_points, surface_voxels  # noqa: E402
+from export.recon.model import N_FIXED, ReconNet, load_net, widen_first_layer  # noqa: E402
+from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
+from export.recon.train import CLASS_W_MAX, class_weights  # noqa: E402
+from tests.test_recon_model import KNEE, _geoms  # noqa: E402
+
+
+def _mats() -> Any:
+    aff = cube_affine(KNEE)
+    return torch.from_numpy(
+        np.stack(
+            [
+                cube_to_film_matrix(film_frame(np.zeros((x.rows, x.columns)), x, KNEE).matrix, aff)
+                for x in _geoms().values()
+            ]
+        )
+    )[None]
+
+
+def test_learned_features_reach_a_point_only_along_its_ray() -> None:
+    torch.manual_seed(1)
+    net = ReconNet(learned=16).eval()
+    films = torch.rand(1, 2, FILM_PX, FILM_PX)
+    mats, present = _mats(), torch.ones(1, 2)
+    pts = torch.tensor([[[0.0, 0.0, 0.0]]])
+    with torch.no_grad():
+        feats = net.encode(films)
+        assert feats.shape == (1, 2, N_FIXED + 16, FILM_PX, FILM_PX)
+        hu0, lg0 = net.decoder(feats, mats, present, pts)
+        far = films.clone()
+        far[:, :, :40, :40] = 0.0
+        hu1, lg1 = net.decoder(net.encode(far), mats, present, pts)
+        near = films.clone()
+        near[:, 0, 120:136, 120:136] = 1.0 - near[:, 0, 120:136, 120:136]
+        hu2, _ = net.decoder(net.encode(near), mats, present, pts)
+    assert torch.allclose(hu0, hu1) and torch.allclose(lg0, lg1)
+    assert not torch.allclose(hu0, hu2)
+
+
+def test_widened_decoder_starts_where_the_old_one_was() -> None:
+    torch.manual_seed(2)
+    old, new = ReconNet(learned=0).eval(), ReconNet(learned=16).eval()
+    widen_first_layer(old.decoder, new.decoder)
+    films = torch.rand(1, 2, FILM_PX, FILM_PX)
+    pts = torch.rand(1, 300, 3) * 2.0 - 1.0
+    present = torch.tensor([[1.0, 0.0]])
+    with torch.no_grad():
+        a = old.decoder(old.encode(films), _mats(), present, pts)
+        b = new.decoder(new.encode(films), _mats(), present, pts)
+    assert torch.allclose(a[0], b[0], atol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
+    # ... and a checkpoint round trip rebuilds the same network from its config.
+    again = load_net(new.state_dict(), {"hidden": 64, "learned": 16}).eval()
+    with torch.no_grad():
+        c = again.decoder(again.encode(films), _mats(), present, pts)
+    assert torch.equal(b[0], c[0])
+
+
+def test_export_is_channels_first_and_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    net = ReconNet(learned=16)
+    paths, parity = export_recon(net, tmp_path, seed=4, cfg={"learned": 16})
+    assert max(parity.values()) < PARITY_TOL
+    ops = [n.op_type for n in onnx.load(str(paths[1])).graph.node]
+    # The point MLP is 1x1 convolutions (5 layers), no MatMul left in the decoder graph.
+    assert ops.count("Conv") == 5 and "MatMul" not in ops and ops.count("GridSample") == 1
+
+
+def _toy_sample() -> ReconSample:
+    n = CUBE_VOXELS
+    lab = np.zeros((n, n, n), np.uint8)
+    lab[20:80, 20:80, 20:80] = 1
+    lab[90:96, 30:36, 30:60] = 3
+    lab[100:110, 100:110, 100:108] = 4
+    hu = (lab > 0).astype(np.int16) * 700
+    return ReconSample(
+        1, 0, hu, lab, np.zeros((2, 8, 8), np.float32), np.zeros((2, 3, 4), np.float32), np.eye(4),
+        surface_voxels(lab, hu),
+    )  # fmt: skip
+
+
+def test_small_bone_points_sit_on_fibula_and_patella() -> None:
+    s = _toy_sample()
+    idx = small_bone_points(s, np.random.default_rng(0), 500)
+    ijk = np.stack(np.unravel_index(idx, s.labels.shape), axis=-1)
+    fib = (ijk >= [88, 28, 28]).all(1) & (ijk <= [97, 37, 61]).all(1)
+    pat = (ijk >= [98, 98, 98]).all(1) & (ijk <= [111, 111, 109]).all(1)
+    assert (fib | pat).all() and 200 <= fib.sum() <= 300
+
+
+def test_class_weights_favour_the_small_bones() -> None:
+    w = class_weights([_toy_sample()]).numpy()
+    assert w.shape == (5,) and np.all(w >= 1.0) and np.all(w <= CLASS_W_MAX)
+    assert w[3] > w[1] and w[4] > w[1] and w[0] == 1.0
