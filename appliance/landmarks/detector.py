@@ -7,7 +7,12 @@
    ankle: AC) a 0.5 mm/px crop (160 x 224) is cut around the mean of its coarse landmarks and its
    region's heatmap channels give the refined points. With ``refine_passes`` = 2 (default) the crop is
    re-centred on the refined points and stage 2 runs again (a coarse guess off by more than the ~12 mm
-   training jitter is pulled in by the first pass).
+   training jitter is pulled in by the first pass). The last pass averages ``tta_shifts_mm`` crops
+   shifted around the centre (test-time averaging: each shift sees the landmark at another phase of the
+   heatmap grid and with other context, so their errors partly cancel). All crops of a pass go through
+   the network as one batch.
+3. Stage 1 also outputs femur / tibia mask logits (2 mm/px frame, stride 4): ``Detection.bone_masks``
+   holds their probabilities and ``mask_to_film`` the mask-pixel -> film affine.
 
 Heatmaps are decoded with the integer argmax refined by a parabola through the log of its neighbours
 (sub-pixel), and the heatmap peak value is the confidence (1 = as sharp and strong as a training target).
@@ -43,6 +48,7 @@ __all__ = [
     "DEFAULT_MODELS_DIR",
     "KNEE_AXIS_MM",
     "SAME_LEG_MM",
+    "TTA_SHIFTS_MM",
     "WHOLE_MODEL",
     "Detection",
     "LandmarkDetector",
@@ -66,6 +72,9 @@ SAME_LEG_MM: Final = 60.0
 the two legs of a standing adult stand >= ~150 mm apart centre to centre, so 60 mm separates them while
 leaving room for two detections of one knee that disagree by a few mm."""
 DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
+TTA_SHIFTS_MM: Final = ((0.0, 0.0), (-1.25, -1.25), (1.25, -1.25), (-1.25, 1.25), (1.25, 1.25))
+"""Crop-centre offsets (col, row, detector mm) averaged on the last refinement pass: +-1.25 mm is
++-2.5 px of the 0.5 mm/px crop, so the shifted crops put a landmark half a 1 mm heatmap cell apart."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +92,10 @@ class Detection:
     backend: str = ""
     model_versions: Mapping[str, str] = field(default_factory=dict)
     side: str | None = None  # "R" / "L": the leg the models were asked to measure; None: not asked
+    # Stage 1's femur / tibia probabilities (2, h, w) on its stride-4 grid, and that grid's
+    # (col, row, 1) -> film (col, row, 1) affine; None for models without a mask output.
+    bone_masks: F32 | None = None
+    mask_to_film: F64 | None = None
 
     @property
     def mean_confidence(self) -> float:
@@ -147,6 +160,12 @@ def decode_peaks(heatmaps: ArrayLike, stride: int) -> tuple[F64, F64]:
     return d.points, d.confidence
 
 
+def _grid_to_input(stride: int) -> F64:
+    """Heatmap-pixel (col, row, 1) -> input-pixel (col, row, 1) of a stride-``stride`` grid."""
+    off = (stride - 1) / 2.0
+    return np.array([[stride, 0.0, off], [0.0, stride, off], [0.0, 0.0, 1.0]])
+
+
 def _apply(a: F64, pts: F64) -> F64:
     return np.asarray(pts @ a[:2, :2].T + a[:2, 2], dtype=np.float64)
 
@@ -207,6 +226,7 @@ class LandmarkDetector:
         config: EngineConfig | None = None,
         *,
         refine_passes: int = 2,
+        tta_shifts_mm: tuple[tuple[float, float], ...] = TTA_SHIFTS_MM,
     ) -> None:
         d = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
         missing = [n for n in (WHOLE_MODEL, CROP_MODEL) if not (d / n).is_file()]
@@ -219,6 +239,7 @@ class LandmarkDetector:
         if refine_passes < 0:
             raise InputError(f"refine_passes must be >= 0, got {refine_passes}")
         cfg = config or EngineConfig()
+        self._max_batch = int(cfg.max_batch)
         b1, self.choice = open_backend(d / WHOLE_MODEL, cfg)
         b2, _ = open_backend(d / CROP_MODEL, cfg)
         self._whole = _stage(b1)
@@ -236,7 +257,17 @@ class LandmarkDetector:
         }
         self.canonical_side: str | None = normalise_side(meta.get("xr3d.canonical_side"))
         self.refine_passes = int(refine_passes)
+        self.tta_shifts_mm = tuple((float(a), float(b)) for a, b in tta_shifts_mm) or ((0.0, 0.0),)
         self.models_dir = d
+
+    @property
+    def whole_geometry(self) -> tuple[int, int, int]:
+        """Stage 1's input (rows, cols) and heatmap / mask stride."""
+        return self._whole.rows, self._whole.cols, self._whole.stride
+
+    @property
+    def whole_mm_per_px(self) -> float:
+        return self._whole.mm_per_px
 
     @property
     def backend_name(self) -> str:
@@ -261,8 +292,27 @@ class LandmarkDetector:
         self.close()
 
     def _run(self, stage: _Stage, image: F32) -> F32:
-        out = stage.backend.run({stage.input_name: image[None, None].astype(np.float32)})
-        return np.asarray(out["heatmaps"][0], dtype=np.float32)
+        return self._run_batch(stage, image[None])[0]
+
+    def _run_batch(self, stage: _Stage, images: F32) -> F32:
+        """Heatmaps (B, N, h, w) of a (B, rows, cols) stack, in chunks of at most the engine's
+        ``max_batch`` (a TensorRT profile's largest batch)."""
+        parts = []
+        for i in range(0, len(images), self._max_batch):
+            x = images[i : i + self._max_batch, None].astype(np.float32)
+            parts.append(np.asarray(stage.backend.run({stage.input_name: x})["heatmaps"], np.float32))
+        return np.concatenate(parts)
+
+    def _run_whole(self, image: F32) -> tuple[F32, F32 | None]:
+        """Stage 1: (heatmaps (N, h, w), mask probabilities (2, h, w) or None)."""
+        s = self._whole
+        out = s.backend.run({s.input_name: image[None, None].astype(np.float32)})
+        heat = np.asarray(out["heatmaps"][0], dtype=np.float32)
+        logits = out.get("mask_logits")
+        if logits is None:
+            return heat, None
+        m = np.asarray(logits[0], dtype=np.float64)
+        return heat, np.asarray(1.0 / (1.0 + np.exp(-np.clip(m, -60.0, 60.0))), dtype=np.float32)
 
     def _mirror(self, side: str | None) -> bool:
         return self.canonical_side is not None and side is not None and side != self.canonical_side
@@ -293,23 +343,36 @@ class LandmarkDetector:
         cs = self._crop
         points, conf = points.copy(), conf.copy()
         refined = np.zeros(len(self.names), bool)
-        for _ in range(passes):
+        for k in range(passes):
+            shifts = self.tta_shifts_mm if k == passes - 1 else ((0.0, 0.0),)
+            jobs: list[tuple[list[int], F64]] = []
+            crops: list[F32] = []
             for region, idx in self.regions.items():
                 ix = list(idx)
                 centre = self._region_centre(region, points, ix, spacing)
-                a2 = frame_affine(
-                    cs.mm_per_px / spacing[1],
-                    cs.mm_per_px / spacing[0],
-                    (float(centre[0]), float(centre[1])),
-                    (cs.rows, cs.cols),
-                    mirror=mirror,
-                )
-                crop = resample(img, a2, (cs.rows, cs.cols))
-                h2 = self._run(cs, crop)[ix]
-                p2, c2 = decode_peaks(h2, cs.stride)
-                points[ix] = _apply(a2, p2)
-                conf[ix] = c2
-                refined[ix] = True
+                for dc, dr in shifts:
+                    a2 = frame_affine(
+                        cs.mm_per_px / spacing[1],
+                        cs.mm_per_px / spacing[0],
+                        (float(centre[0]) + dc / spacing[1], float(centre[1]) + dr / spacing[0]),
+                        (cs.rows, cs.cols),
+                        mirror=mirror,
+                    )
+                    jobs.append((ix, a2))
+                    crops.append(resample(img, a2, (cs.rows, cs.cols)))
+            heat = self._run_batch(cs, np.stack(crops))
+            acc = np.zeros_like(points)
+            acc_c = np.zeros_like(conf)
+            count = np.zeros(len(self.names))
+            for (ix, a2), h2 in zip(jobs, heat, strict=True):
+                p2, c2 = decode_peaks(h2[ix], cs.stride)
+                acc[ix] += _apply(a2, p2)
+                acc_c[ix] += c2
+                count[ix] += 1
+            done = count > 0
+            points[done] = acc[done] / count[done, None]
+            conf[done] = acc_c[done] / count[done]
+            refined |= done
         return points, conf, refined
 
     def _region_centre(self, region: str, points: F64, ix: list[int], spacing: tuple[float, float]) -> F64:
@@ -373,7 +436,7 @@ class LandmarkDetector:
         a1 = self.whole_frame((img.shape[0], img.shape[1]), spacing, mirror=mirror)
         x1 = resample(img, a1, (self._whole.rows, self._whole.cols))
         t1 = time.perf_counter()
-        h1 = self._run(self._whole, x1)
+        h1, masks = self._run_whole(x1)
         t2 = time.perf_counter()
         p1, c1 = decode_peaks(h1, self._whole.stride)
         coarse = _apply(a1, p1)
@@ -394,6 +457,8 @@ class LandmarkDetector:
             backend=self.backend_name,
             model_versions=self.model_versions,
             side=side if self.canonical_side is not None else None,
+            bone_masks=masks,
+            mask_to_film=None if masks is None else a1 @ _grid_to_input(self._whole.stride),
         )
 
     def detect_legs(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> dict[str, Detection]:

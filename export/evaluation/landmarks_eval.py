@@ -18,7 +18,11 @@ Runtime through ``engines``) finds the eight landmarks, and the result is compar
   is run without a side (:meth:`LandmarkDetector.detect_legs` and its documented pick) to count how
   often it then measures the case's leg and how many legs it finds;
 * the low-confidence threshold: the confidence below which :func:`fit_low_confidence` flags a given
-  share (sensitivity) of the landmarks whose error exceeds ``error_mm``, and what else it flags.
+  share (sensitivity) of the landmarks whose error exceeds ``error_mm``, and what else it flags;
+* bone masks, on cases simulated with label volumes (``labels_leg.nii.gz``, i.e. without ``--no-ct``):
+  Dice of stage 1's femur / tibia masks (probability > 0.5, its stride-4 grid of 8 mm cells at the
+  detector) against the label volume projected through the film's geometry into the same grid
+  (:func:`mask_dice`); cases without labels are not counted.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tqdm import tqdm
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.results import Angles2D
 from appliance.errors import InputError, Xr3dError
-from appliance.landmarks.detector import LandmarkDetector, pick_leg
+from appliance.landmarks.detector import TTA_SHIFTS_MM, LandmarkDetector, pick_leg
 from engines.config import EngineConfig
 from export.datasets.landmark_samples import build_index
 
@@ -53,6 +57,7 @@ __all__ = [
     "fit_low_confidence",
     "flag_rates",
     "format_summary",
+    "mask_dice",
 ]
 
 ANGLES: Final = ("mhka", "mldfa", "mpta", "jlca")
@@ -82,9 +87,13 @@ class CaseResult:
     seconds: float
     legs_found: int = 0  # without a side: how many legs the detector reports
     unknown_side_on_target: bool | None = None  # without a side: the picked leg is the case's leg
+    dice: dict[str, float] = field(default_factory=dict)  # femur / tibia; empty without labels
+    stage1_median_confidence: float = 0.0  # what appliance.landmarks.limb_check thresholds
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "stage1_median_confidence": self.stage1_median_confidence,
+            "dice": self.dice,
             "legs_found": self.legs_found,
             "unknown_side_on_target": self.unknown_side_on_target,
             "seed": self.seed,
@@ -118,9 +127,11 @@ class EvalSummary:
     cases: tuple[CaseResult, ...] = field(default=())
     confidence_fit: ConfidenceFit | None = None
     unknown_side: dict[str, Any] = field(default_factory=dict)
+    mask_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # bone -> {mean, median, min, n}
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "mask_dice": self.mask_dice,
             "data": self.data,
             "seeds": list(self.seeds),
             "n_cases": len(self.seeds),
@@ -198,6 +209,43 @@ def fit_low_confidence(
     )
 
 
+def mask_dice(pred: ArrayLike, truth: ArrayLike) -> float:
+    """Dice of two boolean masks of one shape (1.0 when both are empty)."""
+    a = np.asarray(pred, dtype=bool)
+    b = np.asarray(truth, dtype=bool)
+    if a.shape != b.shape:
+        raise InputError(f"mask shapes differ: {a.shape} vs {b.shape}", reason="bad_mask")
+    den = int(a.sum()) + int(b.sum())
+    return 1.0 if den == 0 else 2.0 * int((a & b).sum()) / den
+
+
+def _case_dice(detector: LandmarkDetector, case: Any, probs: Any) -> dict[str, float]:
+    """Dice of the detector's stage-1 masks against the case's projected label volume, on the
+    stage-1 grid (the truth mask pooled to it: a cell is bone when more than half of it is)."""
+    from export.datasets.landmark_samples import load_bone_labels, whole_film_sample
+
+    if case.labels_path is None or probs is None:
+        return {}
+    rows, cols, stride = detector.whole_geometry
+    sample = whole_film_sample(
+        case,
+        mm_per_px=detector.whole_mm_per_px,
+        shape=(rows, cols),
+        labels=load_bone_labels(case.labels_path),
+        canonical_side=detector.canonical_side,
+    )
+    out: dict[str, float] = {}
+    for k, (bone, m) in enumerate((("femur", sample.femur_mask), ("tibia", sample.tibia_mask))):
+        if m is None:
+            continue
+        h, w = probs.shape[1:]
+        pad = np.zeros((h * stride, w * stride), np.float32)
+        pad[: m.shape[0], : m.shape[1]] = m[: h * stride, : w * stride]
+        pooled = pad.reshape(h, stride, w, stride).mean(axis=(1, 3)) > 0.5
+        out[bone] = mask_dice(probs[k] > 0.5, pooled)
+    return out
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -264,6 +312,8 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
         seconds=float(det.timings_s["total"]),
         legs_found=len(legs),
         unknown_side_on_target=on_target,
+        dice=_case_dice(detector, case, det.bone_masks),
+        stage1_median_confidence=float(np.median(det.coarse_confidence)),
     )
 
 
@@ -275,14 +325,17 @@ def evaluate(
     seeds: Sequence[int] | None = None,
     error_mm: float = 3.0,
     sensitivity: float = 0.8,
+    tta_shifts_mm: tuple[tuple[float, float], ...] | None = None,
 ) -> EvalSummary:
     """Run the detector on every eval-range case of ``data`` and summarise the errors; the
-    low-confidence threshold is fitted for ``sensitivity`` to errors above ``error_mm``."""
+    low-confidence threshold is fitted for ``sensitivity`` to errors above ``error_mm``.
+    ``tta_shifts_mm``: the detector's crop shifts (None: its default)."""
     index = build_index(Path(data), "eval", seeds)
     if not index.seeds:
         raise InputError(f"no complete eval cases under {data}", reason="no_cases")
     results: list[CaseResult] = []
-    with LandmarkDetector(models_dir, config) as detector:
+    shifts = TTA_SHIFTS_MM if tta_shifts_mm is None else tta_shifts_mm
+    with LandmarkDetector(models_dir, config, tta_shifts_mm=shifts) as detector:
         for seed in tqdm(index.seeds, desc="eval landmarks", unit="film"):
             results.append(_evaluate_case(detector, index.folder(seed)))
         backend = detector.backend_name
@@ -340,8 +393,20 @@ def evaluate(
     unknown = {
         "on_target": float(np.mean([bool(r.unknown_side_on_target) for r in results])),
         "legs_found": {str(n): sum(r.legs_found == n for r in results) for n in (1, 2)},
+        "min_stage1_median_confidence": float(min(r.stage1_median_confidence for r in results)),
     }
+    dice: dict[str, dict[str, float]] = {}
+    for bone in ("femur", "tibia"):
+        v = np.asarray([r.dice[bone] for r in results if bone in r.dice])
+        if v.size:
+            dice[bone] = {
+                "mean": float(v.mean()),
+                "median": float(np.median(v)),
+                "min": float(v.min()),
+                "n": int(v.size),
+            }
     return EvalSummary(
+        mask_dice=dice,
         data=str(data),
         seeds=index.seeds,
         landmark_error_mm=lm,
@@ -393,12 +458,18 @@ def format_summary(s: EvalSummary) -> str:
             f"without a side: picked leg is the case's leg in {100 * u['on_target']:.1f} % "
             f"(legs found: {u['legs_found']})"
         )
+        lines.append(f"lowest median stage-1 confidence of a film: {u['min_stage1_median_confidence']:.3f}")
     if s.confidence_fit is not None:
         f = s.confidence_fit
         lines.append(
             f"low-confidence fit: threshold {f.threshold:.3f} flags {100 * f.sensitivity:.0f} % of the "
             f"{f.n_bad} landmarks with error > {f.error_mm:g} mm and {100 * f.flag_rate_good:.1f} % of the "
             f"other {f.n_good}"
+        )
+    for bone, st in s.mask_dice.items():
+        lines.append(
+            f"mask Dice {bone}: mean {st['mean']:.3f}, median {st['median']:.3f}, min {st['min']:.3f} "
+            f"({st['n']} cases with label volumes)"
         )
     lines += ["", "issue 4 targets:"]
     for key, t in s.targets.items():

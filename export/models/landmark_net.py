@@ -20,6 +20,7 @@ Concat, Reshape, Softmax, Mul. Inputs are float32 in [0, 1], bone bright.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "NetGeometry",
     "WholeFilmNet",
     "count_parameters",
+    "crop_geometry",
     "spatial_softmax",
 ]
 
@@ -76,6 +78,16 @@ class NetGeometry:
 
 WHOLE_GEOMETRY: Final = NetGeometry(rows=672, cols=256, mm_per_px=2.0, stride=4, sigma=1.5)
 CROP_GEOMETRY: Final = NetGeometry(rows=160, cols=224, mm_per_px=0.5, stride=4, sigma=1.5)
+CROP_SIGMA_S2: Final = 2.0
+"""Target sigma of the stride-2 crop head in heatmap pixels (1 mm at 0.5 mm/px): sharper than the
+stride-4 head's 3 mm, still >= 2 samples so the log-parabola decoding is well posed."""
+
+
+def crop_geometry(stride: int) -> NetGeometry:
+    """The crop stage's geometry for a heatmap ``stride`` of 4 (0.1/0.2) or 2 (0.3)."""
+    if stride == 4:
+        return CROP_GEOMETRY
+    return dataclasses.replace(CROP_GEOMETRY, stride=stride, sigma=CROP_SIGMA_S2)
 
 
 def spatial_softmax(logits: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -153,13 +165,20 @@ class WholeFilmNet(nn.Module):
 
 
 class CropNet(nn.Module):
-    """Stage 2: (B, 1, 160, 224) -> heatmaps (B, 8, 40, 56)."""
+    """Stage 2: (B, 1, 160, 224) -> heatmaps (B, 8, 160 / stride, 224 / stride).
 
-    geometry: Final = CROP_GEOMETRY
+    ``stride`` 4 is the 0.1/0.2 design (2 mm heatmap cells); ``stride`` 2 adds one upsampling block
+    with a skip from the stem (1 mm cells, targets of sigma :data:`CROP_SIGMA_S2`), which the 0.3
+    models use. The instance's :attr:`geometry` says which."""
 
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 8, stride: int = 4) -> None:
         super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"CropNet stride must be 2 or 4, got {stride}")
         w = width
+        self.width = width
+        self.stride = stride
+        self.geometry = crop_geometry(stride)
         self.stem = _conv(1, w, 2)  # s2
         self.d1 = _Down(w, 2 * w)  # s4
         self.d2 = _Down(2 * w, 3 * w)  # s8
@@ -167,19 +186,27 @@ class CropNet(nn.Module):
         self.ctx = nn.Sequential(_conv(4 * w, 4 * w), _conv(4 * w, 4 * w))
         self.u2 = _Up(4 * w, 3 * w, 3 * w)  # s8
         self.u1 = _Up(3 * w, 2 * w, 2 * w)  # s4
-        self.heat = nn.Conv2d(2 * w, N_LANDMARKS, 1)
+        self.u0 = _Up(2 * w, w, w) if stride == 2 else None  # s2
+        self.heat = nn.Conv2d(w if stride == 2 else 2 * w, N_LANDMARKS, 1)
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
         """Heatmaps: spatial softmax scaled to peak ~1."""
         return spatial_softmax(self.logits(crop), self.geometry.sigma)
 
     def logits(self, crop: torch.Tensor) -> torch.Tensor:
-        s4 = self.d1(self.stem(crop))
+        s2 = self.stem(crop)
+        s4 = self.d1(s2)
         s8 = self.d2(s4)
         s16 = self.ctx(self.d3(s8))
         x = self.u2(s16, s8)
         x = self.u1(x, s4)
+        if self.u0 is not None:
+            x = self.u0(x, s2)
         return self.heat(x)
+
+    def arch(self) -> dict[str, int]:
+        """Constructor arguments, stored with the weights so a checkpoint rebuilds its network."""
+        return {"width": self.width, "stride": self.stride}
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -2,14 +2,14 @@
 
 Data: the complete ``case_<seed>`` folders of a training set (seeds in the train range, enforced by
 :func:`export.datasets.landmark_samples.build_index`). Each case is read once: its whole-film sample at
-2 mm/px and ``crops_per_region`` jittered 0.5 mm/px crops per region (hip, knee, ankle; 160 x 224) are
-kept in memory, the full-resolution film is dropped. Every training sample then gets a freshly sampled,
-recorded augmentation chain (:func:`export.datasets.augment.sample_augmentation`; the crop preset for
-crops) and its Gaussian heatmap targets (:func:`export.datasets.heatmaps.encode_heatmaps`).
+2 mm/px (with femur / tibia masks projected from ``labels_leg.nii.gz`` when the case has it) and
+``crops_per_region`` jittered 0.5 mm/px crops per region (hip, knee, ankle; 160 x 224) are kept in
+memory, the full-resolution film is dropped. Batches and losses: :mod:`export.training.landmarks_batches`
+(every draw gets a freshly sampled, recorded augmentation chain and its Gaussian heatmap targets).
 
-Loss: spatial cross-entropy of the heatmap logits against the normalised Gaussian targets (hidden
-landmarks and, for crops, the landmarks of other regions carry no weight) plus BCE + Dice on the
-femur / tibia masks where the case has label volumes. AdamW with a cosine learning rate per stage.
+Loss: spatial cross-entropy of the heatmap logits against the normalised Gaussian targets, plus (weight
+``coord_weight``) the soft-argmax distance in mm, plus BCE + Dice on the femur / tibia masks where the
+case has label volumes. AdamW with a cosine learning rate per stage.
 
 Determinism: all randomness comes from ``seed`` (torch.manual_seed and numpy Generators): the same seed
 and data give the same initial weights, the same sample and augmentation sequence, and with fixed
@@ -21,7 +21,6 @@ depend on the machine load; ``--steps n1 n2`` runs a pure cosine over the record
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -38,18 +37,9 @@ from torch import nn
 from tqdm import tqdm
 
 from appliance.errors import InputError
-from export.datasets.augment import (
-    AugmentConfig,
-    apply,
-    crop_stage_config,
-    sample_augmentation,
-    warp_mask,
-)
-from export.datasets.heatmaps import encode_heatmaps
 from export.datasets.landmark_samples import (
     REGIONS,
     CropSample,
-    WholeFilmSample,
     build_index,
     crop_sample,
     load_bone_labels,
@@ -57,6 +47,15 @@ from export.datasets.landmark_samples import (
     whole_film_sample,
 )
 from export.models.landmark_net import CROP_GEOMETRY, WHOLE_GEOMETRY, CropNet, NetGeometry, WholeFilmNet
+from export.training.landmarks_batches import (
+    REGION_NAMES,
+    PreparedCase,
+    coord_loss,
+    crop_batch,
+    heatmap_loss,
+    mask_loss,
+    whole_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +72,11 @@ __all__ = [
     "train_landmarks",
 ]
 
-MODEL_VERSION: Final = "0.2.0"
+MODEL_VERSION: Final = "0.3.0"
 WHOLE_ONNX: Final = "landmarks_whole.onnx"
 CROP_ONNX: Final = "landmarks_crop.onnx"
 WHOLE_PT: Final = "landmarks_whole.pt"
 CROP_PT: Final = "landmarks_crop.pt"
-REGION_NAMES: Final = ("hip", "knee", "ankle")
 F32 = NDArray[np.float32]
 
 
@@ -91,16 +89,27 @@ class TrainConfig:
     seed: int
     minutes: float = 25.0
     steps: tuple[int, int] | None = None  # (stage 1, stage 2); None: fit the wall-clock budget
-    stage1_share: float = 0.6  # of the budget; the rest minus export time goes to stage 2
+    # Share of the budget for stage 1 (the rest minus export time goes to stage 2); None: 0.5 from a
+    # random init, 0.2 when warm-started (stage 1 then only has to adapt; the crop stage is the limit).
+    stage1_share: float | None = None
     batch_whole: int = 4
     batch_crop: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    crops_per_region: int = 6
+    crops_per_region: int = 8
     jitter_mm: float = 12.0
     models_dir: Path | None = None  # where the ONNX files go; None: ``out``
     max_cases: int | None = None
     threads: int = 2
+    # Crop stage network: width and heatmap stride (0.1/0.2: 8 and 4; 0.3: 8 and 2).
+    crop_width: int = 8
+    crop_stride: int = 2
+    # Weight of the soft-argmax distance (mm) next to the heatmap cross-entropy (0: heatmaps only).
+    coord_weight: float = 0.5
+    # Crop regions drawn as hip / knee / ankle: six of the eight landmarks sit in the knee crop.
+    region_probs: tuple[float, float, float] = (0.25, 0.5, 0.25)
+    # Share of whole-film draws taken from the cases that have bone masks (label volumes).
+    p_mask_case: float = 0.3
     # Every sample is mirrored so the measured leg looks like this side's leg (None: no mirroring, and
     # random flips in the augmentation instead, the 0.1 behaviour that cannot choose a leg on bilateral
     # films). Recorded as the ONNX metadata ``canonical_side``, which the runtime detector follows.
@@ -112,12 +121,11 @@ class TrainConfig:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
-
-@dataclass(frozen=True, eq=False)
-class PreparedCase:
-    seed: int
-    whole: WholeFilmSample
-    crops: tuple[CropSample, ...]
+    @property
+    def stage1_fraction(self) -> float:
+        if self.stage1_share is not None:
+            return self.stage1_share
+        return 0.2 if self.init_from is not None else 0.5
 
 
 @dataclass(frozen=True)
@@ -169,116 +177,13 @@ def prepare_cases(
             )
             crops.extend(crop_sample(case, s, canonical_side=canonical_side) for s in specs)
         out.append(PreparedCase(seed=seed, whole=whole, crops=tuple(crops)))
-    log.info("prepared %d cases (%d crops)", len(out), sum(len(c.crops) for c in out))
+    log.info(
+        "prepared %d cases (%d crops, %d with bone masks)",
+        len(out),
+        sum(len(c.crops) for c in out),
+        sum(c.has_masks for c in out),
+    )
     return out
-
-
-@dataclass(frozen=True, eq=False)
-class Batch:
-    images: torch.Tensor  # (B, 1, H, W)
-    heatmaps: torch.Tensor  # (B, 8, h, w)
-    weights: torch.Tensor  # (B, 8): 1 where the landmark is a target
-    masks: torch.Tensor | None  # (B, 2, h, w) or None
-    mask_weights: torch.Tensor | None  # (B,)
-
-
-def _downsample_mask(mask: NDArray[np.bool_], stride: int, shape: tuple[int, int]) -> F32:
-    m = mask.astype(np.float32)
-    rows, cols = shape
-    pad = np.zeros((rows * stride, cols * stride), np.float32)
-    pad[: m.shape[0], : m.shape[1]] = m[: rows * stride, : cols * stride]
-    return np.asarray(pad.reshape(rows, stride, cols, stride).mean(axis=(1, 3)), np.float32)
-
-
-def whole_batch(
-    rng: np.random.Generator, cases: Sequence[PreparedCase], n: int, *, flips: bool = True
-) -> Batch:
-    """``n`` augmented whole-film samples with stride-4 targets (``flips``: random mirroring, off
-    when the samples are mirrored to a canonical side)."""
-    g = WHOLE_GEOMETRY
-    cfg = AugmentConfig() if flips else dataclasses.replace(AugmentConfig(), p_flip=0.0)
-    imgs, hms, wts, masks, mw = [], [], [], [], []
-    for _ in range(n):
-        s = cases[int(rng.integers(len(cases)))].whole
-        rec = sample_augmentation(
-            rng, g.shape, s.landmarks, pixel_mm=g.mm_per_px, config=cfg, out_shape=g.shape
-        )
-        aug = apply(s.image, s.landmarks, rec, s.visible)
-        t = encode_heatmaps(aug.landmarks, aug.visible, g.shape, stride=g.stride, sigma=g.sigma)
-        imgs.append(aug.image)
-        hms.append(t.heatmaps)
-        wts.append(t.mask.astype(np.float32))
-        if s.femur_mask is not None and s.tibia_mask is not None:
-            fm = _downsample_mask(warp_mask(s.femur_mask, rec), g.stride, g.heatmap_shape)
-            tm = _downsample_mask(warp_mask(s.tibia_mask, rec), g.stride, g.heatmap_shape)
-            masks.append(np.stack([fm, tm]))
-            mw.append(1.0)
-        else:
-            masks.append(np.zeros((2, *g.heatmap_shape), np.float32))
-            mw.append(0.0)
-    have = any(w > 0 for w in mw)
-    return Batch(
-        images=torch.from_numpy(np.stack(imgs)[:, None]),
-        heatmaps=torch.from_numpy(np.stack(hms)),
-        weights=torch.from_numpy(np.stack(wts)),
-        masks=torch.from_numpy(np.stack(masks)) if have else None,
-        mask_weights=torch.tensor(mw, dtype=torch.float32) if have else None,
-    )
-
-
-def crop_batch(
-    rng: np.random.Generator, cases: Sequence[PreparedCase], n: int, *, flips: bool = True
-) -> Batch:
-    """``n`` augmented crops (random case, random region) with targets on their region's landmarks."""
-    g = CROP_GEOMETRY
-    cfg = crop_stage_config()
-    if not flips:
-        cfg = dataclasses.replace(cfg, p_flip=0.0)
-    imgs, hms, wts = [], [], []
-    for _ in range(n):
-        c = cases[int(rng.integers(len(cases)))]
-        s = c.crops[int(rng.integers(len(c.crops)))]
-        rec = sample_augmentation(
-            rng, g.shape, s.landmarks, pixel_mm=g.mm_per_px, config=cfg, out_shape=g.shape
-        )
-        aug = apply(s.image, s.landmarks, rec, s.visible)
-        region = np.array([n_ in REGIONS[s.spec.region] for n_ in s.names])
-        t = encode_heatmaps(aug.landmarks, aug.visible & region, g.shape, stride=g.stride, sigma=g.sigma)
-        imgs.append(aug.image)
-        hms.append(t.heatmaps)
-        wts.append(t.mask.astype(np.float32))
-    return Batch(
-        images=torch.from_numpy(np.stack(imgs)[:, None]),
-        heatmaps=torch.from_numpy(np.stack(hms)),
-        weights=torch.from_numpy(np.stack(wts)),
-        masks=None,
-        mask_weights=None,
-    )
-
-
-# --- loss -------------------------------------------------------------------------------------------
-def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Spatial cross-entropy per map (target Gaussians normalised to sum 1), averaged over the maps
-    that are targets."""
-    b, n, h, w = logits.shape
-    logp = torch.log_softmax(logits.reshape(b, n, h * w), dim=-1)
-    t = target.reshape(b, n, h * w)
-    t = t / t.sum(dim=-1, keepdim=True).clamp(min=1e-12)
-    per_map = -(t * logp).sum(dim=-1) * weights
-    return per_map.sum() / weights.sum().clamp(min=1.0)
-
-
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice on the (femur, tibia) masks of the samples that have them."""
-    w = weights[:, None, None, None]
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce_m = (bce * w).sum() / (w.sum() * logits[0].numel()).clamp(min=1.0)
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(2, 3))
-    den = p.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
-    dice = 1.0 - (2 * inter + 1.0) / (den + 1.0)
-    dice_m = (dice * weights[:, None]).sum() / (2 * weights.sum()).clamp(min=1.0)
-    return bce_m + dice_m
 
 
 # --- loop -------------------------------------------------------------------------------------------
@@ -366,9 +271,15 @@ def _plot_losses(history: dict[str, list[float]], path: Path) -> None:
 
 
 def _metadata(
-    stage: str, geom: NetGeometry, cfg: TrainConfig, steps: int, seeds: Sequence[int]
+    stage: str,
+    geom: NetGeometry,
+    cfg: TrainConfig,
+    steps: int,
+    seeds: Sequence[int],
+    arch: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
+        **({"arch": arch} if arch else {}),
         "version": MODEL_VERSION,
         "training_seed": int(cfg.seed),
         "input_geometry": geom.to_dict(),
@@ -444,12 +355,45 @@ def load_trained(models_dir: Path) -> tuple[WholeFilmNet, CropNet, dict[str, Any
         )
     s1 = torch.load(p1, map_location="cpu", weights_only=True)
     s2 = torch.load(p2, map_location="cpu", weights_only=True)
-    whole, crop = WholeFilmNet(), CropNet()
+    m1, m2 = json.loads(s1["metadata"]), json.loads(s2["metadata"])
+    # weights saved before "arch" was recorded (0.1, 0.2) are the default networks
+    whole, crop = WholeFilmNet(), CropNet(**m2.get("arch", {"width": 8, "stride": 4}))
     whole.load_state_dict(s1["state"])
     crop.load_state_dict(s2["state"])
     whole.eval()
     crop.eval()
-    return whole, crop, {"whole": json.loads(s1["metadata"]), "crop": json.loads(s2["metadata"])}
+    return whole, crop, {"whole": m1, "crop": m2}
+
+
+def _load_matching(model: nn.Module, source: nn.Module) -> tuple[int, list[str]]:
+    """Copy every tensor of ``source`` whose name and shape exist in ``model``; returns (copied, the
+    names left at their fresh init). A 0.2 crop net (stride 4) seeds the stride-2 net of the same
+    width in everything but the new stride-2 block and the output convolution."""
+    own = model.state_dict()
+    src = source.state_dict()
+    fresh: list[str] = []
+    n = 0
+    for k, v in own.items():
+        if k in src and src[k].shape == v.shape:
+            own[k] = src[k].clone()
+            n += 1
+        else:
+            fresh.append(k)
+    model.load_state_dict(own)
+    return n, fresh
+
+
+def _initial_models(cfg: TrainConfig) -> tuple[WholeFilmNet, CropNet]:
+    """Random init (seeded by the caller), or the weights of ``cfg.init_from`` wherever the networks
+    match (:func:`_load_matching`)."""
+    whole, crop = WholeFilmNet(), CropNet(cfg.crop_width, cfg.crop_stride)
+    if cfg.init_from is None:
+        return whole, crop
+    w0, c0, _ = load_trained(cfg.init_from)
+    for name, net, src in (("stage 1", whole, w0), ("stage 2", crop, c0)):
+        n, fresh = _load_matching(net, src)
+        log.info("%s: %d tensors from %s, fresh: %s", name, n, cfg.init_from, ", ".join(fresh) or "none")
+    return whole, crop
 
 
 def train_landmarks(cfg: TrainConfig) -> TrainResult:
@@ -475,25 +419,28 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
     prep_s = time.perf_counter() - t_start
     budget = max(0.0, cfg.minutes * 60.0 - prep_s - 60.0)  # keep ~1 min for plotting and export
 
-    if cfg.init_from is not None:
-        whole, crop, _ = load_trained(cfg.init_from)
-        log.info("initialised both stages from %s", cfg.init_from)
-    else:
-        whole, crop = WholeFilmNet(), CropNet()
+    whole, crop = _initial_models(cfg)
+    cg = crop.geometry
     flips = cfg.canonical_side is None
 
     def step_whole(m: nn.Module, rng: np.random.Generator) -> torch.Tensor:
-        b = whole_batch(rng, cases, cfg.batch_whole, flips=flips)
+        b = whole_batch(rng, cases, cfg.batch_whole, flips=flips, p_mask_case=cfg.p_mask_case)
         heat, mlog = m.logits(b.images)  # type: ignore[operator]
         loss = heatmap_loss(heat, b.heatmaps, b.weights)
+        if cfg.coord_weight > 0:
+            cell_mm = WHOLE_GEOMETRY.mm_per_px * WHOLE_GEOMETRY.stride
+            loss = loss + cfg.coord_weight * coord_loss(heat, b.points, b.weights, cell_mm) / cell_mm
         if b.masks is not None and b.mask_weights is not None:
             loss = loss + mask_loss(mlog, b.masks, b.mask_weights)
         return loss
 
     def step_crop(m: nn.Module, rng: np.random.Generator) -> torch.Tensor:
-        b = crop_batch(rng, cases, cfg.batch_crop, flips=flips)
+        b = crop_batch(rng, cases, cfg.batch_crop, cg, flips=flips, region_probs=cfg.region_probs)
         out: torch.Tensor = m.logits(b.images)  # type: ignore[operator]
-        return heatmap_loss(out, b.heatmaps, b.weights)
+        loss = heatmap_loss(out, b.heatmaps, b.weights)
+        if cfg.coord_weight > 0:
+            loss = loss + cfg.coord_weight * coord_loss(out, b.points, b.weights, cg.mm_per_px * cg.stride)
+        return loss
 
     t1 = time.perf_counter()
     n1, l1 = _run_stage(
@@ -503,7 +450,7 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
         rng_s1,
         cfg,
         steps=cfg.steps[0] if cfg.steps else None,
-        budget_s=budget * cfg.stage1_share,
+        budget_s=budget * cfg.stage1_fraction,
     )
     used = time.perf_counter() - t1
     n2, l2 = _run_stage(
@@ -520,7 +467,7 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
     _plot_losses(history, plot)
 
     meta1 = _metadata("whole", WHOLE_GEOMETRY, cfg, n1, seeds)
-    meta2 = _metadata("crop", CROP_GEOMETRY, cfg, n2, seeds)
+    meta2 = _metadata("crop", cg, cfg, n2, seeds, crop.arch())
     whole.eval()
     crop.eval()
     ckpt = cfg.out / "checkpoint.pt"
