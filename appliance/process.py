@@ -9,7 +9,10 @@ The pipeline of ``xr3d process`` (docs/result-schema.md):
    modality rescale, first VOI window, MONOCHROME1 inverted; other images: their own min-max).
 3. :class:`~appliance.landmarks.detector.LandmarkDetector` finds the eight landmarks. The models work in
    detector millimetres, so they get the detector pixel spacing (patient-plane spacing times the film's
-   magnification, when the ingest divided by one).
+   magnification, when the ingest divided by one). Films are assumed in the standard display (patient's
+   right on the viewer's left); a DICOM film whose PatientOrientation row direction is "R" is stored
+   mirrored: it is mirrored back before detection and the landmarks are mapped to the stored pixels
+   (``flags.display_mirrored``).
 4. :func:`~appliance.analytics.angles2d.measure_2d` measures with the same spacing and magnification.
    A landmark whose confidence is below :data:`LOW_CONFIDENCE` is flagged, and so is every value that
    needs it (values are still reported, never hidden).
@@ -19,6 +22,7 @@ The pipeline of ``xr3d process`` (docs/result-schema.md):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -57,6 +61,7 @@ __all__ = [
     "RESULT_SCHEMA",
     "FilmMeasurement",
     "ProcessResult",
+    "display_mirrored",
     "film_image01",
     "measure_film",
     "process_film",
@@ -194,23 +199,53 @@ class FilmMeasurement:
         return self.angles.cpak.to_dict() if self.angles.cpak is not None else None
 
 
+def display_mirrored(path: Path, film: Film) -> tuple[bool | None, list[str] | None]:
+    """(whether an AP film is stored mirrored, its PatientOrientation): the row direction "R" is the
+    mirror of the standard display "L"; None when the film records no usable orientation."""
+    from appliance.pipeline.films import patient_orientation  # no import cycle at module load
+
+    po = patient_orientation(path) if film.kind == "dicom" else None
+    row = po[0][:1] if po and po[0] else ""
+    return ({"L": False, "R": True}.get(row), po)
+
+
+def _unmirror(det: Detection, columns: int) -> Detection:
+    """Landmarks found on the mirrored image, in the stored image's pixels (col -> columns - 1 - col)."""
+
+    def flip(p: NDArray[np.float64]) -> NDArray[np.float64]:
+        q = np.array(p, dtype=np.float64, copy=True)
+        q[:, 0] = columns - 1 - q[:, 0]
+        return q
+
+    return dataclasses.replace(det, points=flip(det.points), coarse_points=flip(det.coarse_points))
+
+
 def measure_film(
     path: Path, film: Film, detector: LandmarkDetector, *, low_confidence: float = LOW_CONFIDENCE
 ) -> FilmMeasurement:
     """Landmarks, 2D angles, CPAK and flags of one accepted long-leg AP film (steps 2-4 above)."""
     t0 = time.perf_counter()
     image = film_image01(path, film)
+    mirrored, orientation = display_mirrored(path, film)
+    shown = image[:, ::-1] if mirrored else image
     t_read = time.perf_counter()
     mag = float(film.magnification) if film.magnification else 1.0
     detector_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
     # The study's side picks the leg on a bilateral film; without one the detector's documented rule
     # chooses (docs/landmarks.md).
-    det = detector.detect(image, detector_spacing, film.side or None)
+    det = detector.detect(shown, detector_spacing, film.side or None)
     # A film that shows no lower limb (wrong body part that passed the ingest rules) is not measured.
     require_lower_limb(det, detector_spacing)
     t_detect = time.perf_counter()
+    # Angles (and the apparent side) from the standard display; mirroring changes no angle.
     angles = measure_2d(det.as_dict(), detector_spacing, mag, film.side or None)
-    flags = _flags(film, det, angles, low_confidence)
+    if mirrored:
+        det = _unmirror(det, image.shape[1])
+    flags = {
+        **_flags(film, det, angles, low_confidence),
+        "display_mirrored": mirrored,
+        "patient_orientation": orientation,
+    }
     t_measure = time.perf_counter()
     timings = {
         "read": t_read - t0,

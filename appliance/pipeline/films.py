@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from appliance.dicomio.geometry_tags import read_geometry
 from appliance.errors import GeometryError, InputError
@@ -111,6 +112,22 @@ def _geometry(sf: StudyFilm, study_dir: Path) -> dict[str, Any] | None:
     return None if geom is None else geom.to_dict()
 
 
+def patient_orientation(path: Path) -> list[str] | None:
+    """DICOM PatientOrientation (0020,0020) of a film (row direction, column direction, e.g. ["L", "F"]),
+    or None when the file has none or cannot be read. Films are assumed in the standard display; a row
+    direction opposite to it means the stored image is mirrored (appliance/landmarks/knee_views.py)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[(0x0020, 0x0020)])
+    except (OSError, ValueError, InvalidDicomError) as exc:
+        log.warning("PatientOrientation unreadable (%s)", type(exc).__name__)
+        return None
+    value = ds.get("PatientOrientation")
+    if not value:
+        return None
+    parts = [str(v).strip().upper() for v in ([value] if isinstance(value, str) else list(value))]
+    return parts if any(parts) else None
+
+
 def film_entry(
     sf: StudyFilm, study_dir: Path, detector_spacing_mm: tuple[float, float] | None = None
 ) -> dict[str, Any]:
@@ -134,4 +151,5 @@ def film_entry(
         "photometric": f.photometric,
         "sha256": f.sha256,
         "geometry": _geometry(sf, study_dir),
+        "patient_orientation": patient_orientation(study_dir / sf.copy) if f.kind == "dicom" else None,
     }

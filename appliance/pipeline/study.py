@@ -8,7 +8,10 @@ into place, so everything below (films, pictures, DICOM, reconstruction) appears
 2. The long-leg AP film is measured with the landmark models (:func:`appliance.process.measure_film`,
    the same code as ``xr3d process``) and drawn (overlay, CPAK chart). Without a long-leg film the
    study is ``partial``: angles, CPAK and landmarks are null, ``flags.reasons`` says why.
-3. With knee films, ``appliance.recon.study.reconstruct_study`` runs when the build has it.
+3. Each knee AP / lateral film is measured with the knee landmark model
+   (:mod:`appliance.pipeline.knee`): ``knee_films`` in result.json and ``knee_overlay_<view>.png``; a
+   missing model or an odd film is recorded there, never a failed study.
+   With knee films, ``appliance.recon.study.reconstruct_study`` runs when the build has it.
 4. result.json is written, then the report PDF and the DICOM objects (``appliance.outputs``) when the
    build has them, and result.json is rewritten with the final file list and stage outcomes.
 
@@ -35,6 +38,7 @@ from appliance.jobs.processor import StudyInput
 from appliance.landmarks.detector import LandmarkDetector
 from appliance.pipeline.agreement import angles_agreement
 from appliance.pipeline.films import StudyFilm, choose_films, copy_films, film_entry
+from appliance.pipeline.knee import KneeDetectorHolder, measure_knee_films
 from appliance.pipeline.optional import DONE, SKIPPED, StageOutcome, run_optional
 from appliance.process import (
     LONGLEG_VIEW,
@@ -75,8 +79,11 @@ class StudyProcessor:
         report_pdf: bool = True,
         dicom_outputs: bool = True,
         models_dir: Path | None = None,
+        knee: KneeDetectorHolder | None = None,
     ) -> None:
         self.detector = detector
+        self.knee = knee or KneeDetectorHolder(models_dir)
+        """The knee landmark detector, opened on first use (models_dir or the shipped models)."""
         self.low_confidence = low_confidence
         self.reconstruction = reconstruction
         self.report_pdf = report_pdf
@@ -181,6 +188,12 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
         if measured.flags["needs_review"]:
             reasons.append("landmarks_need_review")
 
+    t = time.perf_counter()
+    knee = measure_knee_films(films, out_dir, proc.knee, side)
+    if knee.entries:
+        timings["knee_films"] = time.perf_counter() - t
+    reasons.extend(knee.reasons)
+
     knees = {v: films[v] for v in KNEE_VIEWS if v in films}
     if not proc.reconstruction:
         recon_outcome = StageOutcome(DISABLED, _DISABLED_DETAIL)
@@ -228,7 +241,9 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
     flags: dict[str, Any] = dict(measured.flags) if measured else {}
     flags.update(
         {
-            "needs_review": bool(measured is None or measured.flags["needs_review"] or side_conflict),
+            "needs_review": bool(
+                measured is None or measured.flags["needs_review"] or side_conflict or knee.needs_review
+            ),
             "reasons": reasons,
             "views_received_more_than_once": repeated,
             "side_conflict": side_conflict,
@@ -247,12 +262,13 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
         "landmarks_2d": {LONGLEG_VIEW: measured.landmarks_json()} if measured else {},
         "angles_2d": measured.angles_json() if measured else None,
         "cpak": measured.cpak_json() if measured else None,
+        "knee_films": knee.entries,
         "angles_3d": angles_3d,
         "landmarks_3d": landmarks_3d,
         "reconstruction": reconstruction,
         "flags": flags,
         "engine": proc.detector.backend_choice.to_json(),
-        "model_versions": dict(proc.detector.model_versions),
+        "model_versions": {**proc.detector.model_versions, **knee.model_versions},
         "timings_s": timings,
         "files": [],
     }

@@ -67,6 +67,9 @@ def register(sub: Any) -> None:
     from export.recon.cli import register_train as _register_recon_train
 
     _register_recon_train(tsub)
+    from export.training.knee_cli import register_train_knee
+
+    register_train_knee(tsub)
 
 
 def run_train_landmarks(args: argparse.Namespace) -> int:
@@ -117,6 +120,9 @@ def register_eval(sub: Any) -> None:
     from export.recon.cli import register_eval as _register_recon_eval
 
     _register_recon_eval(esub)
+    from export.training.knee_cli import register_eval_knee
+
+    register_eval_knee(esub)
 
 
 def run_eval_landmarks(args: argparse.Namespace) -> int:
