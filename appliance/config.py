@@ -157,7 +157,7 @@ class ClassifySettings:
     not_lower_limb_keywords: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "ABDOMEN", "SKULL")
     """Words in StudyDescription / SeriesDescription / ProtocolName that mark a film as not a lower limb."""
     image_check: bool = True
-    min_edge_anisotropy: float = 1.3
+    min_edge_anisotropy: float = 1.2
     """Lower-limb films are dominated by vertical edges (long bones, skin line); see docs/ingest.md."""
 
 

@@ -249,3 +249,21 @@ def test_fuzzed_dicom_never_raises_anything_but_ingest_error(
         read_film(path, _settings(tmp_path))
     except IngestError as exc:
         assert exc.reason in REASONS
+
+
+def test_strong_straight_borders_do_not_outvote_the_leg() -> None:
+    """A leg-like picture: faint vertical bone edges on soft tissue that darkens from thigh to ankle, with
+    bright padding above and below the collimated field. Summed gradient magnitudes (the first version of
+    the check) read it as 1.17, below the threshold; counting strong-edge pixels reads it as vertical. The
+    same picture turned by 90 degrees, and rib-like horizontal bands, are not."""
+    img = np.zeros((1200, 400), dtype=np.float32)
+    img[100:1100, 60:340] = np.linspace(1.0, 0.1, 1000, dtype=np.float32)[:, None] ** 2
+    img[100:1100, 150:180] += 0.05  # two long bones
+    img[100:1100, 220:240] += 0.05
+    img[1100:, :] = img[:100, :] = 1.0
+    assert edge_anisotropy(img) > 2.0
+    assert edge_anisotropy(np.rot90(img).copy()) < 1.0
+    ribs = np.zeros((800, 800), dtype=np.float32)
+    for r in range(60, 760, 70):
+        ribs[r : r + 25, 100:700] = 0.8
+    assert edge_anisotropy(ribs) < 1.2

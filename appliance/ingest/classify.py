@@ -61,11 +61,15 @@ def rule_matches(rule: ViewRule, facts: FilmFacts) -> bool:
 
 
 def edge_anisotropy(image: NDArray[np.generic]) -> float:
-    """Mean |horizontal gradient| / mean |vertical gradient| of a smoothed, downsampled image.
+    """How much more the strong edges of a smoothed, downsampled image run vertically than horizontally.
 
-    Long bones and skin lines of a leg run top to bottom, so their edges are vertical and the ratio is
-    well above 1 (simulated and real leg films: 2-10); a chest film's ribs, diaphragm and clavicles
-    make it about 1.
+    Among the 30 % of pixels with the strongest gradient, the number whose horizontal gradient is more
+    than twice the vertical one (a vertical edge) over the number with the opposite. Long bones and skin
+    lines of a leg run top to bottom (simulated long-leg films >= 1.9, knee AP >= 2.4, knee lateral >= 1.4,
+    real RG3 lower leg 112); a chest film's ribs, diaphragm and clavicles give about 0.9 (real RG1).
+    Counting pixels instead of summing gradient magnitudes keeps a few very long, very strong straight
+    edges (collimator blades, detector padding, a stitching seam) from outvoting the anatomy: the summed
+    version read 0.99 on a simulated long-leg film with a TKA and 0.58 on a flexed knee lateral.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -78,9 +82,15 @@ def edge_anisotropy(image: NDArray[np.generic]) -> float:
     if not hi > lo:  # also false for NaN
         return 0.0
     norm = gaussian_filter(np.clip((small - lo) / (hi - lo), 0.0, 1.0), 2.0)
-    gx = float(np.abs(np.diff(norm, axis=1)).mean())
-    gy = float(np.abs(np.diff(norm, axis=0)).mean())
-    return gx / gy if gy > 0 else float("inf")
+    gx = np.abs(np.diff(norm, axis=1))[:-1, :]
+    gy = np.abs(np.diff(norm, axis=0))[:, :-1]
+    mag = np.hypot(gx, gy)
+    strong = mag > np.percentile(mag, 70.0)
+    vertical_edges = int(np.count_nonzero(strong & (gx > 2.0 * gy)))
+    horizontal_edges = int(np.count_nonzero(strong & (gy > 2.0 * gx)))
+    if horizontal_edges == 0:
+        return float("inf") if vertical_edges else 0.0
+    return vertical_edges / horizontal_edges
 
 
 def check_lower_limb(facts: FilmFacts, settings: ClassifySettings) -> None:
