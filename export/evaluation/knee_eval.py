@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["evaluate_knee", "format_knee_summary"]
 
+THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Candidate low-confidence thresholds whose flag rates are reported (refit of KNEE_LOW_CONFIDENCE)."""
 _TRUTH_3D = {"JLCA": "JLCA", "tibial_slope_deg": "tibial_slope_deg", "knee_flexion_deg": "knee_flexion_deg"}
 
 
@@ -136,6 +138,17 @@ def evaluate_knee(
             "flags_landmarks_within_2mm": share(err_a <= 2.0),
             "landmarks_over_2mm": int((err_a > 2.0).sum()),
             "spearman_conf_error": _spearman(conf, err_a),
+            "by_threshold": {
+                f"{t:.2f}": {
+                    "flags_errors_over_2mm": float((conf[err_a > 2.0] < t).mean())
+                    if (err_a > 2.0).any()
+                    else None,
+                    "flags_landmarks_within_2mm": float((conf[err_a <= 2.0] < t).mean())
+                    if (err_a <= 2.0).any()
+                    else None,
+                }
+                for t in THRESHOLDS
+            },
         },
         "ap_orientation_from_image": {"films": auto_n, "same_as_side": auto_ok},
         "per_film": films,
