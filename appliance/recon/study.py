@@ -7,8 +7,9 @@ Entry point (called by the study pipeline, ``appliance.pipeline.study``, by keyw
                       settings=None) -> StudyReconstruction
 
 * ``films``: view name (``knee_ap``, ``knee_lat``, ``longleg_ap``) -> a DICOM path (pixels converted with
-  :func:`appliance.ingest.presentation.bone_bright_unit`, geometry from the private XR3D block) or a
-  ready :class:`~appliance.recon.types.FilmView`. Films without a recorded geometry are left out.
+  :func:`appliance.ingest.presentation.bone_bright_unit`; geometry recorded in the private XR3D block, or
+  rebuilt from the standard DX header for a clinic's films: :mod:`appliance.recon.frames`) or a ready
+  :class:`~appliance.recon.types.FilmView`. DICOM films with neither are left out.
 * ``out_dir``: the study folder; files go to ``out_dir/recon/``.
 * ``side``: "L" / "R" (needed for the 3D landmarks); ``landmarks_2d``: result.json's
   ``{"longleg_ap": {"FHC": {"col": .., "row": ..}, ...}}`` (FHC and AC place the hip and ankle centres;
@@ -36,16 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
 from PIL import Image
 
-from appliance.dicomio.geometry_tags import read_geometry
 from appliance.errors import InputError, Xr3dError
-from appliance.ingest.dicom_reader import decode_pixels
-from appliance.ingest.presentation import bone_bright_unit
 from appliance.recon.bones3d import DEFAULT_DEPTH_MODEL, Landmarks3D, LongLegLandmarks, landmarks_from_labels
 from appliance.recon.consistency import ConsistencyResult, ConsistencySettings, ViewImages, judge, score_views
+from appliance.recon.frames import StudyFrames, load_study_frames, register_longleg
 from appliance.recon.meshes import label_surface, write_ply, write_stl
 from appliance.recon.nifti import save_volume
 from appliance.recon.register import RegistrationResult, RegistrationSettings, register_bones
@@ -85,6 +83,7 @@ class StudyReconstruction:
     registration: RegistrationResult | None = None
     notes: tuple[str, ...] = ()
     timings_s: Mapping[str, float] = field(default_factory=dict)
+    geometry: Mapping[str, Any] | None = None  # StudyFrames.to_dict() (None: FilmViews given directly)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,20 +93,12 @@ class StudyReconstruction:
                 "spacing_mm": self.spacing_mm,
                 "shape": list(self.shape),
                 "consistency": self.consistency.to_dict(),
+                "geometry": dict(self.geometry) if self.geometry is not None else None,
                 "files": list(self.files),
             },
             "angles_3d": self.angles_3d,
             "landmarks_3d": self.landmarks_3d,
         }
-
-
-def load_film_view(path: Path, view: str) -> FilmView | None:
-    """A DICOM film as a FilmView, or None when it records no projection geometry."""
-    ds = pydicom.dcmread(path)
-    geometry = read_geometry(ds)
-    if geometry is None:
-        return None
-    return FilmView(view, bone_bright_unit(ds, decode_pixels(ds)), geometry)
 
 
 def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
@@ -117,22 +108,20 @@ def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
     return Reconstruction(out.hu, out.labels, MODEL_NAME)
 
 
-def _as_views(films: Mapping[str, Path | FilmView]) -> dict[str, FilmView]:
-    views: dict[str, FilmView] = {}
+def _as_views(
+    films: Mapping[str, Path | FilmView], side: str | None
+) -> tuple[dict[str, FilmView], StudyFrames | None]:
+    ready = {v: f for v, f in films.items() if isinstance(f, FilmView)}
+    paths: dict[str, Path] = {}
     for view, item in films.items():
         if isinstance(item, FilmView):
-            views[view] = item
             continue
-        path = Path(item)
-        if path.suffix.lower() != ".dcm":
+        if Path(item).suffix.lower() != ".dcm":
             log.info("%s: not a DICOM film, no geometry; left out of the reconstruction", view)
             continue
-        fv = load_film_view(path, view)
-        if fv is None:
-            log.info("%s: no recorded projection geometry; left out of the reconstruction", view)
-        else:
-            views[view] = fv
-    return views
+        paths[view] = Path(item)
+    frames = load_study_frames(paths, side or "") if paths else None
+    return {**(frames.views if frames is not None else {}), **ready}, frames
 
 
 def _unit_image(x: NDArray[np.floating], mask: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
@@ -149,21 +138,23 @@ def write_reprojection_png(vi: ViewImages, path: Path) -> None:
     Image.fromarray(np.hstack([film, gap, drr])).save(path)
 
 
+def _longleg_marks(landmarks_2d: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]:
+    """The long-leg film's 2D landmarks as name -> (col, row) from result.json's format or plain pairs."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, m in ((landmarks_2d or {}).get(LONGLEG_VIEW) or {}).items():
+        if isinstance(m, Mapping) and m.get("col") is not None and m.get("row") is not None:
+            out[str(name)] = (float(m["col"]), float(m["row"]))
+        elif isinstance(m, list | tuple) and len(m) >= 2:
+            out[str(name)] = (float(m[0]), float(m[1]))
+    return out
+
+
 def _longleg_landmarks(
     views: Mapping[str, FilmView], landmarks_2d: Mapping[str, Any] | None
 ) -> LongLegLandmarks | None:
     ll = views.get(LONGLEG_VIEW)
-    marks = (landmarks_2d or {}).get(LONGLEG_VIEW) or {}
-
-    def px(name: str) -> tuple[float, float] | None:
-        m = marks.get(name)
-        if isinstance(m, Mapping) and m.get("col") is not None and m.get("row") is not None:
-            return float(m["col"]), float(m["row"])
-        if isinstance(m, list | tuple) and len(m) >= 2:
-            return float(m[0]), float(m[1])
-        return None
-
-    fhc, ac = px("FHC"), px("AC")
+    marks = _longleg_marks(landmarks_2d)
+    fhc, ac = marks.get("FHC"), marks.get("AC")
     if ll is None or fhc is None or ac is None:
         return None
     return LongLegLandmarks(ll.geometry, fhc, ac)
@@ -192,6 +183,26 @@ def _write_files(
     return tuple(p.relative_to(study_dir).as_posix() for p in written)
 
 
+def _registered_longleg(
+    recon: Reconstruction,
+    side: str,
+    longleg: LongLegLandmarks,
+    poses: Mapping[str, Any] | None,
+    landmarks_2d: Mapping[str, Any] | None,
+    s: ReconSettings,
+    notes: list[str],
+) -> LongLegLandmarks:
+    """The long-leg film's nominal geometry moved into the knee frame (appliance.recon.frames)."""
+    knee_only = landmarks_from_labels(recon.labels, side, None, poses, depth_model=s.depth_model)
+    pts = {k: np.asarray(v, dtype=np.float64) for k, v in knee_only.points.items()}
+    fit = register_longleg(longleg.geometry, pts, _longleg_marks(landmarks_2d))
+    notes.append(
+        f"long-leg film registered to the knee frame on {len(fit.marks_used)} knee landmarks "
+        f"(rms {fit.rms_mm:.1f} mm at the detector)"
+    )
+    return LongLegLandmarks(fit.geometry, longleg.fhc_px, longleg.ac_px)
+
+
 def reconstruct_study(
     films: Mapping[str, Path | FilmView],
     out_dir: Path,
@@ -205,12 +216,10 @@ def reconstruct_study(
     s = settings or ReconSettings()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    views = _as_views(films)
+    views, frames = _as_views(films, side)
     knee = {v: views[v] for v in KNEE_VIEWS if v in views}
     if not knee:
-        raise InputError(
-            "no knee film with a recorded geometry to reconstruct from", reason="no_knee_geometry"
-        )
+        raise InputError("no knee film with a usable geometry to reconstruct from", reason="no_knee_geometry")
     recon = (reconstructor or network_reconstructor)(knee)
     timings["reconstruct"] = time.perf_counter() - t0
     knee_list = list(knee.values())
@@ -230,7 +239,7 @@ def reconstruct_study(
             consistency.registration_residual_mm,
         )
 
-    notes: list[str] = []
+    notes: list[str] = list(frames.notes) if frames is not None else []
     marks: Landmarks3D | None = None
     longleg = _longleg_landmarks(views, landmarks_2d)
     if "knee_lat" not in knee:
@@ -241,6 +250,8 @@ def reconstruct_study(
         t = time.perf_counter()
         poses = {k: p.matrix for k, p in reg.poses.items()} if reg is not None else None
         try:
+            if longleg is not None and frames is not None and frames.longleg_registered:
+                longleg = _registered_longleg(recon, side, longleg, poses, landmarks_2d, s, notes)
             marks = landmarks_from_labels(recon.labels, side, longleg, poses, depth_model=s.depth_model)
             notes.extend(marks.notes)
         except Xr3dError as exc:
@@ -265,4 +276,5 @@ def reconstruct_study(
         registration=reg,
         notes=tuple(notes),
         timings_s=timings,
+        geometry=frames.to_dict() if frames is not None else None,
     )
