@@ -59,6 +59,7 @@ class LandmarkHandle(QGraphicsEllipseItem):
         low_confidence: bool,
         on_move: Callable[[str, QPointF], None],
         on_press: Callable[[str], None],
+        editable: bool = True,
     ) -> None:
         r = HANDLE_PX
         super().__init__(-r, -r, 2 * r, 2 * r)
@@ -69,15 +70,22 @@ class LandmarkHandle(QGraphicsEllipseItem):
         self._colour = colour
         self.setPen(QPen(colour, 2))
         self.setBrush(QBrush(QColor(colour.red(), colour.green(), colour.blue(), 70)))
-        self.setFlags(
-            QGraphicsItem.GraphicsItemFlag.ItemIsMovable
-            | QGraphicsItem.GraphicsItemFlag.ItemSendsGeometryChanges
+        flags = (
+            QGraphicsItem.GraphicsItemFlag.ItemSendsGeometryChanges
             | QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations
         )
-        self.setCursor(Qt.CursorShape.SizeAllCursor)
+        if editable:
+            flags |= QGraphicsItem.GraphicsItemFlag.ItemIsMovable
+            self.setCursor(Qt.CursorShape.SizeAllCursor)
+        self.setFlags(flags)
+        self.editable = editable
         self.setToolTip(
-            f"{name}{' (low confidence)' if low_confidence else ''}: drag to correct, "
-            "or click and nudge with the arrow keys (Shift: 10 px)"
+            f"{name}{' (low confidence)' if low_confidence else ''}: "
+            + (
+                "drag to correct, or click and nudge with the arrow keys (Shift: 10 px)"
+                if editable
+                else "found by the knee-film model (shown for review; not editable here)"
+            )
         )
         self.setZValue(10)
         label = QGraphicsSimpleTextItem(name, self)
@@ -241,9 +249,14 @@ class FilmView(QGraphicsView):
 
     # --- overlay ------------------------------------------------------------------------------------
     def set_landmarks(
-        self, points: Mapping[str, tuple[float, float]], low: frozenset[str] = frozenset()
+        self,
+        points: Mapping[str, tuple[float, float]],
+        low: frozenset[str] = frozenset(),
+        *,
+        editable: bool = True,
     ) -> None:
-        """Replace the overlay's landmarks (no ``landmark_moved`` is emitted)."""
+        """Replace the overlay's landmarks (no ``landmark_moved`` is emitted); ``editable=False`` shows
+        them for review only (they cannot be dragged or nudged)."""
         for item in list(self._overlay.childItems()):
             self._overlay.removeFromGroup(item)
             self.scene().removeItem(item)
@@ -262,7 +275,7 @@ class FilmView(QGraphicsView):
             self._overlay.addToGroup(line)
             self._lines.append((a, b, line))
         for name, (c, r) in self.points.items():
-            h = LandmarkHandle(name, name in low, self._handle_moved, self._handle_pressed)
+            h = LandmarkHandle(name, name in low, self._handle_moved, self._handle_pressed, editable)
             h.setPos(c, r)
             self._overlay.addToGroup(h)
             self.handles[name] = h
@@ -297,5 +310,8 @@ class FilmView(QGraphicsView):
         return self._overlay.isVisible()
 
     def move_landmark(self, name: str, col: float, row: float) -> None:
-        """Move one landmark programmatically (keyboard nudges); emits ``landmark_moved``."""
+        """Move one landmark programmatically (keyboard nudges); emits ``landmark_moved``. A read-only
+        landmark does not move."""
+        if not self.handles[name].editable:
+            return
         self.handles[name].setPos(col, row)

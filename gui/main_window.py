@@ -37,7 +37,7 @@ from appliance.errors import InputError
 from gui.angle_panel import AngleTable, CpakChart, fmt
 from gui.film_view import FilmView
 from gui.report_export import export_sr, sr_export_unavailable, write_report_pdf
-from gui.study import VIEW_TITLES
+from gui.study import VIEW_TITLES, KneeFilm
 from gui.study_panel import EditSession
 from gui.view3d import Recon3DPanel
 from gui.worklist import WorklistFilter, WorklistModel
@@ -45,6 +45,24 @@ from gui.worklist import WorklistFilter, WorklistModel
 log = logging.getLogger(__name__)
 
 LEGEND_KEYS: Final = ("mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO")
+
+
+_KNEE_VALUE_NAMES = {
+    "JLCA": "JLCA",
+    "tibial_slope_deg": "posterior tibial slope",
+    "knee_flexion_deg": "knee flexion",
+}
+
+
+def knee_film_note(knee: KneeFilm) -> str:
+    """One line under a knee film: its measurements (degrees), and that the landmarks are for review."""
+    parts = [
+        f"{_KNEE_VALUE_NAMES.get(k, k)} {v:.1f}°" if v is not None else f"{_KNEE_VALUE_NAMES.get(k, k)} —"
+        for k, v in knee.measurements.items()
+    ]
+    low = sorted(n for n, p in knee.landmarks.items() if p.low_confidence)
+    text = "Knee-film model (review only): " + (", ".join(parts) if parts else "no measurements")
+    return text + (f"; low confidence: {', '.join(low)}" if low else "")
 
 
 class MainWindow(QMainWindow):
@@ -254,14 +272,25 @@ class MainWindow(QMainWindow):
             b.setChecked(b.property("view") == view)
         pixels = self.session.film_pixels(view)
         self.film_view.set_film(pixels)
+        note = ""
+        knee = self.session.study.knee_films.get(view)
         if view == self.session.view:
             low = frozenset(
                 n for n, p in self.session.study.landmarks.get(view, {}).items() if p.low_confidence
             )
             self.film_view.set_landmarks(self.session.points, low)
+        elif knee is not None and knee.landmarks:
+            # Knee-film landmarks are shown for review; the editable measurement is the long-leg film's.
+            pts = {n: (p.col, p.row) for n, p in knee.landmarks.items()}
+            low = frozenset(n for n, p in knee.landmarks.items() if p.low_confidence)
+            self.film_view.set_landmarks(pts, low, editable=False)
+            note = knee_film_note(knee)
         else:
             self.film_view.set_landmarks({})
-        self.film_note.setText("" if pixels is not None else "This film is not in the study folder.")
+            if knee is not None and knee.status != "measured":
+                note = f"Knee landmarks {knee.status or 'not available'}"
+                note += f": {knee.reason}" if knee.reason else ""
+        self.film_note.setText(note if pixels is not None else "This film is not in the study folder.")
         self._refresh_panel()
 
     def _landmark_moved(self, name: str) -> None:

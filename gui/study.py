@@ -49,6 +49,17 @@ class Landmark:
 
 
 @dataclass(frozen=True)
+class KneeFilm:
+    """What the knee-film model found on one knee AP / lateral film (result.json ``knee_films``)."""
+
+    view: str
+    status: str
+    landmarks: dict[str, Landmark]
+    measurements: dict[str, float | None]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Study:
     """A processed study: the result document with its pieces typed, and the folder it lives in."""
 
@@ -64,6 +75,7 @@ class Study:
     reconstruction: dict[str, Any] | None
     result_sha256: str
     document: Mapping[str, Any] = field(repr=False)
+    knee_films: dict[str, KneeFilm] = field(default_factory=dict)
 
     @property
     def needs_review(self) -> bool:
@@ -135,6 +147,20 @@ def _landmarks(raw: Mapping[str, Any]) -> dict[str, dict[str, Landmark]]:
     return out
 
 
+def _knee_films(raw: Any) -> dict[str, KneeFilm]:
+    out: dict[str, KneeFilm] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for view, entry in raw.items():
+        if not isinstance(entry, Mapping):
+            continue
+        marks = _landmarks({view: entry.get("landmarks") or {}}).get(view, {})
+        values = {str(k): _num(v) for k, v in (entry.get("measurements") or {}).items()}
+        status, reason = str(entry.get("status") or ""), str(entry.get("reason") or "")
+        out[str(view)] = KneeFilm(str(view), status, marks, values, reason)
+    return out
+
+
 def load_study(folder: Path) -> Study:
     """Read ``folder/result.json``; raises InputError (reason ``bad_result``) when it is unusable."""
     folder = Path(folder)
@@ -162,6 +188,7 @@ def load_study(folder: Path) -> Study:
         reconstruction=doc.get("reconstruction"),
         result_sha256=hashlib.sha256(raw).hexdigest(),
         document=doc,
+        knee_films=_knee_films(doc.get("knee_films")),
     )
 
 

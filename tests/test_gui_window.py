@@ -221,7 +221,10 @@ def test_overlay_toggle_and_film_switch(window: MainWindow, outbox: Path) -> Non
         doc["films"]["knee_ap"]["rows"],
         doc["films"]["knee_ap"]["columns"],
     )
-    assert window.film_view.handles == {}  # landmarks belong to the long-leg film
+    # The editable landmarks belong to the long-leg film; a knee film shows the knee model's, review only.
+    knee_marks = ((doc.get("knee_films") or {}).get("knee_ap") or {}).get("landmarks") or {}
+    assert set(window.film_view.handles) == set(knee_marks)
+    assert not any(h.editable for h in window.film_view.handles.values())
     window.film_buttons.buttons()[2].click()
     assert window.current_film() == "knee_lat"
     QTest.keyClick(window, Qt.Key.Key_1)
@@ -359,3 +362,39 @@ def test_keyboard_nudges_selected_landmark(window: MainWindow) -> None:
     assert window.session.points["AC"] == pytest.approx((c + 3.0, r + 10.0))
     expected = engine(window, {**before, "AC": (c + 3.0, r + 10.0)})
     assert window.angles.values["mHKA"] == fmt("mHKA", expected.mhka)
+
+
+def test_knee_film_landmarks_are_shown_for_review_only(window: MainWindow, outbox: Path) -> None:
+    """A knee film with the knee model's landmarks shows them (not draggable) and its measurements; the
+    long-leg film's editable landmarks come back when switching back."""
+    result = next(outbox.glob("*/result.json"))
+    doc = json.loads(result.read_text())
+    rows, cols = doc["films"]["knee_ap"]["rows"], doc["films"]["knee_ap"]["columns"]
+    marks = {
+        n: {"col": cols * f, "row": rows * 0.5, "confidence": c, "low_confidence": c < 0.8}
+        for n, f, c in (("MDFC", 0.35, 0.95), ("LDFC", 0.65, 0.9), ("FKC", 0.5, 0.6))
+    }
+    doc["knee_films"] = {
+        "knee_ap": {"status": "measured", "landmarks": marks, "measurements": {"JLCA": 1.25}},
+        "knee_lat": {"status": "failed", "reason": "[not_lower_limb] odd film"},
+    }
+    result.write_text(json.dumps(doc))
+    open_first(window)
+    QTest.keyClick(window, Qt.Key.Key_2)
+    assert window.current_film() == "knee_ap"
+    fv = window.film_view
+    assert set(fv.handles) == {"MDFC", "LDFC", "FKC"}
+    assert all(not h.editable for h in fv.handles.values())
+    assert "JLCA 1.2°" in window.film_note.text() and "low confidence: FKC" in window.film_note.text()
+    before = dict(fv.points)
+    fv.move_landmark("FKC", before["FKC"][0] + 25.0, before["FKC"][1])
+    handle = fv.handles["MDFC"]
+    start = fv.mapFromScene(handle.scenePos())
+    drag(fv.viewport(), start, start + QPoint(40, 0))
+    assert fv.points == before  # nothing moved
+    assert window.session is not None and not window.session.dirty
+    window.film_buttons.buttons()[2].click()
+    assert window.current_film() == "knee_lat" and fv.handles == {}
+    assert "failed" in window.film_note.text() and "not_lower_limb" in window.film_note.text()
+    QTest.keyClick(window, Qt.Key.Key_1)
+    assert len(fv.handles) == 8 and all(h.editable for h in fv.handles.values())
