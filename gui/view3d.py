@@ -5,6 +5,7 @@ Everything is loaded the first time the tab is shown, so opening a study stays q
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -231,9 +232,16 @@ class Recon3DPanel(QWidget):
         s = f"{score:.2f}" if isinstance(score, float | int) else "—"
         t = f"{thr:.2f}" if isinstance(thr, float | int) else "—"
         model = rec.get("model", "")
+        geo = rec.get("geometry") or {}
+        frame = ""
+        if geo.get("frame") == "nominal":
+            # A clinic's films: the geometry was rebuilt from the DX header (docs/recon-checks.md).
+            notes = "; ".join(html.escape(str(n)) for n in geo.get("notes") or [])
+            frame = f"<br><span style='color:#8a5a00'>Geometry rebuilt from the film headers</span> ({notes})"
         self.consistency.setText(
             f"Reprojection consistency <b>{s}</b> (threshold {t}; {per}): {verdict}"
             + (f" <span style='color:#666'>[{model}]</span>" if model else "")
+            + frame
         )
 
     def ensure_loaded(self) -> None:

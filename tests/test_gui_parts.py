@@ -180,3 +180,23 @@ def test_unmeasured_and_broken_studies(qtbot, tmp_path: Path) -> None:  # type: 
     assert "No 3D reconstruction" in w.recon.consistency.text()
     pdf = w.export_report(tmp_path / "r.pdf")
     assert pdf is not None and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_nominal_geometry_is_said_in_the_3d_tab(qtbot, study_source: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A reconstruction from a clinic's films (geometry rebuilt from the headers) says so, with the
+    assumptions made."""
+    from gui.main_window import MainWindow
+
+    study = copy_study(study_source, tmp_path / "outbox")
+    doc = json.loads((study / "result.json").read_text())
+    doc["reconstruction"]["geometry"] = {
+        "frame": "nominal",
+        "longleg_needs_registration": True,
+        "notes": ["knee_lat: magnification 1.1 assumed (no SOD in the header)"],
+    }
+    (study / "result.json").write_text(json.dumps(doc))
+    w = MainWindow(study.parent, "t")
+    qtbot.addWidget(w)
+    assert w.select_uid(study.name)
+    text = w.recon.consistency.text()
+    assert "rebuilt from the film headers" in text and "magnification 1.1 assumed" in text
