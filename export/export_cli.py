@@ -51,6 +51,14 @@ def _landmarks(stage: str) -> Callable[[], ReferenceModel]:
     return build
 
 
+def _knee_landmarks() -> ReferenceModel:
+    """The knee AP / lateral landmark model (models/knee_landmarks.pt)."""
+    from export.training.knee_landmarks import build_shipped
+
+    model: ReferenceModel = build_shipped()
+    return model
+
+
 def recon_chunk() -> int:
     """Points per decoder call in the runtime (``Reconstructor``'s default), the decoder's bench input."""
     import inspect
@@ -108,9 +116,11 @@ SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("landmarks_crop", _landmarks("crop")),
     ShippedModel("recon_encoder", _recon("encoder")),
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
+    ShippedModel("knee_landmarks", _knee_landmarks),
 )
 """Product models to export: the two stages of the long-leg landmark model (issue 4) and the encoder and
-point decoder of the reconstruction network (issue 5); weights in models/."""
+point decoder of the reconstruction network (issue 5), and the knee AP / lateral landmark model (issue 4,
+knee films); weights in models/."""
 
 
 def _say(msg: str) -> None:
