@@ -142,3 +142,25 @@ def test_a_study_without_recorded_geometry_gives_the_same_3d_angles(
     assert rec.angles_3d is not None and nom.angles_3d is not None
     for key in ("mHKA", "mLDFA", "MPTA"):
         assert nom.angles_3d[key] == pytest.approx(rec.angles_3d[key], abs=1.5), key
+
+
+def test_films_of_different_patients_are_not_reconstructed_together(template: Path, tmp_path: Path) -> None:
+    """A lateral film of another patient in the study: refused by name, before any reconstruction (the
+    re-projection check alone lets a quarter of such pairs through, docs/recon-checks.md)."""
+    other = pydicom.dcmread(template / "knee_lat.dcm")
+    other.PatientID = "SOMEONE-ELSE"
+    other.save_as(tmp_path / "knee_lat.dcm")
+    films = {"knee_ap": template / "knee_ap.dcm", "knee_lat": tmp_path / "knee_lat.dcm"}
+    with pytest.raises(InputError) as err:
+        load_study_frames(films, "L")
+    assert err.value.reason == "films_of_different_patients"
+    assert "SOMEONE" not in str(err.value)  # who the films show is compared, never reported
+    with pytest.raises(InputError) as err2:
+        reconstruct_study(films, tmp_path / "out", side="L")
+    assert err2.value.reason == "films_of_different_patients"
+    anonymous = pydicom.dcmread(template / "knee_lat.dcm")
+    for kw in ("PatientID", "PatientName", "PatientBirthDate"):
+        if kw in anonymous:
+            delattr(anonymous, kw)
+    anonymous.save_as(tmp_path / "knee_lat.dcm")
+    assert load_study_frames(films, "L").frame == FRAME_RECORDED  # nothing to compare: not refused

@@ -10,6 +10,11 @@ and the error rates at that threshold and at the shipped one.
 
     nice -n 5 .venv/bin/python -m tools.calibrate_consistency /tmp/xr3d_a2/eval/case_5100*
 
+With ``--network`` the good case is the shipped network's reconstruction from the case's own films (what
+the runtime scores), the corruptions are applied to it, and one more bad trial is added: the network's
+reconstruction *from* a mismatched AP/lateral pair, scored against that pair (what happens at runtime when
+two patients' films are combined).
+
 Seeds must be evaluation seeds (500000-899999).
 """
 
@@ -59,13 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", nargs="+", type=Path, help="simulated case folders (xr3d simulate)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--network", action="store_true", help="good = the shipped network's reconstruction")
     args = ap.parse_args(argv)
     cases = [load_case(p) for p in args.cases]
     for c in cases:
         if not 500000 <= int(c.truth["seed"]) <= 899999:
             print(f"{c.folder}: seed {c.truth['seed']} is not an evaluation seed", file=sys.stderr)  # noqa: T201
             return 2
-    cubes = [knee_cube(c) for c in cases]
+    if args.network:
+        from appliance.recon.study import network_reconstructor
+
+        cubes = [network_reconstructor({v: c.films[v] for v in ("knee_ap", "knee_lat")}) for c in cases]
+    else:
+        cubes = [knee_cube(c) for c in cases]
     rows: list[dict[str, object]] = []
     for i, c in enumerate(cases):
         other = (i + 1) % len(cases)
@@ -81,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             ("rotated_5deg_AP_axis", False, rotated(rec, np.array([0.0, 1.0, 0.0]), 5.0), own),
             ("rotated_10deg_SI_axis", False, rotated(rec, np.array([0.0, 0.0, 1.0]), 10.0), own),
         ]
+        if args.network:
+            pair = {"knee_ap": c.films["knee_ap"], "knee_lat": cases[other].films["knee_lat"]}
+            trials.append(
+                ("recon_from_mismatched_pair", False, network_reconstructor(pair), list(pair.values()))
+            )
+        trials[0] = ("network" if args.network else "truth", True, rec, own)
         for name, good, r, films in trials:
             score, per_view = overall(r, films)
             rows.append(
@@ -100,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     doc = {
+        "good_is": "network reconstruction" if args.network else "truth CT",
         "seeds": sorted({int(r["seed"]) for r in rows}),  # type: ignore[call-overload]
         "n_good": len(good_s),
         "n_bad": len(bad_s),

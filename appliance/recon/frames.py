@@ -17,6 +17,7 @@ its standard DX header (:mod:`appliance.dicomio.nominal_geometry`) in its own fr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,13 +80,36 @@ def _read(path: Path) -> tuple[pydicom.Dataset, NDArray[np.float32]]:
     return ds, bone_bright_unit(ds, decode_pixels(ds))
 
 
+def _patient_key(ds: pydicom.Dataset) -> str:
+    """A digest of who the film shows (compared, never logged or stored)."""
+    parts = [
+        str(ds.get(k, "") or "").strip().upper() for k in ("PatientID", "PatientName", "PatientBirthDate")
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def require_one_patient(datasets: Mapping[str, pydicom.Dataset]) -> None:
+    """Raise InputError(reason="films_of_different_patients") when the films name different patients.
+
+    The image check cannot be relied on for this: the network reconstructs a volume that fits both films of
+    a mismatched AP/lateral pair well enough to pass the re-projection check in a quarter of the calibration
+    cases (docs/recon-checks.md). Films with no patient identity at all are not compared."""
+    keys = {v: _patient_key(ds) for v, ds in datasets.items() if ds.get("PatientID") or ds.get("PatientName")}
+    if len(set(keys.values())) > 1:
+        raise InputError(
+            f"the films {', '.join(sorted(keys))} name different patients; not reconstructed together",
+            reason="films_of_different_patients",
+        )
+
+
 def load_study_frames(paths: Mapping[str, Path], side: str = "") -> StudyFrames:
     """Films (view -> DICOM path; other views and non-DICOM files are ignored) with their geometries
-    chosen by the module's rules."""
+    chosen by the module's rules. Raises InputError when the films name different patients."""
     read: dict[str, tuple[pydicom.Dataset, NDArray[np.float32]]] = {}
     for view, p in paths.items():
         if view in (*KNEE_VIEWS, LONGLEG_VIEW) and Path(p).suffix.lower() == ".dcm":
             read[view] = _read(Path(p))
+    require_one_patient({v: ds for v, (ds, _) in read.items()})
     notes: list[str] = []
     recorded = {v: read_geometry(ds) for v, (ds, _) in read.items()}
     knee = [v for v in KNEE_VIEWS if v in read]
