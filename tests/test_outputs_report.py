@@ -135,3 +135,27 @@ def test_flags_without_review_are_notes_not_banners() -> None:
     doc["flags"]["needs_review"] = True
     content = report_content(doc, source_film())
     assert content.notes is None and content.banners[0].startswith("NEEDS REVIEW: no 3D reconstruction")
+
+
+def test_knee_film_measurements_are_reported(tmp_path: Path) -> None:
+    """The knee films' own measurements (knee-film model) get a line; films it could not measure none."""
+    base = result_doc()
+    doc = as_result_v1(base)
+    doc["knee_films"] = {
+        "knee_ap": {"status": "measured", "measurements": {"JLCA": 1.24}},
+        "knee_lat": {
+            "status": "measured",
+            "measurements": {"tibial_slope_deg": 7.06, "knee_flexion_deg": None},
+        },
+    }
+    text = report_content(doc, source_film()).knee_text
+    assert text == (
+        "Knee films: JLCA +1.2\N{DEGREE SIGN} (knee AP); "
+        "posterior tibial slope +7.1\N{DEGREE SIGN}, knee flexion not measured (lateral)"
+    )
+    doc["knee_films"] = {"knee_ap": {"status": "failed", "reason": "odd"}}
+    assert report_content(doc, source_film()).knee_text is None
+    assert report_content(as_result_v1(base), source_film()).knee_text is None
+    doc["knee_films"] = {"knee_ap": {"status": "measured", "measurements": {"JLCA": 1.24}}}
+    out = render_report_pdf(tmp_path / "r.pdf", doc, source_film(), IMAGES)
+    assert out.stat().st_size > 0

@@ -96,6 +96,7 @@ class ReportContent:
     notes: str | None  # flags that do not call for review (e.g. no reconstruction), in small print
     consistency_text: str | None
     not_consistent: bool
+    knee_text: str | None
     footer: tuple[str, ...]
     pdf_title: str
 
@@ -168,6 +169,24 @@ def _banners(r: StudyResult) -> tuple[str, ...]:
     return tuple(out)
 
 
+_KNEE_LABELS = {
+    "JLCA": "JLCA",
+    "tibial_slope_deg": "posterior tibial slope",
+    "knee_flexion_deg": "knee flexion",
+}
+_KNEE_VIEWS = {"knee_ap": "knee AP", "knee_lat": "lateral"}
+
+
+def _knee_text(r: StudyResult) -> str | None:
+    """One line with the knee films' own measurements (knee-film model), or None without any."""
+    parts = []
+    for view in sorted(r.knee_measurements):
+        vals = [f"{_KNEE_LABELS.get(k, k)} {_fmt(v, 'deg')}" for k, v in r.knee_measurements[view].items()]
+        if vals:
+            parts.append(f"{', '.join(vals)} ({_KNEE_VIEWS.get(view, view)})")
+    return "Knee films: " + "; ".join(parts) if parts else None
+
+
 def report_content(result: Mapping[str, Any] | StudyResult, source: Dataset | None) -> ReportContent:
     """Everything the report shows (module docstring). ``source`` supplies patient and study details;
     without it those fields read "unknown"."""
@@ -216,6 +235,7 @@ def report_content(result: Mapping[str, Any] | StudyResult, source: Dataset | No
         notes=None if r.needs_review or not r.review_reasons else "Notes: " + "; ".join(_reason_texts(r)),
         consistency_text=consistency_text,
         not_consistent=r.consistency is not None and not r.consistency.consistent,
+        knee_text=_knee_text(r),
         footer=footer,
         pdf_title="xr3d lower limb alignment report",
     )

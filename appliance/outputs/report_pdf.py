@@ -238,9 +238,13 @@ def render_report_pdf(
     _table(fig.add_axes((0.05, top - 0.21, 0.52, 0.21)), content)
     cpak_top = top - 0.235
     fig.text(0.05, cpak_top, content.cpak_text, fontsize=9, weight="bold", va="top")
-    _image(fig, (0.08, cpak_top - 0.265, 0.45, 0.245), images.cpak_chart, "CPAK chart", title=False)
+    knee = 0.0
+    if content.knee_text:
+        fig.text(0.05, cpak_top - 0.016, content.knee_text[:110], fontsize=7.5, va="top")
+        knee = 0.014  # the chart moves down below the knee-film line
+    _image(fig, (0.08, cpak_top - 0.265 - knee, 0.45, 0.245), images.cpak_chart, "CPAK chart", title=False)
     _image(fig, (0.60, cpak_top - 0.26, 0.35, top - cpak_top + 0.26), images.overlay, "Overlay (long-leg AP)")
-    recon_top = cpak_top - 0.275
+    recon_top = cpak_top - 0.275 - knee
     if content.consistency_text is not None or images.recon_slices is not None or images.reprojections:
         fig.text(
             0.05,

@@ -103,6 +103,8 @@ class StudyResult:
     flagged_values: Mapping[str, tuple[str, ...]]
     model_versions: Mapping[str, str]
     engine: str | None
+    # knee_films (docs/study-outputs.md): view -> measurement -> degrees, measured films only
+    knee_measurements: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
 
     def angle(self, key: str) -> float | None:
         return self.angles_2d.get(key)
@@ -113,6 +115,17 @@ def _num(value: Any) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
+
+
+def _knee_measurements(raw: Any) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    if isinstance(raw, Mapping):
+        for view, entry in raw.items():
+            if isinstance(entry, Mapping) and entry.get("status") == "measured":
+                values = entry.get("measurements") or {}
+                if isinstance(values, Mapping):
+                    out[str(view)] = {str(k): _num(v) for k, v in values.items()}
+    return out
 
 
 def _landmarks(raw: Mapping[str, Any] | None) -> tuple[Landmark, ...]:
@@ -267,4 +280,5 @@ def parse_result(doc: Mapping[str, Any]) -> StudyResult:
         flagged_values={str(k): tuple(v) for k, v in (flags.get("flagged_values") or {}).items()},
         model_versions={str(k): str(v) for k, v in (doc.get("model_versions") or {}).items()},
         engine=(doc.get("engine") or {}).get("backend"),
+        knee_measurements=_knee_measurements(doc.get("knee_films")),
     )
