@@ -6,10 +6,10 @@ The ingest rejects most non-limb films from their tags and an image statistic
 detector without such tags (a PNG with a sidecar saying ``longleg_ap``, a mis-tagged DICOM) are checked
 here from what the landmark models saw:
 
-* **stage-1 confidence**: the whole-film network's heatmap peaks. With the shipped models 0.2.0 the
-  median of the eight peaks was >= 0.49 on all 38 held-out simulated long-leg films (eval seeds
-  500100-500115, 500200-500211, 500300-500309) and <= 0.013 on the real RG1 chest CR of pydicom-data
-  at every pixel spacing (0.15, 0.35, 0.7 mm) and side tried. Below
+* **stage-1 confidence**: the whole-film network's heatmap peaks. With the shipped models 0.3.0 the
+  median of the eight peaks was >= 0.85 on all 44 held-out simulated long-leg films of eval seeds
+  500100-500115, 500200-500211, 500300-500315 (0.2.0: >= 0.49) and <= 0.013 on the real RG1 chest CR
+  of pydicom-data at every pixel spacing (0.15, 0.35, 0.7 mm) and side tried. Below
   :data:`MIN_MEDIAN_STAGE1_CONFIDENCE` the film is not taken for a lower limb;
 * **anatomical order**: on an AP long-leg film (head up) the hip centre lies above the knee centres and
   the knee above the ankle;
