@@ -3,8 +3,9 @@
 The drawing is laid out once in film pixels (:func:`_layout`, a list of drawing operations) and then
 painted straight into 8-bit RGB pixels (``appliance.analytics.paint``). The full-size picture is
 painted at the film's own pixel size (so it lies over the film 1:1); the preview is painted from the
-same operations at the preview's scale onto a downsampled film instead of shrinking the full picture. (The matplotlib figure at film size this
-replaces took ~1.4 s per study; BENCHMARKS.md, "Picture rendering".)
+same operations at the preview's scale onto a downsampled film instead of shrinking the full picture.
+(The matplotlib figure at film size this replaces took ~1.4 s per study; BENCHMARKS.md, "Picture
+rendering".)
 
 Same inputs, same bytes (see ``paint``); ``write_png`` is re-exported for the chart writers.
 """
