@@ -377,7 +377,8 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
             "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "recon_encoder, recon_decoder) on a realistic call (landmark stages at their input geometry, "
+            "recon_encoder, recon_decoder, knee_landmarks) on a realistic call (landmark stages at their "
+            "input geometry, "
             "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
             "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
             "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "

@@ -1,4 +1,5 @@
-"""Runtime landmark detection on long-leg films (ONNX models through ``engines``; no torch)."""
+"""Runtime landmark detection (ONNX models through ``engines``; no torch): long-leg films here, knee AP /
+lateral films in ``knee_detector``."""
 
 from appliance.landmarks.confidence import LOW_CONFIDENCE
 from appliance.landmarks.detector import Detection, LandmarkDetector
