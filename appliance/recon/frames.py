@@ -10,9 +10,10 @@ its standard DX header (:mod:`appliance.dicomio.nominal_geometry`) in its own fr
 * the long-leg film (hip and ankle centres for the 3D angles): its recorded geometry when the knee films
   use recorded ones too; otherwise its nominal geometry must first be registered to the knee frame:
   :func:`register_longleg` finds the rigid motion that puts the reconstructed knee landmarks (FKC, TKC,
-  condyles, plateau points) onto the long-leg film's 2D knee landmarks (4 degrees of freedom: translation,
-  and rotation about the long-leg beam; the depth keeps a weak prior at the nominal isocentre, to which
-  the hip and ankle placement is insensitive).
+  condyles, plateau points) onto the long-leg film's 2D knee landmarks: a translation, the depth with a
+  weak prior at the nominal isocentre (the hip and ankle placement is insensitive to it). Rotation about
+  the beam is not fitted: six landmarks within ~80 mm do not determine it (it moved mLDFA by 6 deg on a
+  demo case) and both films are taken upright.
 """
 
 from __future__ import annotations
@@ -148,12 +149,6 @@ def load_study_frames(paths: Mapping[str, Path], side: str = "") -> StudyFrames:
     return StudyFrames(views, frame, registered, tuple(notes))
 
 
-def _rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
-    a = axis / np.linalg.norm(axis)
-    k = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
-
-
 def transformed(
     geometry: ProjectionGeometry, rotation: NDArray[np.float64], translation: NDArray[np.float64]
 ) -> ProjectionGeometry:
@@ -214,24 +209,17 @@ def register_longleg(
     start = longleg.source + ray * (sod / float(ray @ beam))
     depth0 = float(start @ beam)
 
-    def pose(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        R = np.eye(3)
-        t = start + x[:3] - R @ c  # knee frame -> long-leg frame: p -> R p + t
-        return R, t
-
     def residual(x: NDArray[np.float64]) -> NDArray[np.float64]:
-        R, t = pose(x)
-        proj = longleg.project(P @ R.T + t)
-        depth = float((start + x[:3]) @ beam) - depth0
-        return np.concatenate([(proj - Q).ravel(), [depth / _DEPTH_PRIOR_MM]])
+        t = start + x - c  # knee frame -> long-leg frame: p -> p + t
+        depth = float((start + x) @ beam) - depth0
+        return np.concatenate([(longleg.project(P + t) - Q).ravel(), [depth / _DEPTH_PRIOR_MM]])
 
     fit = least_squares(residual, np.zeros(3), x_scale=10.0)
-    R, t = pose(fit.x)
-    err = longleg.project(P @ R.T + t) - Q
+    t = start + fit.x - c
+    err = longleg.project(P + t) - Q
     rms_px = float(np.sqrt((err**2).sum(axis=1).mean()))
     # The inverse motion takes the long-leg film into the knee frame.
-    inv_R = R.T
-    geometry = transformed(longleg, inv_R, -inv_R @ t)
+    geometry = transformed(longleg, np.eye(3), -t)
     pitch = 0.5 * (longleg.pitch_u_mm + longleg.pitch_v_mm)
     log.info("long-leg film registered to the knee frame: %d landmarks, rms %.2f px", len(names), rms_px)
     return LongLegFit(geometry, rms_px, rms_px * pitch, names)
