@@ -15,7 +15,6 @@ whole film plus a margin, so that training can cut windows at random offsets fro
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from appliance.geometry.projection import ProjectionGeometry
 from appliance.landmarks.heatmaps import frame_affine
 from appliance.landmarks.knee_views import AXIS_POINT_MM, KNEE_AP, KNEE_LANDMARKS, KNEE_VIEWS
 from export.datasets.augment import transform_points, visible_in, warp_affine
-from export.datasets.landmark_samples import FilmImage, read_film
+from export.datasets.landmark_samples import FilmImage, read_truth_and_film
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +99,7 @@ def load_knee_case(folder: Path, view: str) -> KneeCase:
     if view not in KNEE_VIEWS:
         raise InputError(f"not a knee view: {view!r}", reason="unsupported_view")
     folder = Path(folder)
-    tpath = folder / "truth.json"
-    if not tpath.is_file():
-        raise InputError(f"{folder.name}: no truth.json", reason="case_incomplete")
-    truth = json.loads(tpath.read_text())
-    entry = truth.get("films", {}).get(view)
-    if entry is None:
-        raise InputError(f"{folder.name}: truth has no film {view!r}", reason="case_incomplete")
-    film = read_film(folder / entry["file"])
-    if film.image.shape != (int(entry["rows"]), int(entry["columns"])):
-        raise InputError(f"{folder.name}: film shape differs from truth.json", reason="case_inconsistent")
+    truth, entry, film = read_truth_and_film(folder, view)
     pts, infield = knee_truth_points(truth, view)
     return KneeCase(
         seed=int(truth["seed"]),

@@ -71,6 +71,7 @@ __all__ = [
     "mirrors",
     "project_bone_masks",
     "read_film",
+    "read_truth_and_film",
     "sample_crop_specs",
     "whole_film_sample",
 ]
@@ -155,8 +156,9 @@ class CaseData:
     labels_path: Path | None
 
 
-def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
-    """Read ``truth.json`` and the film of a case folder."""
+def read_truth_and_film(folder: Path, film: str) -> tuple[dict[str, Any], dict[str, Any], FilmImage]:
+    """(truth.json, its entry for ``film``, the film) of a case folder, the film's size checked against
+    the truth; InputError ``case_incomplete`` / ``case_inconsistent`` otherwise."""
     folder = Path(folder)
     tpath = folder / "truth.json"
     if not tpath.is_file():
@@ -168,6 +170,13 @@ def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
     image = read_film(folder / entry["file"])
     if image.image.shape != (int(entry["rows"]), int(entry["columns"])):
         raise InputError(f"{folder.name}: film shape differs from truth.json", reason="case_inconsistent")
+    return truth, entry, image
+
+
+def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
+    """Read ``truth.json`` and the film of a case folder."""
+    folder = Path(folder)
+    truth, entry, image = read_truth_and_film(folder, film)
     names = tuple(LANDMARKS_2D)
     lm = np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64)
     infield = np.array([bool(entry["in_field"][n]) for n in names], dtype=bool)
