@@ -31,6 +31,7 @@ from typing import Any
 
 from appliance.errors import InputError
 from appliance.landmarks.confidence import LOW_CONFIDENCE
+from appliance.landmarks.knee_confidence import KNEE_LOW_CONFIDENCE
 
 VIEWS: tuple[str, ...] = ("longleg_ap", "knee_ap", "knee_lat")
 MISSING_SPACING_POLICIES: tuple[str, ...] = ("quarantine", "default")
@@ -220,6 +221,8 @@ class PipelineSettings:
     """Folder with the ONNX models (landmarks_whole/crop.onnx, the reconstruction models if any)."""
     low_confidence: float = LOW_CONFIDENCE
     """A landmark whose confidence is below this is flagged ``low_confidence`` (needs review)."""
+    knee_low_confidence: float = KNEE_LOW_CONFIDENCE
+    """The same for the knee AP / lateral film landmarks (their own model, so their own threshold)."""
     reconstruction: bool = True
     report_pdf: bool = True
     dicom_outputs: bool = True
@@ -489,14 +492,15 @@ def _pipeline(table: Mapping[str, Any], base: Path) -> PipelineSettings:
                 f"pipeline.models_dir {str(d)!r} is not an existing folder", reason="config_bad_value"
             )
         values["models_dir"] = d
-    if "low_confidence" in table:
-        value = _number(table["low_confidence"], "pipeline.low_confidence")
-        if not 0.0 < value < 1.0:
-            raise ConfigError(
-                f"pipeline.low_confidence must be between 0 and 1 (exclusive), got {value}",
-                reason="config_bad_value",
-            )
-        values["low_confidence"] = value
+    for name in ("low_confidence", "knee_low_confidence"):
+        if name in table:
+            value = _number(table[name], f"pipeline.{name}")
+            if not 0.0 < value < 1.0:
+                raise ConfigError(
+                    f"pipeline.{name} must be between 0 and 1 (exclusive), got {value}",
+                    reason="config_bad_value",
+                )
+            values[name] = value
     for name in ("reconstruction", "report_pdf", "dicom_outputs"):
         if name in table:
             values[name] = _bool(table[name], f"pipeline.{name}")

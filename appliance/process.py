@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -281,6 +281,61 @@ def write_json_durably(path: Path, doc: Mapping[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def longleg_document(
+    m: FilmMeasurement, detector: LandmarkDetector, timings: Mapping[str, float]
+) -> dict[str, Any]:
+    """The long-leg part of ``result.json`` (everything but ``files``; see docs/result-schema.md)."""
+    film = m.film
+    return {
+        "schema": RESULT_SCHEMA,
+        "software": f"xr3d {__version__}",
+        "status": "measured",
+        "study_uid": film.study_uid,
+        "side": film.side or None,
+        "apparent_side": m.angles.apparent_side,
+        "input": {
+            "kind": film.kind,
+            "sha256": film.sha256,
+            "series_uid": film.series_uid,
+            "sop_uid": film.sop_uid,
+            "view": film.view,
+            "rows": film.rows,
+            "columns": film.columns,
+            "spacing_mm": list(film.spacing_mm),
+            "spacing_source": film.spacing_source,
+            "magnification": film.magnification,
+            "detector_spacing_mm": list(m.detector_spacing_mm),
+            "photometric": film.photometric,
+        },
+        "landmarks": m.landmarks_json(),
+        "angles_2d": m.angles_json(),
+        "cpak": m.cpak_json(),
+        "flags": dict(m.flags),
+        "engine": detector.backend_choice.to_json(),
+        "model_versions": dict(m.detection.model_versions),
+        "timings_s": {**m.timings_s, **timings},
+    }
+
+
+def publish_result(out_root: Path, study_uid: str, write: Callable[[Path], list[str]]) -> Path:
+    """Write a study's outputs into a temporary folder with ``write`` (returns the file names it wrote),
+    then rename it to ``out_root/<study_uid>`` (an older result is replaced); nothing half-written is
+    ever visible under the final name."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / study_uid
+    tmp = out_root / f".{study_uid}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def process_film(
     path: Path,
     out_root: Path,
@@ -290,6 +345,7 @@ def process_film(
     low_confidence: float = LOW_CONFIDENCE,
 ) -> ProcessResult:
     """Process one long-leg AP film into ``out_root/<StudyInstanceUID>/`` (see module docstring).
+    Knee films are measured by :func:`appliance.process_batch.process_films` (``xr3d process``).
 
     Raises :class:`~appliance.errors.InputError` (an IngestError for a rejected file) for bad input.
     """
@@ -304,55 +360,21 @@ def process_film(
         )
     m = measure_film(path, film, detector, low_confidence=low_confidence)
     t_measure = time.perf_counter()
+    doc: dict[str, Any] = {}
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / film.study_uid
-    tmp = out_root / f".{film.study_uid}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> list[str]:
         files = [RESULT_FILE, *render_pictures(m, tmp)]
         t_render = time.perf_counter()
-        doc: dict[str, Any] = {
-            "schema": RESULT_SCHEMA,
-            "software": f"xr3d {__version__}",
-            "status": "measured",
-            "study_uid": film.study_uid,
-            "side": film.side or None,
-            "apparent_side": m.angles.apparent_side,
-            "input": {
-                "kind": film.kind,
-                "sha256": film.sha256,
-                "series_uid": film.series_uid,
-                "sop_uid": film.sop_uid,
-                "view": film.view,
-                "rows": film.rows,
-                "columns": film.columns,
-                "spacing_mm": list(film.spacing_mm),
-                "spacing_source": film.spacing_source,
-                "magnification": film.magnification,
-                "detector_spacing_mm": list(m.detector_spacing_mm),
-                "photometric": film.photometric,
-            },
-            "landmarks": m.landmarks_json(),
-            "angles_2d": m.angles_json(),
-            "cpak": m.cpak_json(),
-            "flags": dict(m.flags),
-            "engine": detector.backend_choice.to_json(),
-            "model_versions": dict(m.detection.model_versions),
-            "timings_s": {**m.timings_s, "render": t_render - t_measure, "total": time.perf_counter() - t0},
-            "files": sorted(files),
-        }
+        doc.update(longleg_document(m, detector, {"render": t_render - t_measure, "total": t_render - t0}))
+        doc["files"] = sorted(files)
         write_json_durably(tmp / RESULT_FILE, doc)
-        _publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return files
+
+    final = publish_result(out_root, film.study_uid, write)
     log.info(
         "processed a long-leg film: mHKA %s, %d low-confidence landmark(s), %.2f s",
         "n/a" if m.angles.mhka is None else f"{m.angles.mhka:.1f}",
         len(m.flags["low_confidence_landmarks"]),
         doc["timings_s"]["total"],
     )
-    return ProcessResult(study_uid=film.study_uid, out_dir=final, files=tuple(sorted(files)), document=doc)
+    return ProcessResult(study_uid=film.study_uid, out_dir=final, files=tuple(doc["files"]), document=doc)

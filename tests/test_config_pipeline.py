@@ -25,6 +25,7 @@ from appliance.config import (
 from appliance.jobs.service import Service
 from appliance.landmarks.confidence import LOW_CONFIDENCE
 from appliance.landmarks.detector import LandmarkDetector
+from appliance.landmarks.knee_confidence import KNEE_LOW_CONFIDENCE
 from appliance.pipeline.study import DISABLED, StudyProcessor
 
 
@@ -39,6 +40,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.pipeline.models_dir == SHIPPED_MODELS_DIR
     assert (s.pipeline.models_dir / "landmarks_whole.onnx").is_file()
     assert s.pipeline.low_confidence == LOW_CONFIDENCE
+    assert s.pipeline.knee_low_confidence == KNEE_LOW_CONFIDENCE
     assert s.pipeline.reconstruction and s.pipeline.report_pdf and s.pipeline.dicom_outputs
     assert s.retention.store_days == 30.0
 
@@ -47,12 +49,14 @@ def test_values_are_read(tmp_path: Path) -> None:
     (tmp_path / "mymodels").mkdir()
     s = _load(
         tmp_path,
-        '[pipeline]\nmodels_dir = "mymodels"\nlow_confidence = 0.55\nreconstruction = false\n'
+        '[pipeline]\nmodels_dir = "mymodels"\nlow_confidence = 0.55\nknee_low_confidence = 0.65\n'
+        "reconstruction = false\n"
         "report_pdf = false\ndicom_outputs = false\n[retention]\nstore_days = 0\n",
     )
     # relative to the config file's folder, like [paths]
     assert s.pipeline.models_dir == (tmp_path / "mymodels").resolve()
     assert s.pipeline.low_confidence == 0.55
+    assert s.pipeline.knee_low_confidence == 0.65
     assert not (s.pipeline.reconstruction or s.pipeline.report_pdf or s.pipeline.dicom_outputs)
     assert s.retention.store_days == 0.0
 
@@ -67,6 +71,8 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[pipeline]\nlow_confidence = 0\n", "config_bad_value", "pipeline.low_confidence"),
         ("[pipeline]\nlow_confidence = nan\n", "config_bad_value", "pipeline.low_confidence"),
         ("[pipeline]\nlow_confidence = '0.3'\n", "config_bad_type", "pipeline.low_confidence"),
+        ("[pipeline]\nknee_low_confidence = 1\n", "config_bad_value", "pipeline.knee_low_confidence"),
+        ("[pipeline]\nknee_low_confidence = 'x'\n", "config_bad_type", "pipeline.knee_low_confidence"),
         ("[pipeline]\nreconstruction = 'no'\n", "config_bad_type", "pipeline.reconstruction"),
         ("[pipeline]\nreport_pdf = 0\n", "config_bad_type", "pipeline.report_pdf"),
         ("[pipeline]\ndicom_outputs = 1\n", "config_bad_type", "pipeline.dicom_outputs"),
@@ -100,7 +106,12 @@ def detector() -> Iterator[LandmarkDetector]:
 
 
 def _run(
-    root: Path, factory: StudyFactory, index: int, pipeline: dict[str, Any], det: LandmarkDetector
+    root: Path,
+    factory: StudyFactory,
+    index: int,
+    pipeline: dict[str, Any],
+    det: LandmarkDetector,
+    views: tuple[str, ...] = ("longleg_ap",),
 ) -> Any:
     doc = {
         "ingest": {"stable_seconds": 0.0},
@@ -111,7 +122,7 @@ def _run(
     over = {"inbox": root / "in", "outbox": root / "out", "state": root / "st"}
     s = settings_from_mapping(doc, base_dir=root, overrides=over)
     s.paths.inbox.mkdir(parents=True)
-    for view, data in factory.films(index, views=("longleg_ap",)).items():
+    for view, data in factory.films(index, views=views).items():
         drop(s.paths.inbox, f"{view}.dcm", data)
     summary = Service(s, processor=StudyProcessor.from_settings(det, s.pipeline)).run(once=True)
     assert summary.studies == {"done": 1}
@@ -143,6 +154,21 @@ def test_low_confidence_threshold_flags(
     # A threshold this strict flags at least one landmark of a real film (the models' peaks are not
     # all as sharp as a training target), so the study needs review.
     assert expected and doc["flags"]["needs_review"] is True
+
+
+def test_knee_low_confidence_threshold_flags_knee_films(
+    tmp_path: Path, factory: StudyFactory, detector: LandmarkDetector
+) -> None:
+    """``knee_low_confidence`` reaches the knee-film measurement; the long-leg threshold stays apart."""
+    pipeline = {"knee_low_confidence": 0.999, "dicom_outputs": False, "reconstruction": False}
+    _, doc = _run(tmp_path, factory, 34, pipeline, detector, views=("longleg_ap", "knee_ap"))
+    knee = doc["knee_films"]["knee_ap"]
+    assert knee["status"] == "measured"
+    assert knee["flags"]["low_confidence_threshold"] == 0.999
+    expected = sorted(n for n, p in knee["landmarks"].items() if p["confidence"] < 0.999)
+    assert expected and knee["flags"]["low_confidence_landmarks"] == expected
+    assert knee["flags"]["needs_review"] is True
+    assert doc["flags"]["low_confidence_threshold"] == LOW_CONFIDENCE
 
 
 def test_watch_cli_applies_the_pipeline_section(tmp_path: Path, factory: StudyFactory) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.errors import Xr3dError
+from appliance.ingest.film import Film
 from appliance.jobs.runner import ENVIRONMENT_ERRNOS
 from appliance.landmarks.knee_confidence import KNEE_LOW_CONFIDENCE
 from appliance.landmarks.knee_detector import KneeLandmarkDetector
@@ -34,7 +35,13 @@ from appliance.pipeline.films import StudyFilm, patient_orientation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KneeDetectorHolder", "KneeFilmsResult", "measure_knee_films", "overlay_name"]
+__all__ = [
+    "KneeDetectorHolder",
+    "KneeFilmsResult",
+    "measure_knee_films",
+    "measure_knee_path",
+    "overlay_name",
+]
 
 MEASURED: Final = "measured"
 UNAVAILABLE: Final = "unavailable"
@@ -96,40 +103,56 @@ def _flags(
     }
 
 
-def _measure_one(
-    sf: StudyFilm, study_dir: Path, detector: KneeLandmarkDetector, side: str | None, threshold: float
+def measure_knee_path(
+    path: Path,
+    film: Film,
+    view: str,
+    detector: KneeLandmarkDetector,
+    side: str | None,
+    threshold: float,
+    out_dir: Path,
+    file_label: str,
 ) -> dict[str, Any]:
+    """One accepted knee film at ``path`` measured: its ``knee_films`` entry (``file`` = ``file_label``),
+    with its overlay written to ``out_dir / overlay_name(view)``. Shared by the study pipeline and
+    ``xr3d process``."""
     from appliance.process import film_image01  # the long-leg reader; imported here to avoid a cycle
 
     t0 = time.perf_counter()
-    film = sf.film
-    path = study_dir / sf.copy
     image = film_image01(path, film)
     po = patient_orientation(path) if film.kind == "dicom" else None
     mag = float(film.magnification) if film.magnification else 1.0
     det_spacing = (film.spacing_mm[0] * mag, film.spacing_mm[1] * mag)
     t_read = time.perf_counter()
-    det = detector.detect(image, det_spacing, sf.view, side=film.side or side, patient_orientation=po)
+    det = detector.detect(image, det_spacing, view, side=film.side or side, patient_orientation=po)
     t_det = time.perf_counter()
-    values = measure_knee_film(sf.view, det.as_dict(), det_spacing, mag)
+    values = measure_knee_film(view, det.as_dict(), det_spacing, mag)
     values = {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in values.items()}
     landmarks = det.landmarks_json(threshold)
-    render_knee_overlay(image, sf.view, landmarks, values, study_dir / overlay_name(sf.view))
+    render_knee_overlay(image, view, landmarks, values, out_dir / overlay_name(view))
     t_render = time.perf_counter()
     return {
-        "view": sf.view,
+        "view": view,
         "status": MEASURED,
         "reason": None,
-        "file": sf.copy.as_posix(),
+        "file": file_label,
         "landmarks": landmarks,
         "measurements": values,
         "flags": _flags(det.names, det.confidence, values, threshold),
         "orientation": {**det.orientation.to_json(), "patient_orientation": po},
         "detector_spacing_mm": list(det_spacing),
-        "overlay": overlay_name(sf.view),
+        "overlay": overlay_name(view),
         "model_version": det.model_versions.get("knee_landmarks"),
         "timings_s": {"read": t_read - t0, "detect": t_det - t_read, "render": t_render - t_det},
     }
+
+
+def _measure_one(
+    sf: StudyFilm, study_dir: Path, detector: KneeLandmarkDetector, side: str | None, threshold: float
+) -> dict[str, Any]:
+    return measure_knee_path(
+        study_dir / sf.copy, sf.film, sf.view, detector, side, threshold, study_dir, sf.copy.as_posix()
+    )
 
 
 def measure_knee_films(

@@ -36,6 +36,7 @@ from appliance import __version__
 from appliance.config import PipelineSettings
 from appliance.jobs.processor import StudyInput
 from appliance.landmarks.detector import LandmarkDetector
+from appliance.landmarks.knee_confidence import KNEE_LOW_CONFIDENCE
 from appliance.pipeline.agreement import angles_agreement
 from appliance.pipeline.films import StudyFilm, choose_films, copy_films, film_entry
 from appliance.pipeline.knee import KneeDetectorHolder, measure_knee_films
@@ -75,6 +76,7 @@ class StudyProcessor:
         detector: LandmarkDetector,
         *,
         low_confidence: float = LOW_CONFIDENCE,
+        knee_low_confidence: float = KNEE_LOW_CONFIDENCE,
         reconstruction: bool = True,
         report_pdf: bool = True,
         dicom_outputs: bool = True,
@@ -85,6 +87,7 @@ class StudyProcessor:
         self.knee = knee or KneeDetectorHolder(models_dir)
         """The knee landmark detector, opened on first use (models_dir or the shipped models)."""
         self.low_confidence = low_confidence
+        self.knee_low_confidence = knee_low_confidence
         self.reconstruction = reconstruction
         self.report_pdf = report_pdf
         self.dicom_outputs = dicom_outputs
@@ -97,6 +100,7 @@ class StudyProcessor:
         return cls(
             detector,
             low_confidence=pipeline.low_confidence,
+            knee_low_confidence=pipeline.knee_low_confidence,
             reconstruction=pipeline.reconstruction,
             report_pdf=pipeline.report_pdf,
             dicom_outputs=pipeline.dicom_outputs,
@@ -189,7 +193,7 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
             reasons.append("landmarks_need_review")
 
     t = time.perf_counter()
-    knee = measure_knee_films(films, out_dir, proc.knee, side)
+    knee = measure_knee_films(films, out_dir, proc.knee, side, low_confidence=proc.knee_low_confidence)
     if knee.entries:
         timings["knee_films"] = time.perf_counter() - t
     reasons.extend(knee.reasons)
