@@ -80,12 +80,12 @@ def test_longleg_and_knee_films_of_one_study_share_one_folder(
     ap = doc["knee_films"]["knee_ap"]
     t = truth["films"]["knee_ap"]["landmarks_2d"]
     mm = truth["films"]["knee_ap"]["pixel_spacing_mm"][0] / truth["films"]["knee_ap"]["magnification"]
-    err = [
+    errs = [
         np.hypot(ap["landmarks"][n]["col"] - t[n][0], ap["landmarks"][n]["row"] - t[n][1]) * mm
         for n in t
         if n in ap["landmarks"]
     ]
-    assert len(err) == 6 and float(np.median(err)) < 3.0
+    assert len(errs) == 6 and float(np.median(errs)) < 3.0
     assert ap["measurements"]["JLCA"] is not None
     assert summary["processed"][0]["knee_films"]["knee_ap"]["measurements"] == ap["measurements"]
 
