@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.results import Angles2D
+from appliance.landmarks.knee_views import measure_knee_film
 from gui.study import CORRECTIONS_DIR, Study
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,36 @@ def measure(study: Study, view: str, points: Mapping[str, tuple[float, float]]) 
     return measure_2d(dict(points), film.detector_spacing_mm, film.magnification, side)
 
 
+def original_knee_points(study: Study, view: str) -> Points:
+    knee = study.knee_films.get(view)
+    return {n: (p.col, p.row) for n, p in knee.landmarks.items()} if knee is not None else {}
+
+
+def measure_knee(
+    study: Study, view: str, points: Mapping[str, tuple[float, float]]
+) -> dict[str, float | None]:
+    """A knee film's measurements (JLCA; slope and flexion) from ``points``, as the pipeline makes them
+    (``appliance.landmarks.knee_views.measure_knee_film`` with that film's detector spacing)."""
+    film = study.films.get(view)
+    spacing, mag = (film.detector_spacing_mm, film.magnification) if film is not None else ((1.0, 1.0), 1.0)
+    values = measure_knee_film(view, dict(points), spacing, mag)
+    return {k: _finite(v) for k, v in values.items()}
+
+
 def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
+
+
+def _marks(points: Mapping[str, tuple[float, float]], original: Points) -> dict[str, dict[str, Any]]:
+    return {
+        n: {
+            "col": float(c),
+            "row": float(r),
+            "moved": n not in original
+            or not (math.isclose(original[n][0], c) and math.isclose(original[n][1], r)),
+        }
+        for n, (c, r) in points.items()
+    }
 
 
 def save_correction(
@@ -65,11 +94,12 @@ def save_correction(
     points: Mapping[str, tuple[float, float]],
     who: str,
     now: datetime | None = None,
+    knee_points: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
 ) -> Path:
-    """Write ``corrections/<timestamp>.json`` for ``study``; returns its path."""
+    """Write ``corrections/<timestamp>.json`` for ``study``; returns its path. ``knee_points`` (knee view
+    -> landmarks) adds the knee films' landmarks and their re-made ``knee_measurements``."""
     when = (now or datetime.now(UTC)).astimezone(UTC)
     angles = measure(study, view, points)
-    original = study.landmarks.get(view, {})
     doc: dict[str, Any] = {
         "schema": CORRECTION_SCHEMA,
         "who": who,
@@ -77,18 +107,12 @@ def save_correction(
         "based_on_sha256": study.result_sha256,
         "view": view,
         "landmarks_2d": {
-            view: {
-                n: {
-                    "col": float(c),
-                    "row": float(r),
-                    "moved": n not in original
-                    or not (math.isclose(original[n].col, c) and math.isclose(original[n].row, r)),
-                }
-                for n, (c, r) in points.items()
-            }
+            view: _marks(points, original_points(study, view)),
+            **{k: _marks(pts, original_knee_points(study, k)) for k, pts in (knee_points or {}).items()},
         },
         "angles_2d": {k: _finite(v) for k, v in angles.to_dict().items()},
         "cpak": angles.cpak.to_dict() if angles.cpak is not None else None,
+        "knee_measurements": {k: measure_knee(study, k, pts) for k, pts in (knee_points or {}).items()},
     }
     folder = study.folder / CORRECTIONS_DIR
     folder.mkdir(exist_ok=True)

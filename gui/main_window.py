@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -54,15 +55,25 @@ _KNEE_VALUE_NAMES = {
 }
 
 
-def knee_film_note(knee: KneeFilm) -> str:
-    """One line under a knee film: its measurements (degrees), and that the landmarks are for review."""
-    parts = [
-        f"{_KNEE_VALUE_NAMES.get(k, k)} {v:.1f}°" if v is not None else f"{_KNEE_VALUE_NAMES.get(k, k)} —"
-        for k, v in knee.measurements.items()
-    ]
-    low = sorted(n for n, p in knee.landmarks.items() if p.low_confidence)
-    text = "Knee-film model (review only): " + (", ".join(parts) if parts else "no measurements")
-    return text + (f"; low confidence: {', '.join(low)}" if low else "")
+def knee_film_note(
+    knee: KneeFilm, now: Mapping[str, float | None] | None = None, low: frozenset[str] | None = None
+) -> str:
+    """One line under a knee film: its measurements (degrees; ``now`` = as the landmarks stand after the
+    surgeon's edits, with the model's value alongside when they differ) and its low-confidence points."""
+    current = dict(knee.measurements) if now is None else dict(now)
+
+    def one(k: str, v: float | None) -> str:
+        name = _KNEE_VALUE_NAMES.get(k, k)
+        text = f"{name} {v:.1f}°" if v is not None else f"{name} —"
+        was = knee.measurements.get(k)
+        if now is not None and was is not None and (v is None or abs(v - was) >= 0.05):
+            text += f" (model {was:.1f}°)"
+        return text
+
+    parts = [one(k, v) for k, v in current.items()]
+    flagged = sorted(low if low is not None else (n for n, p in knee.landmarks.items() if p.low_confidence))
+    text = "Knee film: " + (", ".join(parts) if parts else "no measurements")
+    return text + (f"; low confidence: {', '.join(flagged)}" if flagged else "")
 
 
 class MainWindow(QMainWindow):
@@ -279,12 +290,11 @@ class MainWindow(QMainWindow):
                 n for n, p in self.session.study.landmarks.get(view, {}).items() if p.low_confidence
             )
             self.film_view.set_landmarks(self.session.points, low)
-        elif knee is not None and knee.landmarks:
-            # Knee-film landmarks are shown for review; the editable measurement is the long-leg film's.
-            pts = {n: (p.col, p.row) for n, p in knee.landmarks.items()}
+        elif knee is not None and view in self.session.knee_points:
+            # Knee-film landmarks are edited like the long-leg film's; their measurements follow live.
             low = frozenset(n for n, p in knee.landmarks.items() if p.low_confidence)
-            self.film_view.set_landmarks(pts, low, editable=False)
-            note = knee_film_note(knee)
+            self.film_view.set_landmarks(self.session.knee_points[view], low)
+            note = knee_film_note(knee, self.session.knee_measured(view))
         else:
             self.film_view.set_landmarks({})
             if knee is not None and knee.status != "measured":
@@ -296,7 +306,13 @@ class MainWindow(QMainWindow):
     def _landmark_moved(self, name: str) -> None:
         if self.session is None:
             return
-        self.session.points = dict(self.film_view.points)
+        view = self.current_film()
+        if view is not None and view != self.session.view and view in self.session.knee_points:
+            self.session.knee_points[view] = dict(self.film_view.points)
+            knee = self.session.study.knee_films[view]
+            self.film_note.setText(knee_film_note(knee, self.session.knee_measured(view)))
+        else:
+            self.session.points = dict(self.film_view.points)
         self._refresh_panel()
 
     def _refresh_panel(self) -> None:
@@ -331,7 +347,11 @@ class MainWindow(QMainWindow):
             s.study.flags.get("flagged_values") or {},
         )
         self.chart.set_points(_cpak_point(now), _cpak_point(orig))
-        self.film_view.set_legend(_legend(now))
+        view = self.current_film()
+        if view is not None and view != s.view and view in s.knee_points:
+            self.film_view.set_legend(_knee_legend(s.knee_measured(view)))
+        else:
+            self.film_view.set_legend(_legend(now))
         st = s.study
         reasons = [k for k, v in (st.flags.get("implausible") or {}).items() if v]
         low = st.flags.get("low_confidence_landmarks") or []
@@ -372,8 +392,9 @@ class MainWindow(QMainWindow):
         if self.session is None:
             return
         self.session.revert_to_pipeline()
-        if self.current_film() == self.session.view:
-            self.film_view.set_landmarks(self.session.points)
+        view = self.current_film()
+        if view is not None:
+            self.show_film(view)
         self._refresh_panel()
 
     def export_report(self, target: Path | None = None) -> Path | None:
@@ -424,3 +445,10 @@ def _legend(a: Angles2D) -> str:
     lines = [f"{k} {fmt(k, values.get(k))}" for k in LEGEND_KEYS]
     lines.append(f"CPAK {a.cpak.label if a.cpak else '—'}")
     return "\n".join(lines)
+
+
+def _knee_legend(values: Mapping[str, float | None]) -> str:
+    return "\n".join(
+        f"{_KNEE_VALUE_NAMES.get(k, k)} {v:.1f}°" if v is not None else f"{_KNEE_VALUE_NAMES.get(k, k)} —"
+        for k, v in values.items()
+    )

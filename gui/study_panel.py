@@ -16,7 +16,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from appliance.analytics.results import Angles2D
-from gui.corrections import Correction, Points, latest_correction, measure, original_points, save_correction
+from gui.corrections import (
+    Correction,
+    Points,
+    latest_correction,
+    measure,
+    measure_knee,
+    original_knee_points,
+    original_points,
+    save_correction,
+)
 from gui.film_image import load_unit_image, quantise
 from gui.study import Study, load_study
 
@@ -33,6 +42,9 @@ class EditSession:
     points: Points
     correction: Correction | None
     films: dict[str, NDArray[np.uint16]] = field(default_factory=dict)
+    knee_baseline: dict[str, Points] = field(default_factory=dict)
+    knee_points: dict[str, Points] = field(default_factory=dict)
+    """Knee AP / lateral film landmarks (knee view -> points), edited like the long-leg film's."""
 
     @classmethod
     def open(cls, folder: Path) -> EditSession:
@@ -43,7 +55,20 @@ class EditSession:
         base = original_points(study, view)
         if corr is not None and view in corr.landmarks:
             base = {**base, **corr.landmarks[view]}
-        return cls(study, view, dict(base), dict(base), corr)
+        knees: dict[str, Points] = {}
+        for kv in study.knee_films:
+            pts = original_knee_points(study, kv)
+            if pts:
+                knees[kv] = {**pts, **(corr.landmarks.get(kv, {}) if corr is not None else {})}
+        return cls(
+            study,
+            view,
+            dict(base),
+            dict(base),
+            corr,
+            knee_baseline={k: dict(v) for k, v in knees.items()},
+            knee_points={k: dict(v) for k, v in knees.items()},
+        )
 
     def film_pixels(self, view: str) -> NDArray[np.uint16] | None:
         """Quantised [0, 1] pixels of ``view`` (read once, then cached)."""
@@ -62,19 +87,29 @@ class EditSession:
     def original(self) -> Angles2D:
         return measure(self.study, self.view, original_points(self.study, self.view))
 
+    def knee_measured(self, view: str) -> dict[str, float | None]:
+        return measure_knee(self.study, view, self.knee_points.get(view, {}))
+
+    def knee_original(self, view: str) -> dict[str, float | None]:
+        return measure_knee(self.study, view, original_knee_points(self.study, view))
+
     @property
     def dirty(self) -> bool:
-        return self.points != self.baseline
+        return self.points != self.baseline or self.knee_points != self.knee_baseline
 
     @property
     def differs_from_pipeline(self) -> bool:
-        return self.points != original_points(self.study, self.view)
+        return self.points != original_points(self.study, self.view) or any(
+            pts != original_knee_points(self.study, v) for v, pts in self.knee_points.items()
+        )
 
     def save(self, who: str) -> Path:
-        path = save_correction(self.study, self.view, self.points, who)
+        path = save_correction(self.study, self.view, self.points, who, knee_points=self.knee_points)
         self.correction = latest_correction(self.study)
         self.baseline = dict(self.points)
+        self.knee_baseline = {k: dict(v) for k, v in self.knee_points.items()}
         return path
 
     def revert_to_pipeline(self) -> None:
         self.points = original_points(self.study, self.view)
+        self.knee_points = {v: original_knee_points(self.study, v) for v in self.knee_points}

@@ -364,18 +364,38 @@ def test_keyboard_nudges_selected_landmark(window: MainWindow) -> None:
     assert window.angles.values["mHKA"] == fmt("mHKA", expected.mhka)
 
 
-def test_knee_film_landmarks_are_shown_for_review_only(window: MainWindow, outbox: Path) -> None:
-    """A knee film with the knee model's landmarks shows them (not draggable) and its measurements; the
-    long-leg film's editable landmarks come back when switching back."""
+def test_knee_film_landmarks_are_corrected_like_the_long_leg_film(window: MainWindow, outbox: Path) -> None:
+    """A knee film's landmarks can be dragged like the long-leg film's: its JLCA follows live (the
+    pipeline's own ``measure_knee_film``), the correction saves the knee landmarks and the re-made
+    measurement, and re-opening the study shows the corrected points. A failed knee film shows why."""
+    from appliance.landmarks.knee_views import measure_knee_film
+
     result = next(outbox.glob("*/result.json"))
     doc = json.loads(result.read_text())
-    rows, cols = doc["films"]["knee_ap"]["rows"], doc["films"]["knee_ap"]["columns"]
+    film = doc["films"]["knee_ap"]
+    rows, cols = film["rows"], film["columns"]
+    layout = (
+        ("FKC", 0.50, 0.45, 0.95),
+        ("MDFC", 0.35, 0.50, 0.95),
+        ("LDFC", 0.65, 0.50, 0.90),
+        ("MTP", 0.35, 0.52, 0.92),
+        ("LTP", 0.65, 0.52, 0.91),
+        ("TKC", 0.50, 0.55, 0.60),
+    )
     marks = {
-        n: {"col": cols * f, "row": rows * 0.5, "confidence": c, "low_confidence": c < 0.8}
-        for n, f, c in (("MDFC", 0.35, 0.95), ("LDFC", 0.65, 0.9), ("FKC", 0.5, 0.6))
+        n: {"col": cols * fc, "row": rows * fr, "confidence": c, "low_confidence": c < 0.8}
+        for n, fc, fr, c in layout
     }
+    spacing, mag = tuple(film["detector_spacing_mm"]), film["magnification"] or 1.0
+
+    def jlca(points: dict[str, tuple[float, float]]) -> float:
+        v = measure_knee_film("knee_ap", points, spacing, mag)["JLCA"]
+        assert v is not None
+        return float(v)
+
+    original = {n: (m["col"], m["row"]) for n, m in marks.items()}
     doc["knee_films"] = {
-        "knee_ap": {"status": "measured", "landmarks": marks, "measurements": {"JLCA": 1.25}},
+        "knee_ap": {"status": "measured", "landmarks": marks, "measurements": {"JLCA": jlca(original)}},
         "knee_lat": {"status": "failed", "reason": "[not_lower_limb] odd film"},
     }
     result.write_text(json.dumps(doc))
@@ -383,18 +403,32 @@ def test_knee_film_landmarks_are_shown_for_review_only(window: MainWindow, outbo
     QTest.keyClick(window, Qt.Key.Key_2)
     assert window.current_film() == "knee_ap"
     fv = window.film_view
-    assert set(fv.handles) == {"MDFC", "LDFC", "FKC"}
-    assert all(not h.editable for h in fv.handles.values())
-    assert "JLCA 1.2°" in window.film_note.text() and "low confidence: FKC" in window.film_note.text()
-    before = dict(fv.points)
-    fv.move_landmark("FKC", before["FKC"][0] + 25.0, before["FKC"][1])
-    handle = fv.handles["MDFC"]
-    start = fv.mapFromScene(handle.scenePos())
-    drag(fv.viewport(), start, start + QPoint(40, 0))
-    assert fv.points == before  # nothing moved
-    assert window.session is not None and not window.session.dirty
+    assert set(fv.handles) == set(marks) and all(h.editable for h in fv.handles.values())
+    note = window.film_note.text()
+    assert f"JLCA {jlca(original):.1f}°" in note and "low confidence: TKC" in note
+    s = window.session
+    assert s is not None and not s.dirty
+    long_leg_before = dict(s.points)
+    fv.move_landmark("LTP", original["LTP"][0], original["LTP"][1] + 40.0)
+    moved = {**original, "LTP": (original["LTP"][0], original["LTP"][1] + 40.0)}
+    assert s.knee_points["knee_ap"]["LTP"] == pytest.approx(moved["LTP"])
+    assert abs(jlca(moved) - jlca(original)) > 0.5  # the move changes the angle measurably
+    assert f"JLCA {jlca(moved):.1f}° (model {jlca(original):.1f}°)" in window.film_note.text()
+    assert s.dirty and s.points == long_leg_before  # the long-leg landmarks are untouched
+    assert window.save_btn.isEnabled()
+    path = window.save_correction()
+    assert path is not None and not s.dirty
+    saved = json.loads(path.read_text())
+    assert saved["landmarks_2d"]["knee_ap"]["LTP"]["moved"] is True
+    assert saved["landmarks_2d"]["knee_ap"]["MTP"]["moved"] is False
+    assert saved["knee_measurements"]["knee_ap"]["JLCA"] == pytest.approx(jlca(moved))
     window.film_buttons.buttons()[2].click()
     assert window.current_film() == "knee_lat" and fv.handles == {}
     assert "failed" in window.film_note.text() and "not_lower_limb" in window.film_note.text()
     QTest.keyClick(window, Qt.Key.Key_1)
     assert len(fv.handles) == 8 and all(h.editable for h in fv.handles.values())
+    open_first(window)  # re-open: the saved correction is where editing resumes
+    assert window.session is not None
+    assert window.session.knee_points["knee_ap"]["LTP"] == pytest.approx(moved["LTP"])
+    window.revert()
+    assert window.session.knee_points["knee_ap"]["LTP"] == pytest.approx(original["LTP"])
