@@ -11,7 +11,9 @@
    shifted around the centre (test-time averaging: each shift sees the landmark at another phase of the
    heatmap grid and with other context, so their errors partly cancel). All crops of a pass go through
    the network as one batch.
-3. Stage 1 also outputs femur / tibia mask logits (2 mm/px frame, stride 4): ``Detection.bone_masks``
+3. Stage 3 (``landmarks_fine.onnx``, optional: used when the file is there): 0.25 mm/px patches around
+   each refined point (:mod:`appliance.landmarks.fine`); films coarser than its rule skip it.
+4. Stage 1 also outputs femur / tibia mask logits (2 mm/px frame, stride 4): ``Detection.bone_masks``
    holds their probabilities and ``mask_to_film`` the mask-pixel -> film affine.
 
 Heatmaps are decoded with the integer argmax refined by a parabola through the log of its neighbours
@@ -36,6 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from appliance.errors import InputError
+from appliance.landmarks.fine import FINE_MODEL, FineStage
 from appliance.landmarks.heatmaps import decode_heatmaps, frame_affine
 from engines.api import Backend, BackendChoice
 from engines.config import EngineConfig
@@ -96,6 +99,8 @@ class Detection:
     # (col, row, 1) -> film (col, row, 1) affine; None for models without a mask output.
     bone_masks: F32 | None = None
     mask_to_film: F64 | None = None
+    # The crop stage's points before stage 3 moved them; None when no fine stage ran.
+    crop_points: F64 | None = None
 
     @property
     def mean_confidence(self) -> float:
@@ -218,7 +223,11 @@ class LandmarkDetector:
     right leg on the viewer's left, lateral toward -col); on a bilateral film they measure the leg on
     that side. The detector then mirrors the film for the other side, so ``detect(..., side="L")``
     measures the left leg. Older models without the key ignore ``side`` (they were trained on one-leg
-    films of either side and may pick either leg of a bilateral film)."""
+    films of either side and may pick either leg of a bilateral film).
+
+    When ``landmarks_fine.onnx`` is in ``models_dir`` (and ``fine`` is True) the fine patch stage
+    (:class:`appliance.landmarks.fine.FineStage`) refines the crop stage's points; without the file
+    the detector behaves exactly as before."""
 
     def __init__(
         self,
@@ -227,6 +236,7 @@ class LandmarkDetector:
         *,
         refine_passes: int = 2,
         tta_shifts_mm: tuple[tuple[float, float], ...] = TTA_SHIFTS_MM,
+        fine: bool = True,
     ) -> None:
         d = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
         missing = [n for n in (WHOLE_MODEL, CROP_MODEL) if not (d / n).is_file()]
@@ -259,6 +269,10 @@ class LandmarkDetector:
         self.refine_passes = int(refine_passes)
         self.tta_shifts_mm = tuple((float(a), float(b)) for a, b in tta_shifts_mm) or ((0.0, 0.0),)
         self.models_dir = d
+        # stage 3 only when its file is there (and not turned off): without it, 0.3 behaviour exactly
+        self.fine_stage: FineStage | None = (
+            FineStage(d / FINE_MODEL, cfg) if fine and (d / FINE_MODEL).is_file() else None
+        )
 
     @property
     def whole_geometry(self) -> tuple[int, int, int]:
@@ -275,7 +289,10 @@ class LandmarkDetector:
 
     @property
     def model_versions(self) -> dict[str, str]:
-        return {"landmarks_whole": self._whole.version, "landmarks_crop": self._crop.version}
+        v = {"landmarks_whole": self._whole.version, "landmarks_crop": self._crop.version}
+        if self.fine_stage is not None:
+            v["landmarks_fine"] = self.fine_stage.version
+        return v
 
     @property
     def backend_choice(self) -> BackendChoice:
@@ -284,6 +301,8 @@ class LandmarkDetector:
     def close(self) -> None:
         self._whole.backend.close()
         self._crop.backend.close()
+        if self.fine_stage is not None:
+            self.fine_stage.close()
 
     def __enter__(self) -> LandmarkDetector:
         return self
@@ -445,6 +464,12 @@ class LandmarkDetector:
         t3 = time.perf_counter()
         points, conf, refined = self._refine(img, spacing, coarse, c1, self.refine_passes, mirror)
         timings["stage2"] = time.perf_counter() - t3
+        crop_points = None
+        if self.fine_stage is not None and self.fine_stage.applies_to(spacing):
+            t4 = time.perf_counter()
+            crop_points = points
+            points = self.fine_stage.refine(img, spacing, points, mirror=mirror, which=refined).points
+            timings["stage3"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
         return Detection(
             names=self.names,
@@ -459,6 +484,7 @@ class LandmarkDetector:
             side=side if self.canonical_side is not None else None,
             bone_masks=masks,
             mask_to_film=None if masks is None else a1 @ _grid_to_input(self._whole.stride),
+            crop_points=crop_points,
         )
 
     def detect_legs(self, image: ArrayLike, spacing_mm: tuple[float, float] | float) -> dict[str, Detection]:

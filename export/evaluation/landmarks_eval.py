@@ -14,6 +14,9 @@ Runtime through ``engines``) finds the eight landmarks, and the result is compar
 * diagnostics: stage 1 alone (coarse points), and stage 2 alone from crops centred on the truth shifted
   by up to 10 mm per axis at the patient (seeded by the case seed), which bounds what the crop stage can
   do with a good coarse guess;
+* with the fine patch stage (``landmarks_fine.onnx``): the error of the crop stage's points before
+  stage 3 moved them (same run), and stage 3 alone from patches centred on the truth shifted by up to
+  3 mm per axis at the patient (about the crop stage's errors; seeded by the case seed);
 * the detector is told the case's side (the DICOM laterality / sidecar side at runtime); separately it
   is run without a side (:meth:`LandmarkDetector.detect_legs` and its documented pick) to count how
   often it then measures the case's leg and how many legs it finds;
@@ -41,7 +44,7 @@ from tqdm import tqdm
 from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.results import Angles2D
 from appliance.errors import InputError, Xr3dError
-from appliance.landmarks.detector import TTA_SHIFTS_MM, LandmarkDetector, pick_leg
+from appliance.landmarks.detector import TTA_SHIFTS_MM, LandmarkDetector, normalise_side, pick_leg
 from engines.config import EngineConfig
 from export.datasets.landmark_samples import build_index
 
@@ -89,9 +92,13 @@ class CaseResult:
     unknown_side_on_target: bool | None = None  # without a side: the picked leg is the case's leg
     dice: dict[str, float] = field(default_factory=dict)  # femur / tibia; empty without labels
     stage1_median_confidence: float = 0.0  # what appliance.landmarks.limb_check thresholds
+    crop_stage_errors_mm: dict[str, float] = field(default_factory=dict)  # before stage 3; {} without it
+    fine_only_errors_mm: dict[str, float] = field(default_factory=dict)  # stage 3 alone, truth +-3 mm
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "crop_stage_errors_mm": self.crop_stage_errors_mm,
+            "fine_only_errors_mm": self.fine_only_errors_mm,
             "stage1_median_confidence": self.stage1_median_confidence,
             "dice": self.dice,
             "legs_found": self.legs_found,
@@ -128,9 +135,13 @@ class EvalSummary:
     confidence_fit: ConfidenceFit | None = None
     unknown_side: dict[str, Any] = field(default_factory=dict)
     mask_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # bone -> {mean, median, min, n}
+    crop_stage_error_mm: dict[str, float] = field(default_factory=dict)  # before stage 3, pooled
+    fine_only_error_mm: dict[str, float] = field(default_factory=dict)  # stage 3 alone, pooled
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "crop_stage_error_mm": self.crop_stage_error_mm,
+            "fine_only_error_mm": self.fine_only_error_mm,
             "mask_dice": self.mask_dice,
             "data": self.data,
             "seeds": list(self.seeds),
@@ -283,6 +294,17 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     k = case.names.index("FKC")
     dk = (pick.points[k] - case.landmarks[k]) * np.array([s_col, s_row]) / mag
     on_target = bool(np.hypot(*dk) < 30.0)
+    crop_stage: dict[str, float] = {}
+    fine_only: dict[str, float] = {}
+    fine = detector.fine_stage
+    if det.crop_points is not None:
+        crop_stage = _errors(case, det.crop_points, (s_row, s_col), mag)
+    if fine is not None and fine.applies_to((s_row, s_col)):
+        shift3 = rng.uniform(-3.0, 3.0, size=(len(case.names), 2)) * mag / np.array([s_col, s_row])
+        side = normalise_side(case.side)
+        mirror = detector.canonical_side is not None and side not in (None, detector.canonical_side)
+        f3 = fine.refine(case.film.image, (s_row, s_col), case.landmarks + shift3, mirror=mirror)
+        fine_only = _errors(case, f3.points, (s_row, s_col), mag)
     do = p_or - case.landmarks
     oerr = np.hypot(do[:, 0] * s_col, do[:, 1] * s_row) / mag
     oracle = {n: float(e) for n, e, f in zip(case.names, oerr, case.in_field, strict=True) if f}
@@ -314,7 +336,16 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
         unknown_side_on_target=on_target,
         dice=_case_dice(detector, case, det.bone_masks),
         stage1_median_confidence=float(np.median(det.coarse_confidence)),
+        crop_stage_errors_mm=crop_stage,
+        fine_only_errors_mm=fine_only,
     )
+
+
+def _errors(case: Any, points: Any, spacing: tuple[float, float], mag: float) -> dict[str, float]:
+    """name -> error in mm at the patient, in-field landmarks only."""
+    d = np.asarray(points, np.float64) - case.landmarks
+    e = np.hypot(d[:, 0] * spacing[1], d[:, 1] * spacing[0]) / mag
+    return {n: float(x) for n, x, f in zip(case.names, e, case.in_field, strict=True) if f}
 
 
 def evaluate(
@@ -405,7 +436,11 @@ def evaluate(
                 "min": float(v.min()),
                 "n": int(v.size),
             }
+    crop_stage = [e for r in results for e in r.crop_stage_errors_mm.values()]
+    fine_only = [e for r in results for e in r.fine_only_errors_mm.values()]
     return EvalSummary(
+        crop_stage_error_mm=_stats(crop_stage) if crop_stage else {},
+        fine_only_error_mm=_stats(fine_only) if fine_only else {},
         mask_dice=dice,
         data=str(data),
         seeds=index.seeds,
@@ -442,6 +477,18 @@ def format_summary(s: EvalSummary) -> str:
         f"(stage 2 alone, crops centred within 10 mm of the truth: median {o['median']:.2f} mm, "
         f"p95 {o['p95']:.2f} mm)"
     )
+    if s.crop_stage_error_mm:
+        b = s.crop_stage_error_mm
+        lines.append(
+            f"(before the fine stage, crop-stage points: median {b['median']:.2f} mm, p95 {b['p95']:.2f} mm, "
+            f"n {b['n']})"
+        )
+    if s.fine_only_error_mm:
+        f3 = s.fine_only_error_mm
+        lines.append(
+            f"(fine stage alone, patches centred within 3 mm of the truth: median {f3['median']:.2f} mm, "
+            f"p95 {f3['p95']:.2f} mm)"
+        )
     lines += ["", f"{'angle':<8} {'MAE deg':>8} {'p95 deg':>8} {'max':>7} {'n':>4}"]
     for k, st in s.angle_error_deg.items():
         lines.append(f"{k:<8} {st['mae']:>8.2f} {st['p95']:>8.2f} {st['max']:>7.2f} {st['n']:>4}")

@@ -63,6 +63,17 @@ def register(sub: Any) -> None:
         help="start from the weights in DIR/landmarks_{whole,crop}.pt (a stage whose network differs "
         "starts from a random init)",
     )
+    pl.add_argument(
+        "--stages",
+        choices=("all", "fine"),
+        default="all",
+        help="all: stages 1-2 then the fine patch stage 3; fine: stage 3 alone (its patches are cut "
+        "around the truth, so it does not need the other stages' weights)",
+    )
+    pl.add_argument(
+        "--fine-minutes", type=float, default=20.0, help="stage 3 budget, on top of --minutes (default 20)"
+    )
+    pl.add_argument("--fine-steps", type=int, default=None, help="stage 3: fixed step count instead")
     pl.set_defaults(func=run_train_landmarks)
     from export.recon.cli import register_train as _register_recon_train
 
@@ -73,7 +84,7 @@ def register(sub: Any) -> None:
 
 
 def run_train_landmarks(args: argparse.Namespace) -> int:
-    from export.training.landmarks import TrainConfig, train_landmarks
+    from export.training.landmarks import TrainConfig
 
     if args.minutes <= 0:
         raise InputError("--minutes must be positive", reason="bad_argument")
@@ -88,6 +99,38 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
         threads=int(args.threads),
         init_from=args.init_from,
     )
+    if args.stages == "all":
+        _train_two_stages(cfg)
+    _train_fine_stage(args)
+    return 0
+
+
+def _train_fine_stage(args: argparse.Namespace) -> None:
+    from export.training.landmarks_fine import FineConfig, train_fine
+
+    if args.fine_minutes <= 0:
+        raise InputError("--fine-minutes must be positive", reason="bad_argument")
+    res = train_fine(
+        FineConfig(
+            data=args.data,
+            out=args.out,
+            seed=int(args.seed),
+            minutes=float(args.fine_minutes),
+            steps=int(args.fine_steps) if args.fine_steps else None,
+            models_dir=args.models_dir,
+            max_cases=args.max_cases,
+            threads=int(args.threads),
+        )
+    )
+    _say(
+        f"fine stage: {res.steps} steps in {res.minutes:.1f} min, final loss {res.final_loss:.4f}, "
+        f"ONNX {res.onnx}, parity {dict(res.parity)}, report {res.report}"
+    )
+
+
+def _train_two_stages(cfg: Any) -> None:
+    from export.training.landmarks import train_landmarks
+
     res = train_landmarks(cfg)
     _say(
         f"trained on {len(res.train_seeds)} cases (seeds {min(res.train_seeds)}-{max(res.train_seeds)}), "
@@ -95,7 +138,6 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
     )
     _say(f"ONNX: {', '.join(str(p) for p in res.onnx)}; parity {dict(res.parity)}")
     _say(f"loss curve {res.loss_plot}, checkpoint {res.checkpoint}, report {res.report}")
-    return 0
 
 
 def register_eval(sub: Any) -> None:
