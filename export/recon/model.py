@@ -139,6 +139,22 @@ def fourier(p: Tensor) -> Tensor:
     return torch.cat(out, dim=-1)
 
 
+def fourier_channels_first(p: Tensor) -> Tensor:
+    """:func:`fourier` channels-first: (B, 3, N) -> (B, 3 + 6 N_FREQ, N), same channel order. The octaves
+    above the first come from the double-angle identities sin 2a = 2 sin a cos a, cos 2a = 1 - 2 sin^2 a
+    (equal to fp32 rounding), so only the first octave needs ``Sin``/``Cos`` (the export form's cost)."""
+    a = p * torch.pi
+    sn, cs = torch.sin(a), torch.cos(a)
+    out = [p, sn, cs]
+    for _ in range(N_FREQ - 1):
+        sn, cs = 2.0 * sn * cs, 1.0 - 2.0 * sn * sn
+        out += [sn, cs]
+    return torch.cat(out, dim=1)
+
+
+_ABSENT_UV = 4.0  # normalised coordinate outside the frame (|u| > 1 + 1/W): zero padding samples 0 there
+
+
 D_POS = 1 + 3 + 6 * N_FREQ  # lateral-present flag and Fourier encoding of the point
 D_IN = N_VIEWS * N_FEAT + D_POS
 
@@ -191,29 +207,59 @@ class PointDecoder(nn.Module):
     def forward_channels_first(
         self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` with elementwise projection and the MLP as 1x1 convolutions on (B, C, 1, N)."""
+        """:meth:`forward` in the form the ONNX export traces (same weights, same function; parity is
+        checked at export and by tests/test_engines_decoder_speedform.py).
+
+        Each step is chosen for what ONNX Runtime's CPU kernels run fastest (docs/engines.md, "recon
+        decoder export form"):
+
+        * sampling: ``GridSample`` with ``align_corners=False``, the only mode with ONNX Runtime's
+          precomputed-plan fast path (~3x faster than the generic per-channel loop). The normalised
+          coordinates are mapped so that ONNX Runtime recovers the align_corners=True pixel position
+          ``x = (u + 1) (W - 1) / 2``: ``u' = ((u + 1) (W - 1) + 1) / W - 1`` (every step but the first
+          rounding is exact in fp32, so the positions match PyTorch's to within an ulp);
+        * absent views (``present`` 0) are sampled at a point outside the frame, where zero padding gives
+          exactly the zeros ``forward``'s multiplication by the flag gives (``present`` is a 0/1 flag, as
+          the runtime and training set it), so the sampled features need no multiplication and the first
+          layer keeps constant weights (ONNX Runtime's blocked NCHWc convolutions);
+        * the Fourier encoding is built channels-first, its higher octaves by the double-angle identities
+          (one ``Sin`` and one ``Cos`` of 3 x N values instead of 9 x N each);
+        * the first layer is split into the feature part and the position part, two 1x1 convolutions
+          summed, so the 56-channel sampled features are never copied into a concatenation.
+        """
         b, v = mats.shape[0], mats.shape[1]
+        c, h, w_px = feat.shape[2], feat.shape[3], feat.shape[4]
         n = pts.shape[1]
-        p = pts.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
+        p = pts.transpose(1, 2)  # (B, 3, N)
+        pv = p.unsqueeze(1)  # (B, 1, 3, N)
         q = (
-            mats[..., 0:1] * p[:, :, 0:1]
-            + mats[..., 1:2] * p[:, :, 1:2]
-            + mats[..., 2:3] * p[:, :, 2:3]
+            mats[..., 0:1] * pv[:, :, 0:1]
+            + mats[..., 1:2] * pv[:, :, 1:2]
+            + mats[..., 2:3] * pv[:, :, 2:3]
             + mats[..., 3:4]
         )  # (B, V, 3, N)
         w = torch.clamp(q[:, :, 2:3], min=1e-3)
-        uv = (q[:, :, :2] / w).transpose(2, 3).reshape(b * v, 1, n, 2)
+        size = torch.tensor([float(w_px), float(h)], dtype=feat.dtype).view(1, 1, 2, 1)
+        uv = ((q[:, :, :2] / w + 1.0) * (size - 1.0) + 1.0) / size - 1.0  # (B, V, 2, N), align_corners=False
+        pr = present.view(b, v, 1, 1)
+        uv = uv * pr + (1.0 - pr) * _ABSENT_UV  # absent view (flag 0): every sample outside the frame
         s = F.grid_sample(
-            feat.reshape(b * v, feat.shape[2], feat.shape[3], feat.shape[4]),
-            uv,
+            feat.reshape(b * v, c, h, w_px),
+            uv.transpose(2, 3).reshape(b * v, 1, n, 2),
             mode="bilinear",
             padding_mode="zeros",
-            align_corners=True,
+            align_corners=False,
         )  # (B V, C, 1, N)
-        f = (s.reshape(b, v, feat.shape[2], n) * present.view(b, v, 1, 1)).reshape(b, v * feat.shape[2], 1, n)
-        lat = present[:, 1:2].view(b, 1, 1, 1) + torch.zeros_like(pts[:, :, 0]).view(b, 1, 1, n)
-        x = torch.cat([f, lat, fourier(pts).transpose(1, 2).unsqueeze(2)], dim=1)  # (B, C_in, 1, N)
-        for layer in self.mlp:
+        f = s.reshape(b, v * c, 1, n)
+        lat = present[:, 1:2].view(b, 1, 1) + torch.zeros_like(p[:, 0:1])  # (B, 1, N)
+        pos = torch.cat([lat, fourier_channels_first(p)], dim=1).unsqueeze(2)  # (B, D_POS, 1, N)
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        k = v * c
+        x = F.conv2d(f, first.weight[:, :k, None, None]) + F.conv2d(
+            pos, first.weight[:, k:, None, None], first.bias
+        )
+        for layer in list(self.mlp)[1:]:
             if isinstance(layer, nn.Linear):
                 x = F.conv2d(x, layer.weight[:, :, None, None], layer.bias)
             else:
