@@ -160,3 +160,19 @@ def test_shipped_decoder_uses_fast_gridsample_and_passes_opcheck() -> None:
     assert attrs.get("mode") in (b"bilinear", b"linear", "bilinear", "linear")
     report = check_onnx_file(Path(SHIPPED_DECODER))
     assert report.ok, report.summary()
+
+
+def test_encoder_export_filter_bank_equals_fixed() -> None:
+    """The encoder's export form of the fixed filter bank (one 1 -> 16 horizontal convolution, one
+    16-channel depthwise vertical one) computes the same 12 maps as the 22 separable convolutions."""
+    enc = FilmEncoder(0).eval()
+    g = torch.Generator().manual_seed(8)
+    img = torch.rand(2, 1, 256, 256, generator=g)
+    img[:, :, :, :40] = 0.0  # black margin: the zero padding and the film edge
+    with torch.no_grad():
+        ref = enc.fixed(img)
+        got = enc.fixed_stacked(img)
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) < 1e-5
+    # The stacked kernels are derived constants, not weights: checkpoints keep their keys.
+    assert not any(k.startswith("stack_") for k in enc.state_dict())
