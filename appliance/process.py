@@ -44,6 +44,7 @@ from appliance.analytics.angles2d import measure_2d
 from appliance.analytics.cpak_chart import render_cpak_chart
 from appliance.analytics.overlay import render_overlay
 from appliance.analytics.results import Angles2D
+from appliance.calibration.ball import CALIBRATION_BALL, BallFinding, find_calibration_ball
 from appliance.config import Settings
 from appliance.errors import InputError
 from appliance.ingest.dicom_reader import decode_pixels
@@ -172,6 +173,37 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ScaleCalibration:
+    """The magnification the millimetre values were measured with, and where it came from: the header
+    (SID / SOD), the calibration sphere on the film (appliance/calibration/ball.py; looked for only when
+    the header gives none), or nothing (``None``: detector millimetres, magnification 1)."""
+
+    magnification: float | None
+    source: str | None
+    ball: BallFinding | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "magnification": self.magnification,
+            "source": self.source,
+            "calibration_ball": self.ball.to_json() if self.ball is not None else None,
+        }
+
+
+def _calibrate(
+    film: Film, shown: NDArray[np.float32], det: Detection, detector_spacing: tuple[float, float]
+) -> ScaleCalibration:
+    if film.magnification:
+        return ScaleCalibration(float(film.magnification), "header")
+    # A prosthetic femoral head is a metal sphere too: one centred on a femoral head is not the ball.
+    fhc = [tuple(map(float, p)) for n, p in zip(det.names, det.points, strict=True) if n == "FHC"]
+    ball = find_calibration_ball(shown, detector_spacing, exclude=[(c[0], c[1]) for c in fhc])
+    if ball is None:
+        return ScaleCalibration(None, None)
+    return ScaleCalibration(ball.magnification, CALIBRATION_BALL, ball)
+
+
 @dataclass(frozen=True, eq=False)
 class FilmMeasurement:
     """One long-leg AP film measured: what ``xr3d process`` and the study pipeline both report."""
@@ -183,6 +215,13 @@ class FilmMeasurement:
     detector_spacing_mm: tuple[float, float]
     flags: Mapping[str, Any]
     timings_s: Mapping[str, float]
+    scale: ScaleCalibration = ScaleCalibration(None, None)
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """Pixel spacing at the patient (the detector spacing over the magnification applied)."""
+        mag = self.scale.magnification or 1.0
+        return (self.detector_spacing_mm[0] / mag, self.detector_spacing_mm[1] / mag)
 
     def landmarks_json(self) -> dict[str, dict[str, Any]]:
         low = set(self.flags["low_confidence_landmarks"])
@@ -237,10 +276,17 @@ def measure_film(
     # A film that shows no lower limb (wrong body part that passed the ingest rules) is not measured.
     require_lower_limb(det, detector_spacing)
     t_detect = time.perf_counter()
+    scale = _calibrate(film, shown, det, detector_spacing)
+    t_scale = time.perf_counter()
     # Angles (and the apparent side) from the standard display; mirroring changes no angle.
-    angles = measure_2d(det.as_dict(), detector_spacing, mag, film.side or None)
+    angles = measure_2d(det.as_dict(), detector_spacing, scale.magnification or 1.0, film.side or None)
     if mirrored:
         det = _unmirror(det, image.shape[1])
+        if scale.ball is not None:
+            c = scale.ball.centre
+            scale = dataclasses.replace(
+                scale, ball=dataclasses.replace(scale.ball, centre=(image.shape[1] - 1 - c[0], c[1]))
+            )
     flags = {
         **_flags(film, det, angles, low_confidence),
         "display_mirrored": mirrored,
@@ -251,9 +297,10 @@ def measure_film(
         "read": t_read - t0,
         **{f"detect_{k}": float(v) for k, v in det.timings_s.items()},
         "detect": t_detect - t_read,
-        "measure": t_measure - t_detect,
+        "calibrate": t_scale - t_detect,
+        "measure": t_measure - t_scale,
     }
-    return FilmMeasurement(film, image, det, angles, detector_spacing, flags, timings)
+    return FilmMeasurement(film, image, det, angles, detector_spacing, flags, timings, scale)
 
 
 def render_pictures(m: FilmMeasurement, out_dir: Path) -> list[str]:
@@ -301,9 +348,12 @@ def longleg_document(
             "view": film.view,
             "rows": film.rows,
             "columns": film.columns,
-            "spacing_mm": list(film.spacing_mm),
-            "spacing_source": film.spacing_source,
-            "magnification": film.magnification,
+            "spacing_mm": list(m.spacing_mm),
+            "spacing_source": film.spacing_source
+            + (" / calibration sphere" if m.scale.source == CALIBRATION_BALL else ""),
+            "magnification": m.scale.magnification,
+            "magnification_source": m.scale.source,
+            "calibration_ball": m.scale.ball.to_json() if m.scale.ball is not None else None,
             "detector_spacing_mm": list(m.detector_spacing_mm),
             "photometric": film.photometric,
         },

@@ -17,6 +17,7 @@ from typing import Any, Final
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from appliance.calibration.ball import CALIBRATION_BALL
 from appliance.dicomio.geometry_tags import read_geometry
 from appliance.errors import GeometryError, InputError
 from appliance.ingest.film import Film
@@ -129,12 +130,20 @@ def patient_orientation(path: Path) -> list[str] | None:
 
 
 def film_entry(
-    sf: StudyFilm, study_dir: Path, detector_spacing_mm: tuple[float, float] | None = None
+    sf: StudyFilm,
+    study_dir: Path,
+    detector_spacing_mm: tuple[float, float] | None = None,
+    scale: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``films.<view>`` entry of result.json (no patient data: UIDs, sizes, spacing, hash)."""
+    """The ``films.<view>`` entry of result.json (no patient data: UIDs, sizes, spacing, hash).
+    ``scale`` (``ScaleCalibration.to_json()`` of the measured long-leg film): the magnification the
+    measurement applied and its source, when it is not the header's (the calibration sphere)."""
     f = sf.film
     mag = float(f.magnification) if f.magnification else 1.0
     det = detector_spacing_mm or (f.spacing_mm[0] * mag, f.spacing_mm[1] * mag)
+    applied = scale.get("magnification") if scale is not None else f.magnification
+    source = scale.get("source") if scale is not None else ("header" if f.magnification else None)
+    spacing = [d / applied for d in det] if applied else list(f.spacing_mm)
     return {
         "file": sf.copy.as_posix(),
         "kind": f.kind,
@@ -142,10 +151,12 @@ def film_entry(
         "series_uid": f.series_uid,
         "rows": f.rows,
         "columns": f.columns,
-        "spacing_mm": list(f.spacing_mm),
+        "spacing_mm": spacing,
         "detector_spacing_mm": list(det),
-        "magnification": f.magnification,
-        "spacing_source": f.spacing_source,
+        "magnification": applied,
+        "magnification_source": source,
+        "calibration_ball": scale.get("calibration_ball") if scale is not None else None,
+        "spacing_source": f.spacing_source + (" / calibration sphere" if source == CALIBRATION_BALL else ""),
         "spacing_flag": f.spacing_flag or None,
         "side": f.side or None,
         "photometric": f.photometric,

@@ -159,6 +159,10 @@ def _det_spacing(measured: FilmMeasurement | None, view: str) -> tuple[float, fl
     return measured.detector_spacing_mm if measured is not None and view == LONGLEG_VIEW else None
 
 
+def _scale(measured: FilmMeasurement | None, view: str) -> dict[str, Any] | None:
+    return measured.scale.to_json() if measured is not None and view == LONGLEG_VIEW else None
+
+
 def _listing(study_dir: Path) -> list[str]:
     return sorted(p.relative_to(study_dir).as_posix() for p in study_dir.rglob("*") if p.is_file())
 
@@ -261,7 +265,10 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
         "study_uid": study.study_uid,
         "side": side,
         "apparent_side": measured.angles.apparent_side if measured else None,
-        "films": {v: film_entry(sf, out_dir, _det_spacing(measured, v)) for v, sf in films.items()},
+        "films": {
+            v: film_entry(sf, out_dir, _det_spacing(measured, v), _scale(measured, v))
+            for v, sf in films.items()
+        },
         "missing_views": [v for v in study.expected_views if v not in films],
         "landmarks_2d": {LONGLEG_VIEW: measured.landmarks_json()} if measured else {},
         "angles_2d": measured.angles_json() if measured else None,

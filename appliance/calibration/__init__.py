@@ -1,0 +1,1 @@
+"""Calibration of film scale from objects of known size (the calibration sphere)."""
