@@ -7,12 +7,14 @@ resetting it through ``/proc/self/clear_refs``), and the Python-heap peak (``tra
 extra run). For CPU backends the achieved GFLOP/s is the model's FLOP count (Conv, ConvTranspose,
 Gemm, MatMul from the ONNX graph, 2 FLOPs per multiply-add) over the p50 latency, compared with the
 machine's fp32 peak. A PyTorch callable may be passed per model (export side); it is timed in the
-same run so the ORT-CPU/PyTorch-CPU ratio compares like with like.
+same run, and the latencies of all runners of a model come from interleaved rounds (one call each per
+round), so the ORT-CPU/PyTorch-CPU ratio compares like with like on a shared, loaded machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -321,7 +323,9 @@ def bench_model(
     """Benchmark one ONNX model on ``backends`` (and ``torch_fn`` as ``pytorch-cpu`` if given).
 
     ``feeds`` are the inputs to time (a realistic call of a shipped model); default: uniform random
-    inputs at ``settings.batch``.
+    inputs at ``settings.batch``. Each runner is first run on its own (warm-up, memory figures); with
+    more than one runner the latency figures then come from :func:`time_interleaved`, so load from other
+    jobs on a shared machine hits every runner alike and the ratios compare like with like.
     """
     info = read_model_info(onnx_path)
     if feeds is None:
@@ -330,18 +334,26 @@ def bench_model(
     else:
         flops = count_flops(onnx_path, settings.batch, feeds)
     stats = []
-    for name in backends:
-        base = rss_baseline()
-        backend = open_named(onnx_path, name, config)
-        try:
+    runners: dict[str, RunFn] = {}
+    opened: list[Backend] = []
+    try:
+        for name in backends:
+            base = rss_baseline()
+            backend = open_named(onnx_path, name, config)
+            opened.append(backend)
             log.info("bench %s on %s", info.name, name)
             stats.append(
                 time_run(name, backend.run, feeds, settings, flops, cpu=name == "ort-cpu", baseline_mb=base)
             )
-        finally:
+            runners[name] = backend.run
+        if torch_fn is not None:
+            stats.append(time_run("pytorch-cpu", torch_fn, feeds, settings, flops, cpu=True))
+            runners["pytorch-cpu"] = torch_fn
+        if len(runners) > 1:
+            stats = time_interleaved(runners, feeds, settings, flops, stats)
+    finally:
+        for backend in opened:
             backend.close()
-    if torch_fn is not None:
-        stats.append(time_run("pytorch-cpu", torch_fn, feeds, settings, flops, cpu=True))
     return ModelBench(
         model=info.name,
         onnx=str(onnx_path),
@@ -351,6 +363,43 @@ def bench_model(
         stats=tuple(stats),
         skipped=tuple(skipped),
     )
+
+
+def time_interleaved(
+    runners: Mapping[str, RunFn],
+    feeds: Feeds,
+    settings: BenchSettings,
+    flops: int | None,
+    stats: Sequence[BackendStats],
+) -> list[BackendStats]:
+    """``settings.iters`` rounds of one call per runner in turn; returns ``stats`` with their latency,
+    throughput and GFLOP/s figures replaced by the interleaved ones (memory figures kept)."""
+    times = {name: np.empty(settings.iters) for name in runners}
+    for i in range(settings.iters):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn(feeds)
+            times[name][i] = time.perf_counter() - t0
+    out = []
+    for st in stats:
+        t = times.get(st.backend)
+        if t is None:
+            out.append(st)
+            continue
+        p50 = float(np.percentile(t, 50))
+        gflops = flops / p50 / 1e9 if (flops and st.gflops is not None and p50 > 0) else None
+        out.append(
+            dataclasses.replace(
+                st,
+                p50_ms=p50 * 1e3,
+                p95_ms=float(np.percentile(t, 95)) * 1e3,
+                mean_ms=float(t.mean()) * 1e3,
+                throughput_per_s=settings.batch / float(t.mean()),
+                gflops=gflops,
+                pct_of_peak=100.0 * gflops / settings.peak_gflops if gflops is not None else None,
+            )
+        )
+    return out
 
 
 def machine_info() -> dict[str, Any]:
