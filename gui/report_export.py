@@ -65,6 +65,19 @@ def corrected_result(session: EditSession) -> dict[str, Any]:
         k: (v if v is not None and math.isfinite(v) else None) for k, v in angles.to_dict().items()
     }
     doc["cpak"] = angles.cpak.to_dict() if angles.cpak is not None else None
+    knees = doc.get("knee_films") or {}
+    for view, points in session.knee_points.items():
+        knee = knees.get(view)
+        if not isinstance(knee, dict):
+            continue
+        marks = knee.setdefault("landmarks", {})
+        for name, (col, row) in points.items():
+            m = dict(marks.get(name) or {})
+            if not (math.isclose(m.get("col", math.nan), col) and math.isclose(m.get("row", math.nan), row)):
+                m["corrected"] = True
+            m.update({"col": float(col), "row": float(row)})
+            marks[name] = m
+        knee["measurements"] = session.knee_measured(view)
     if session.correction is not None:
         doc["correction"] = {
             "who": session.correction.who,

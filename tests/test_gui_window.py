@@ -422,6 +422,11 @@ def test_knee_film_landmarks_are_corrected_like_the_long_leg_film(window: MainWi
     assert saved["landmarks_2d"]["knee_ap"]["LTP"]["moved"] is True
     assert saved["landmarks_2d"]["knee_ap"]["MTP"]["moved"] is False
     assert saved["knee_measurements"]["knee_ap"]["JLCA"] == pytest.approx(jlca(moved))
+    # The verified SR carries the corrected knee-film value in that film's group.
+    sr = window.export_sr(outbox.parent / "verified_knee_sr.dcm")
+    assert sr is not None
+    groups = read_measurement_groups(pydicom.dcmread(sr))
+    assert groups["knee_ap knee film"].numbers["JLCA"].value == pytest.approx(jlca(moved), abs=1e-4)
     window.film_buttons.buttons()[2].click()
     assert window.current_film() == "knee_lat" and fv.handles == {}
     assert "failed" in window.film_note.text() and "not_lower_limb" in window.film_note.text()

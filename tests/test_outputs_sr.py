@@ -162,6 +162,45 @@ def test_result_v1_with_3d_angles_and_an_inconsistent_reconstruction(tmp_path: P
     assert dsrdump_errors(path) == []
 
 
+@pytest.mark.usefixtures("strict_reading")
+@requires_dciodvfy
+def test_knee_film_measurements_get_their_own_groups(tmp_path: Path) -> None:
+    """Each measured knee film's values (JLCA; slope, flexion) are a group with that film as source; a
+    knee film whose dataset is not given, or that was not measured, gets none."""
+    base = result_doc()
+    knee_films = {
+        "knee_ap": {"status": "measured", "measurements": {"JLCA": 1.75}},
+        "knee_lat": {
+            "status": "measured",
+            "measurements": {"tibial_slope_deg": 7.5, "knee_flexion_deg": None},
+        },
+    }
+    doc = as_result_v1(base, knee_films=knee_films)
+    sources = {"longleg_ap": source_film()}
+    for i, view in enumerate(("knee_ap", "knee_lat")):
+        ds = source_film()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{i + 7}"
+        sources[view] = ds
+    path = write_sr(tmp_path / "sr.dcm", doc, sources, created=CREATED)
+    groups = read_measurement_groups(pydicom.dcmread(path))
+    assert groups["knee_ap knee film"].numbers["JLCA"].value == pytest.approx(1.75)
+    lat = groups["knee_lat knee film"].numbers
+    assert lat["TSLOPE"].value == pytest.approx(7.5)
+    assert lat["KFLEX"].value is None and lat["KFLEX"].qualifier == "114006"
+    assert dciodvfy_errors(path) == []
+    # Without the lateral film's dataset, or with that film failed, no lateral group.
+    fewer = {v: d for v, d in sources.items() if v != "knee_lat"}
+    groups = read_measurement_groups(
+        pydicom.dcmread(write_sr(tmp_path / "a.dcm", doc, fewer, created=CREATED))
+    )
+    assert "knee_lat knee film" not in groups and "knee_ap knee film" in groups
+    failed = as_result_v1(base, knee_films={**knee_films, "knee_ap": {"status": "failed", "reason": "x"}})
+    groups = read_measurement_groups(
+        pydicom.dcmread(write_sr(tmp_path / "b.dcm", failed, sources, created=CREATED))
+    )
+    assert "knee_ap knee film" not in groups
+
+
 def test_uids_follow_the_content(tmp_path: Path) -> None:
     doc = result_doc()
     a = build_sr(doc, {"longleg_ap": source_film()}, created=CREATED)

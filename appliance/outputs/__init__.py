@@ -139,6 +139,7 @@ def write_study_dicom(
         and parsed.angles_3d is None
         and parsed.consistency is None
         and not parsed.landmarks_3d
+        and not any(v in sources for v in parsed.knee_measurements)
     ):
         skipped["sr"] = "nothing measured"
     else:

@@ -14,6 +14,9 @@ Content tree (codes: :mod:`appliance.outputs.sr_codes`, docs/outputs.md):
 * one TID 1410 planar ROI group per landmark: an SCOORD POINT in the film's image coordinates
   (PS3.3 C.18.6.1.2: the top-left corner of the first pixel is 0,0, so result.json's pixel-centre
   coordinates are written plus 0.5), the detection confidence and a low-confidence Yes/No;
+* one TID 1501 group per measured knee AP / lateral film (result.json ``knee_films``), tracking identifier
+  ``"<view> knee film"``, finding site knee, source image = that film: its measurements (knee AP: JLCA;
+  lateral: posterior tibial slope, knee flexion), when that film's dataset is among ``sources``;
 * with ``angles_3d``: a TID 1501 group "3D knee" (method: measured on the 3D reconstruction) with the
   3D angles and, with a reconstruction, its consistency with the films (Yes/No and the score).
 
@@ -216,6 +219,22 @@ def _landmark_3d_group(
     )
 
 
+def _knee_film_group(
+    result: StudyResult, view: str, source: Dataset, key: str
+) -> MeasurementsAndQualitativeEvaluations:
+    values = result.knee_measurements[view]
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=output_uid(key, "sr.group", "knee film", view), identifier=f"{view} knee film"
+        ),
+        method=C.METHOD_2D,
+        algorithm_id=_algorithm(result),
+        finding_sites=_finding_sites(result.side, C.KNEE),
+        measurements=[_measurement(k, v) for k, v in values.items() if k in C.ANGLE_CODES] or None,
+        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+
+
 def _group_3d(
     result: StudyResult, sources: Mapping[str, Dataset], key: str
 ) -> MeasurementsAndQualitativeEvaluations | None:
@@ -298,6 +317,11 @@ def build_sr(
         assert source is not None  # require_source raised otherwise
         groups.append(_film_group(parsed, view, source, key))
         groups.extend(_landmark_group(parsed, view, lm, source, key) for lm in parsed.landmarks.get(view, ()))
+    groups.extend(
+        _knee_film_group(parsed, v, sources[v], key)
+        for v in sorted(parsed.knee_measurements)
+        if v in sources and parsed.knee_measurements[v]
+    )
     g3d = _group_3d(parsed, sources, key)
     if g3d is not None:
         groups.append(g3d)
