@@ -14,18 +14,11 @@ import pytest
 
 from appliance.calibration.ball import CALIBRATION_BALL
 from appliance.cli.main import main
-from export.simulator.case import CaseOptions, generate_case
+from export.simulator.case import generate_case
+from tests.sim_options import FAST_LONGLEG
 
 SEED = 900972  # demo/docs seed range; its sphere is fully in the field (checked when it was chosen)
-OPTS = CaseOptions(
-    views=("longleg",),
-    write_ct=False,
-    longleg_pitch=0.7,
-    leg_spacing=2.0,
-    knee_spacing=1.0,
-    contralateral=False,
-    preview_max_px=300,
-)
+OPTS = FAST_LONGLEG
 
 
 @pytest.fixture(scope="module")
