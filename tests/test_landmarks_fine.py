@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from appliance.analytics.landmarks import LANDMARKS_2D
 from appliance.landmarks.detector import (
     CROP_MODEL,
     DEFAULT_MODELS_DIR,
@@ -34,6 +35,7 @@ from export.training.landmarks_fine import (
     FineConfig,
     FineResult,
     cut_patches,
+    film_landmarks,
     load_fine,
     patch_batch,
     train_fine,
@@ -105,6 +107,22 @@ def test_patches_hold_their_landmark_near_the_centre(train_dir: Path, side: str)
             assert np.allclose(a.landmarks[:, 0], FINE_GEOMETRY.cols - 1 - b.landmarks[:, 0])
 
 
+def test_film_landmarks_follow_the_stitched_zones() -> None:
+    pts = np.array([[100.0, 50.0], [100.0, 450.0], [100.0, 900.0], [40.0, 1199.0]])
+    entry = {
+        "rows": 1210,
+        "artifacts": {
+            "stitch": {"seam_rows": [800, 400], "zone_shifts": [[0, 0], [3, -4], [-2, 1]]},
+            "padding": {"top": 10, "bottom": 0, "left": 5, "right": 0, "value": 0.0},
+        },
+    }
+    out = film_landmarks(entry, pts)
+    # zones by unpadded row (row - 10): [0, 400) no shift, [400, 800) (drow 3, dcol -4), [800, 1200) (-2, 1)
+    assert out.tolist() == [[100.0, 50.0], [96.0, 453.0], [101.0, 898.0], [41.0, 1197.0]]
+    assert np.array_equal(film_landmarks({"rows": 1210, "artifacts": {"stitch": None}}, pts), pts)
+    assert np.array_equal(film_landmarks({}, pts), pts)
+
+
 def test_batch_targets_the_patch_landmark(train_dir: Path) -> None:
     case = load_case(train_dir / f"case_{TRAIN_SEED}")
     patches = cut_patches(case, np.random.default_rng(1), per_landmark=1, jitter_mm=3.0, canonical_side="R")
@@ -144,13 +162,15 @@ class _Brightness(nn.Module):
         return spatial_softmax(logits.repeat(1, 8, 1, 1), FINE_GEOMETRY.sigma)
 
 
-def _blob_model(path: Path) -> Path:
+def _blob_model(path: Path, **extra: object) -> Path:
     meta = {
         "version": "test",
         "training_seed": 0,
         "input_geometry": FINE_GEOMETRY.to_dict(),
+        "landmarks": list(LANDMARKS_2D),
         "max_film_mm_per_px": 0.5,
         "max_move_mm": MAX_MOVE_MM,
+        **extra,
     }
     ex = torch.rand(1, 1, *FINE_GEOMETRY.shape)
     export_onnx(_Brightness(), (ex,), path, input_names=("patch",), output_names=("heatmaps",), metadata=meta)
@@ -196,6 +216,28 @@ def test_stage_rules_coarse_films_and_large_moves(tmp_path: Path) -> None:
     assert part.moved.tolist() == which.tolist()
     assert np.array_equal(part.points[~which], near[~which])
     stage.close()
+
+
+def test_stage_blend_and_landmark_subset(tmp_path: Path) -> None:
+    path = _blob_model(tmp_path / FINE_MODEL, refines=["MDFC", "LTP"], blend=0.5)
+    sp = 0.35
+    truth = (151.3, 203.7)
+    film = _film_with_blob(truth, sp)
+    start = np.tile(np.array(truth) + np.array([2.0, 0.0]) / sp, (8, 1))
+    stage = FineStage(path, CPU)
+    assert stage.refines == ("MDFC", "LTP") and stage.blend == 0.5
+    res = stage.refine(film, (sp, sp), start)
+    picked = np.array([n in ("MDFC", "LTP") for n in stage.names])
+    assert res.moved.tolist() == picked.tolist()
+    assert np.array_equal(res.points[~picked], start[~picked])
+    # half way from the start to the blob: 1 mm left of the start
+    assert np.allclose((res.points[picked, 0] - start[picked, 0]) * sp, -1.0, atol=0.1)
+    stage.close()
+    # constructor arguments override the metadata
+    full = FineStage(path, CPU, blend=1.0, refines=stage.names)
+    res = full.refine(film, (sp, sp), start)
+    assert res.moved.all() and np.allclose(res.points, truth, atol=0.15 / sp)
+    full.close()
 
 
 @pytest.mark.skipif(not (DEFAULT_MODELS_DIR / WHOLE_MODEL).is_file(), reason="no shipped landmark models")

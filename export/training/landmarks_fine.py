@@ -22,14 +22,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from torch import nn
 from tqdm import tqdm
 
@@ -45,7 +45,7 @@ from export.datasets.augment import (
 )
 from export.datasets.augment import warp_affine as _warp
 from export.datasets.heatmaps import encode_heatmaps, to_output
-from export.datasets.landmark_samples import CaseData, build_index, mirrors
+from export.datasets.landmark_samples import LONGLEG_FILM, CaseData, build_index, mirrors
 from export.models.landmark_fine_net import FINE_GEOMETRY, FineNet
 from export.models.landmark_net import NetGeometry
 from export.training.landmarks import _load_matching, _plot_losses, _run_stage
@@ -60,7 +60,9 @@ __all__ = [
     "FineResult",
     "PatchSample",
     "build_shipped_fine",
+    "case_film_landmarks",
     "cut_patches",
+    "film_landmarks",
     "load_fine",
     "patch_batch",
     "prepare_patches",
@@ -94,6 +96,9 @@ class FineConfig:
     threads: int = 2
     canonical_side: str | None = "R"
     init_from: Path | None = None  # a folder with landmarks_fine.pt
+    # Targets where the film shows the landmarks (stitching registration error applied, see
+    # film_landmarks); False: truth.json's landmarks_2d as the other stages use them.
+    film_truth: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -121,6 +126,37 @@ class PatchSample:
 
 
 # --- data -------------------------------------------------------------------------------------------
+def film_landmarks(entry: Mapping[str, Any], landmarks: ArrayLike) -> F64:
+    """``landmarks`` (N, 2) film (col, row) moved to where the film shows them: a stitched long-leg film's
+    zones are displaced by their registration error (``artifacts.stitch.zone_shifts``, (drow, dcol) per
+    zone, :func:`export.simulator.film_artifacts.shift_zones`), which truth.json's ``landmarks_2d`` (the
+    geometric projection) does not include. ``entry`` is truth.json's ``films.longleg_ap``. Up to
+    +-1.5 mm per axis: the size of the landmark errors the earlier passes could not get below."""
+    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2).copy()
+    art = entry.get("artifacts") or {}
+    st = art.get("stitch")
+    if not st:
+        return pts
+    pad = art.get("padding") or {}
+    top = int(pad.get("top", 0))
+    rows = int(entry["rows"]) - top - int(pad.get("bottom", 0))
+    bounds = [0, *sorted(int(r) for r in st["seam_rows"]), rows]
+    for i in range(len(pts)):
+        r0 = pts[i, 1] - top
+        for k in range(len(bounds) - 1):
+            if bounds[k] <= r0 < bounds[k + 1]:
+                dr, dc = st["zone_shifts"][k]
+                pts[i] += (float(dc), float(dr))
+                break
+    return pts
+
+
+def case_film_landmarks(case: CaseData) -> F64:
+    """The case's landmarks where its long-leg film shows them (:func:`film_landmarks`)."""
+    truth = json.loads((case.folder / "truth.json").read_text())
+    return film_landmarks(truth["films"][LONGLEG_FILM], case.landmarks)
+
+
 def cut_patches(
     case: CaseData,
     rng: np.random.Generator,
@@ -129,9 +165,12 @@ def cut_patches(
     jitter_mm: float,
     geometry: NetGeometry = FINE_GEOMETRY,
     canonical_side: str | None = None,
+    film_truth: bool = True,
 ) -> list[PatchSample]:
-    """``per_landmark`` jittered patches around every in-field landmark of ``case``."""
+    """``per_landmark`` jittered patches around every in-field landmark of ``case``; with ``film_truth``
+    the targets are where the film shows the landmarks (:func:`film_landmarks`), else truth.json's."""
     s_row, s_col = case.film.spacing_mm
+    truth_pts = case_film_landmarks(case) if film_truth else case.landmarks
     mirror = mirrors(case.side, canonical_side)
     shape = geometry.shape
     out: list[PatchSample] = []
@@ -141,12 +180,12 @@ def cut_patches(
         if not case.in_field[k]:
             continue
         for dc, dr in offs:
-            centre = (float(case.landmarks[k, 0] + dc / s_col), float(case.landmarks[k, 1] + dr / s_row))
+            centre = (float(truth_pts[k, 0] + dc / s_col), float(truth_pts[k, 1] + dr / s_row))
             a = frame_affine(
                 geometry.mm_per_px / s_col, geometry.mm_per_px / s_row, centre, shape, mirror=mirror
             )
             fwd = np.linalg.inv(a)
-            lm = transform_points(fwd, case.landmarks)
+            lm = transform_points(fwd, truth_pts)
             out.append(
                 PatchSample(
                     seed=case.seed,
@@ -167,6 +206,7 @@ def prepare_patches(
     jitter_mm: float,
     max_cases: int | None = None,
     canonical_side: str | None = None,
+    film_truth: bool = True,
 ) -> tuple[list[PatchSample], tuple[int, ...]]:
     """Read every training case of ``root`` and keep its patches (the full film is dropped)."""
     index = build_index(root, "train")
@@ -181,6 +221,7 @@ def prepare_patches(
             per_landmark=per_landmark,
             jitter_mm=jitter_mm,
             canonical_side=canonical_side,
+            film_truth=film_truth,
         )
     log.info("prepared %d patches from %d cases", len(patches), len(seeds))
     return patches, tuple(seeds)
@@ -251,6 +292,7 @@ def _metadata(cfg: FineConfig, net: FineNet, steps: int, seeds: Sequence[int]) -
         "train_cases": len(seeds),
         "train_seed_range": [int(min(seeds)), int(max(seeds))],
         "jitter_mm": cfg.jitter_mm,
+        "film_truth": cfg.film_truth,
         # the runtime's rules, recorded with the weights they were chosen for
         "max_film_mm_per_px": MAX_FILM_MM_PER_PX,
         "max_move_mm": MAX_MOVE_MM,
@@ -301,6 +343,7 @@ def train_fine(cfg: FineConfig) -> FineResult:
         jitter_mm=cfg.jitter_mm,
         max_cases=cfg.max_cases,
         canonical_side=cfg.canonical_side,
+        film_truth=cfg.film_truth,
     )
     prep_s = time.perf_counter() - t_start
     budget = max(30.0, cfg.minutes * 60.0 - prep_s - 30.0)
