@@ -32,6 +32,7 @@ from export.simulator.film_artifacts import (
     render_with_artifacts,
     sample_artifacts,
     sample_recipe,
+    shift_points,
     shift_zones,
     sphere_chord_mm,
     steel_ball_metal_path,
@@ -173,6 +174,23 @@ def test_zone_shift_moves_content_below_the_seam_only() -> None:
     out = shift_zones(img, s)
     np.testing.assert_array_equal(out[:30], img[:30])
     np.testing.assert_array_equal(out[30:, 10], img[30:, 7])
+
+
+@pytest.mark.parametrize(
+    ("point", "shifts"),
+    [((20.0, 10.0), ((0, 0), (2, -3))), ((20.0, 45.0), ((0, 0), (2, -3))), ((33.0, 29.0), ((0, 0), (4, 5)))],
+)
+def test_points_follow_the_zone_shift_of_the_content(
+    point: tuple[float, float], shifts: tuple[tuple[int, int], ...]
+) -> None:
+    """A bright dot drawn on the film ends up where ``shift_points`` says (the truth follows the image)."""
+    img = np.zeros((60, 50), np.float32)
+    img[int(point[1]), int(point[0])] = 1.0
+    s = StitchRecord((30,), (1.0, 1.0), shifts, 1, 1.0)
+    out = shift_zones(img, s)
+    row, col = np.unravel_index(int(np.argmax(out)), out.shape)
+    (moved,) = shift_points(np.array([point]), 60, s)
+    assert (col, row) == (int(moved[0]), int(moved[1]))
 
 
 def test_collimation_and_shutter() -> None:

@@ -97,6 +97,27 @@ def test_written_angles_match_recomputation(case_dir: Path) -> None:
     assert doc["angles_3d"]["MPTA"] == pytest.approx(doc["construction"]["MPTA"], abs=0.2)
 
 
+def test_film_landmarks_follow_the_stitching_registration_error(case_dir: Path) -> None:
+    """``landmarks_film`` is ``landmarks_2d`` moved by its zone's recorded registration error (the image
+    content moved; the geometric projection did not)."""
+    doc = json.loads((case_dir / "truth.json").read_text())
+    assert doc["films"]["longleg_ap"]["artifacts"].get("stitch"), "this seed's long-leg film is stitched"
+    for film in doc["films"].values():
+        st = film["artifacts"].get("stitch")
+        top = (film["artifacts"].get("padding") or {}).get("top", 0)
+        for name, p in film["landmarks_2d"].items():
+            q = film["landmarks_film"][name]
+            if not st:
+                assert q == p
+                continue
+            bounds = [0, *st["seam_rows"], 10**9]
+            zone = max(k for k in range(len(bounds) - 1) if bounds[k] - 0.5 <= p[1] - top + 0.0 or k == 0)
+            dr, dc = st["zone_shifts"][zone]
+            # Within a zone shift of a seam a point may belong to either side; elsewhere it is exact.
+            if all(abs(p[1] - top - b) > 8 for b in st["seam_rows"]):
+                assert q == pytest.approx([p[0] + dc, p[1] + dr], abs=1e-3), name
+
+
 def test_case_files_are_complete_and_valid(case_dir: Path) -> None:
     doc = json.loads((case_dir / "truth.json").read_text())
     assert doc["side"] in ("left", "right")

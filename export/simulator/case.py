@@ -30,6 +30,7 @@ from export.simulator.film_artifacts import (
     padded_geometry,
     render_with_artifacts,
     sample_artifacts,
+    shift_points,
     steel_ball_metal_path,
 )
 from export.simulator.film_output import (
@@ -215,6 +216,24 @@ def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
     return final
 
 
+def _on_film(
+    points: dict[str, np.ndarray], art: FilmArtifacts, geom: ProjectionGeometry
+) -> dict[str, np.ndarray]:
+    """Reader landmarks where the film shows them: a stitched film's zones carry their registration error
+    (``shift_zones``), which the projection through ``geom`` does not. Without stitching, the same."""
+    if art.stitch is None:
+        return dict(points)
+    pad = art.padding
+    top = pad.top if pad is not None else 0
+    left = pad.left if pad is not None else 0
+    rows = geom.rows - top - (pad.bottom if pad is not None else 0)
+    names = list(points)
+    offset = np.array([left, top], dtype=np.float64)
+    raw = np.array([points[n] for n in names], dtype=np.float64) - offset
+    moved = shift_points(raw, rows, art.stitch) + offset
+    return {n: moved[i] for i, n in enumerate(names)}
+
+
 def _plain(d: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: [float(x) for x in v] for k, v in d.items()}
 
@@ -252,11 +271,13 @@ def _write_case(
         )
         proj = truth.projected_landmarks(limb, geom)
         reader = truth.reader_landmarks(limb, geom)
+        on_film = _on_film(reader, art, geom)
         entry.update(
             {
                 "view_record": rec.views[view].to_dict(),
                 "noise_seed": rec.noise_seeds[view],
                 "landmarks_2d": truth.as_lists(reader),
+                "landmarks_film": truth.as_lists(on_film),
                 "landmarks_projected": truth.as_lists(proj),
                 "in_field": truth.in_field(reader, geom),
             }

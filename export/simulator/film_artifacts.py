@@ -414,6 +414,20 @@ def shift_zones(img: F32, s: StitchRecord) -> F32:
     return out
 
 
+def shift_points(points: NDArray[Any], rows: int, s: StitchRecord) -> NDArray[Any]:
+    """Where :func:`shift_zones` puts image points: (N, 2) (col, row) of the unshifted film (rows
+    ``rows``, no padding) -> the same anatomy on the shifted film. A point moves with the zone it lands
+    in (content at row r of a zone came from row r - drow)."""
+    pts = np.array(points, dtype=np.float64, copy=True).reshape(-1, 2)
+    zones = zone_rows(rows, s)
+    for i, (col, row) in enumerate(pts):
+        for (a, b), (dr, dc) in zip(zones, s.zone_shifts, strict=True):
+            if a - 0.5 <= row + dr < b - 0.5:
+                pts[i] = (col + dc, row + dr)
+                break
+    return pts
+
+
 # --- display-stage artefacts ---------------------------------------------------------------------------
 def apply_display_artifacts(bright: F32, field: F32 | None, art: FilmArtifacts) -> F32:
     """Electronic shutter, burned-in text and padding bars, on the processed brightness (1 = white)."""
