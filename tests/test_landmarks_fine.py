@@ -170,6 +170,7 @@ def _blob_model(path: Path, **extra: object) -> Path:
         "landmarks": list(LANDMARKS_2D),
         "max_film_mm_per_px": 0.5,
         "max_move_mm": MAX_MOVE_MM,
+        "refines": list(LANDMARKS_2D),
         **extra,
     }
     ex = torch.rand(1, 1, *FINE_GEOMETRY.shape)

@@ -10,7 +10,8 @@ Rules (recorded in the ONNX metadata when trained, these defaults otherwise):
 * films coarser than :data:`MAX_FILM_MM_PER_PX` (detector pixel spacing) skip the stage: there the crop
   stage (0.5 mm/px) already sees everything the film holds, and a finer patch would only be
   interpolated. PACS exports at 1-2 mm/px therefore keep the crop stage's points.
-* ``refines``: the landmarks the stage is applied to (metadata ``xr3d.refines``; default all), and
+* ``refines``: the landmarks the stage is applied to (metadata ``xr3d.refines``; default
+  :data:`CONTOUR_LANDMARKS`), and
   ``blend``: the returned point is ``crop + blend * (fine - crop)`` (metadata ``xr3d.blend``; default 1):
   the two stages' errors are only partly correlated, so a weighted mean can beat either.
 * a point that the stage would move farther than :data:`MAX_MOVE_MM` (detector mm) from the crop
@@ -41,6 +42,7 @@ from engines.select import open_backend
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CONTOUR_LANDMARKS",
     "FINE_MODEL",
     "FINE_SHIFTS_MM",
     "MAX_FILM_MM_PER_PX",
@@ -54,8 +56,15 @@ F64 = NDArray[np.float64]
 FINE_MODEL: Final = "landmarks_fine.onnx"
 MAX_FILM_MM_PER_PX: Final = 0.5
 MAX_MOVE_MM: Final = 5.0
-FINE_SHIFTS_MM: Final = ((0.0, 0.0), (-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25))
-"""Patch-centre offsets (col, row, detector mm): +-1 px of the 0.25 mm/px patch, half a 0.5 mm cell."""
+FINE_SHIFTS_MM: Final = ((0.0, 0.0), (-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0))
+"""Patch-centre offsets (col, row, detector mm) averaged per landmark: each patch sees the landmark at
+another place (the stage's own errors partly cancel). +-1 mm was better than +-0.25 and +-2 mm on the
+validation films 3600-3605 (docs/landmarks.md, fourth pass)."""
+CONTOUR_LANDMARKS: Final = ("MDFC", "LDFC", "MTP", "LTP")
+"""What the stage refines unless its metadata says otherwise: the contour-extreme landmarks (most distal
+condyle points, plateau edges), an edge a 24 mm patch shows in full. The centre-of-shape landmarks (FHC:
+a ~45 mm head; FKC, TKC: the notch and the spines; AC: the talar dome) need more context than the patch
+holds; on the validation films the stage made FHC and FKC worse and TKC, AC no better."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,7 +119,7 @@ class FineStage:
             raise InputError(
                 f"{info.name}: bad landmark metadata ({exc})", reason="bad_model_metadata"
             ) from exc
-        self.refines: tuple[str, ...] = tuple(chosen) if chosen is not None else self.names
+        self.refines: tuple[str, ...] = tuple(chosen) if chosen is not None else CONTOUR_LANDMARKS
 
     def close(self) -> None:
         self.backend.close()

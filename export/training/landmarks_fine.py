@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from appliance.errors import InputError
-from appliance.landmarks.fine import FINE_MODEL, MAX_FILM_MM_PER_PX, MAX_MOVE_MM
+from appliance.landmarks.fine import CONTOUR_LANDMARKS, FINE_MODEL, MAX_FILM_MM_PER_PX, MAX_MOVE_MM
 from appliance.landmarks.heatmaps import frame_affine
 from export.datasets.augment import (
     apply,
@@ -99,6 +99,10 @@ class FineConfig:
     # Targets where the film shows the landmarks (stitching registration error applied, see
     # film_landmarks); False: truth.json's landmarks_2d as the other stages use them.
     film_truth: bool = True
+    # The runtime rules recorded in the metadata: landmarks the stage refines, weight of its point
+    # against the crop stage's (1: its point); chosen on validation films, see docs/landmarks.md.
+    refines: tuple[str, ...] = CONTOUR_LANDMARKS
+    blend: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -296,6 +300,8 @@ def _metadata(cfg: FineConfig, net: FineNet, steps: int, seeds: Sequence[int]) -
         # the runtime's rules, recorded with the weights they were chosen for
         "max_film_mm_per_px": MAX_FILM_MM_PER_PX,
         "max_move_mm": MAX_MOVE_MM,
+        "refines": list(cfg.refines),
+        "blend": cfg.blend,
         **({"canonical_side": cfg.canonical_side} if cfg.canonical_side else {}),
     }
 
