@@ -51,6 +51,14 @@ def _landmarks(stage: str) -> Callable[[], ReferenceModel]:
     return build
 
 
+def _landmarks_fine() -> ReferenceModel:
+    """Stage 3 of the long-leg landmark model (models/landmarks_fine.pt)."""
+    from export.training.landmarks_fine import build_shipped_fine
+
+    model: ReferenceModel = build_shipped_fine()
+    return model
+
+
 def _knee_landmarks() -> ReferenceModel:
     """The knee AP / lateral landmark model (models/knee_landmarks.pt)."""
     from export.training.knee_landmarks import build_shipped
@@ -114,6 +122,7 @@ _POINT_AXES = (("points", 1, "points"), ("hu", 1, "points"), ("logits", 1, "poin
 SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("landmarks_whole", _landmarks("whole")),
     ShippedModel("landmarks_crop", _landmarks("crop")),
+    ShippedModel("landmarks_fine", _landmarks_fine),
     ShippedModel("recon_encoder", _recon("encoder")),
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
     ShippedModel("knee_landmarks", _knee_landmarks),
