@@ -1,6 +1,6 @@
 """``xr3d export onnx|tensorrt|triton`` and ``xr3d bench``: argparse glue.
 
-The registry of shipped models is :data:`SHIPPED_MODELS` (the two stages of the long-leg landmark model
+The registry of shipped models is :data:`SHIPPED_MODELS` (the three stages of the long-leg landmark model
 and the two parts of the reconstruction network, weights in ``models/``). A model registers by adding a
 :class:`ShippedModel` whose ``build`` returns the trained module (eval mode), an example input (also the
 realistic call ``xr3d bench --shipped`` times), I/O names and metadata (version, training seed, input
@@ -127,7 +127,7 @@ SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
     ShippedModel("knee_landmarks", _knee_landmarks),
 )
-"""Product models to export: the two stages of the long-leg landmark model (issue 4) and the encoder and
+"""Product models to export: the three stages of the long-leg landmark model (issue 4) and the encoder and
 point decoder of the reconstruction network (issue 5), and the knee AP / lateral landmark model (issue 4,
 knee films); weights in models/."""
 
@@ -386,8 +386,8 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
             "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "recon_encoder, recon_decoder, knee_landmarks) on a realistic call (landmark stages at their "
-            "input geometry, "
+            "landmarks_fine, recon_encoder, recon_decoder, knee_landmarks) on a realistic call "
+            "(landmark stages at their input geometry, "
             "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
             "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
             "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "
