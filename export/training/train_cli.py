@@ -29,12 +29,13 @@ def register(sub: Any) -> None:
     tsub = p.add_subparsers(dest="train_target", metavar="MODEL", required=True)
     pl = tsub.add_parser(
         "landmarks",
-        help="train the two-stage long-leg landmark model and export it to ONNX",
+        help="train the long-leg landmark model (whole film, crops, fine patches) and export it to ONNX",
         description=(
-            "Train the whole-film (2 mm/px) and crop (0.5 mm/px) landmark networks on the simulated "
-            "training cases of --data (train-range seeds only) with recorded on-the-fly augmentation, "
-            "within a wall-clock budget; write a loss curve, a checkpoint and train_report.json to --out, "
-            "export both stages to ONNX with metadata and check ONNX Runtime against PyTorch (< 1e-3)."
+            "Train the whole-film (2 mm/px) and crop (0.5 mm/px) landmark networks (--minutes), then the "
+            "fine patch network (0.25 mm/px, --fine-minutes), on the simulated training cases of --data "
+            "(train-range seeds only) with recorded on-the-fly augmentation, within wall-clock budgets; "
+            "write loss curves, a checkpoint and train reports to --out, export the stages to ONNX with "
+            "metadata and check ONNX Runtime against PyTorch (< 1e-3). --stages fine trains stage 3 alone."
         ),
     )
     pl.add_argument("--data", type=Path, required=True, help="folder of case_<seed> training cases")
