@@ -263,5 +263,11 @@ def test_detector_uses_the_stage_only_when_its_file_is_there(tmp_path: Path) -> 
     # stages 1-2 unchanged by the stage; stage 3 moves points by at most its limit
     assert np.allclose(after.crop_points, before.points)
     assert np.allclose(plain.points, before.points) and plain.crop_points is None
+    # a film coarser than the stage's limit keeps the stage-2 points and does not name the fine model
+    with LandmarkDetector(tmp_path, CPU) as det:
+        coarse = det.detect(film[::3, ::3], (1.05, 1.05), side="R")
+        assert "landmarks_fine" in det.model_versions
+    assert coarse.crop_points is None and "landmarks_fine" not in coarse.model_versions
+    assert "stage3" not in coarse.timings_s
     move = np.hypot(*(after.points - after.crop_points).T) * 0.35
     assert float(move.max()) <= MAX_MOVE_MM + 1e-6

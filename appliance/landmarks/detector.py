@@ -464,12 +464,15 @@ class LandmarkDetector:
         t3 = time.perf_counter()
         points, conf, refined = self._refine(img, spacing, coarse, c1, self.refine_passes, mirror)
         timings["stage2"] = time.perf_counter() - t3
+        versions = self.model_versions
         crop_points = None
         if self.fine_stage is not None and self.fine_stage.applies_to(spacing):
             t4 = time.perf_counter()
             crop_points = points
             points = self.fine_stage.refine(img, spacing, points, mirror=mirror, which=refined).points
             timings["stage3"] = time.perf_counter() - t4
+        else:
+            versions.pop("landmarks_fine", None)  # the film's points come from stages 1-2 only
         timings["total"] = time.perf_counter() - t0
         return Detection(
             names=self.names,
@@ -480,7 +483,7 @@ class LandmarkDetector:
             refined=refined,
             timings_s=timings,
             backend=self.backend_name,
-            model_versions=self.model_versions,
+            model_versions=versions,
             side=side if self.canonical_side is not None else None,
             bone_masks=masks,
             mask_to_film=None if masks is None else a1 @ _grid_to_input(self._whole.stride),
