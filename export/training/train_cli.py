@@ -61,8 +61,8 @@ def register(sub: Any) -> None:
         "--init-from",
         type=Path,
         default=None,
-        help="start from the weights in DIR/landmarks_{whole,crop}.pt (a stage whose network differs "
-        "starts from a random init)",
+        help="start from the weights in DIR/landmarks_{whole,crop,fine}.pt (a stage whose network differs "
+        "or whose file is missing starts from a random init)",
     )
     pl.add_argument(
         "--stages",
@@ -107,10 +107,12 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
 
 
 def _train_fine_stage(args: argparse.Namespace) -> None:
-    from export.training.landmarks_fine import FineConfig, train_fine
+    from export.training.landmarks_fine import FINE_PT, FineConfig, train_fine
 
     if args.fine_minutes <= 0:
         raise InputError("--fine-minutes must be positive", reason="bad_argument")
+    # --init-from also seeds stage 3 when that folder holds its weights
+    init = args.init_from if args.init_from is not None and (args.init_from / FINE_PT).is_file() else None
     res = train_fine(
         FineConfig(
             data=args.data,
@@ -121,6 +123,7 @@ def _train_fine_stage(args: argparse.Namespace) -> None:
             models_dir=args.models_dir,
             max_cases=args.max_cases,
             threads=int(args.threads),
+            init_from=init,
         )
     )
     _say(
