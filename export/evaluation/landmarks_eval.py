@@ -310,9 +310,9 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     k = case.names.index("FKC")
     dk = (pick.points[k] - case.landmarks[k]) * np.array([s_col, s_row]) / mag
     on_target = bool(np.hypot(*dk) < 30.0)
-    from export.training.landmarks_fine import film_landmarks
+    from export.training.landmarks_fine import case_film_landmarks
 
-    film_pts = film_landmarks(film, case.landmarks)
+    film_pts = case_film_landmarks(case)
     film_err = _errors(case, det.points, (s_row, s_col), mag, film_pts)
     film_crop = (
         {} if det.crop_points is None else _errors(case, det.crop_points, (s_row, s_col), mag, film_pts)

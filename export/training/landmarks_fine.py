@@ -135,30 +135,38 @@ def film_landmarks(entry: Mapping[str, Any], landmarks: ArrayLike) -> F64:
     zones are displaced by their registration error (``artifacts.stitch.zone_shifts``, (drow, dcol) per
     zone, :func:`export.simulator.film_artifacts.shift_zones`), which truth.json's ``landmarks_2d`` (the
     geometric projection) does not include. ``entry`` is truth.json's ``films.longleg_ap``. Up to
-    +-1.5 mm per axis: the size of the landmark errors the earlier passes could not get below."""
+    +-1.5 mm per axis: the size of the landmark errors the earlier passes could not get below. The zone
+    rule is the simulator's own (:func:`export.simulator.film_artifacts.shift_points`, which also writes
+    ``landmarks_film`` into the truth of cases simulated since 2026-11-24 09:08 UTC)."""
+    from export.simulator.film_artifacts import StitchRecord, shift_points
+
     pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2).copy()
     art = entry.get("artifacts") or {}
     st = art.get("stitch")
     if not st:
         return pts
     pad = art.get("padding") or {}
-    top = int(pad.get("top", 0))
-    rows = int(entry["rows"]) - top - int(pad.get("bottom", 0))
-    bounds = [0, *sorted(int(r) for r in st["seam_rows"]), rows]
-    for i in range(len(pts)):
-        r0 = pts[i, 1] - top
-        for k in range(len(bounds) - 1):
-            if bounds[k] <= r0 < bounds[k + 1]:
-                dr, dc = st["zone_shifts"][k]
-                pts[i] += (float(dc), float(dr))
-                break
-    return pts
+    offset = np.array([float(pad.get("left", 0)), float(pad.get("top", 0))])
+    rows = int(entry["rows"]) - int(pad.get("top", 0)) - int(pad.get("bottom", 0))
+    rec = StitchRecord(
+        seam_rows=tuple(int(r) for r in st["seam_rows"]),
+        zone_gains=tuple(float(g) for g in st.get("zone_gains", [1.0] * (len(st["seam_rows"]) + 1))),
+        zone_shifts=tuple((int(a), int(b)) for a, b in st["zone_shifts"]),
+        seam_width_px=int(st.get("seam_width_px", 0)),
+        seam_gain=float(st.get("seam_gain", 1.0)),
+    )
+    return np.asarray(shift_points(pts - offset, rows, rec) + offset, dtype=np.float64)
 
 
 def case_film_landmarks(case: CaseData) -> F64:
-    """The case's landmarks where its long-leg film shows them (:func:`film_landmarks`)."""
+    """The case's landmarks where its long-leg film shows them: truth.json's ``landmarks_film`` when the
+    simulator wrote it, else :func:`film_landmarks` of its ``landmarks_2d``."""
     truth = json.loads((case.folder / "truth.json").read_text())
-    return film_landmarks(truth["films"][LONGLEG_FILM], case.landmarks)
+    entry = truth["films"][LONGLEG_FILM]
+    on_film = entry.get("landmarks_film")
+    if on_film and all(n in on_film for n in case.names):
+        return np.array([on_film[n] for n in case.names], dtype=np.float64)
+    return film_landmarks(entry, case.landmarks)
 
 
 def cut_patches(
