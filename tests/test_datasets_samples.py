@@ -251,3 +251,25 @@ def test_augmented_crops_keep_their_targets(case: CaseData) -> None:
             kept += int(out.visible[idx].sum())
             total += len(idx)
     assert kept >= 0.7 * total  # small rotations and shifts keep most targets in the crop
+
+
+def test_film_truth_follows_the_stitching_and_prefers_the_recorded_field() -> None:
+    """Targets are where the film shows a landmark: a stitched zone's registration error moves it; a
+    truth that records ``landmarks_film`` is taken as written."""
+    from export.datasets.landmark_samples import entry_film_points, film_landmarks
+
+    entry = {
+        "rows": 100,
+        "artifacts": {
+            "stitch": {"seam_rows": [50], "zone_shifts": [[0, 0], [2, -3]], "zone_gains": [1, 1]},
+            "padding": {"top": 4, "left": 5, "bottom": 0},
+        },
+        "landmarks_2d": {"A": [20.0, 10.0], "B": [20.0, 80.0]},
+    }
+    moved = film_landmarks(entry, [[20.0, 10.0], [20.0, 80.0]])
+    np.testing.assert_allclose(moved, [[20.0, 10.0], [17.0, 82.0]])
+    np.testing.assert_allclose(entry_film_points(entry, ["A", "B"]), moved)
+    unstitched = {**entry, "artifacts": {}}
+    np.testing.assert_allclose(film_landmarks(unstitched, [[20.0, 80.0]]), [[20.0, 80.0]])
+    recorded = {**entry, "landmarks_film": {"A": [1.0, 2.0], "B": [3.0, 4.0]}}
+    np.testing.assert_allclose(entry_film_points(recorded, ["A", "B"]), [[1.0, 2.0], [3.0, 4.0]])

@@ -20,10 +20,11 @@ An index maps seeds to case folders and refuses seeds outside its split's range
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -154,6 +155,49 @@ class CaseData:
     in_field: NDArray[np.bool_]
     geometry: ProjectionGeometry
     labels_path: Path | None
+    # (8, 2): the same landmarks where the film shows them (:func:`film_landmarks`); what a model is
+    # trained and judged on, since it sees the film.
+    film_points: F64 | None = None
+
+    def on_film(self) -> CaseData:
+        """This case with ``landmarks`` = where its film shows them (``film_points``)."""
+        return self if self.film_points is None else dataclasses.replace(self, landmarks=self.film_points)
+
+
+def film_landmarks(entry: Mapping[str, Any], landmarks: ArrayLike) -> F64:
+    """``landmarks`` (N, 2) film (col, row) moved to where the film shows them: a stitched long-leg film's
+    zones are displaced by their registration error (``artifacts.stitch.zone_shifts``, up to +-1.5 mm
+    per axis; :func:`export.simulator.film_artifacts.shift_zones`), which truth.json's ``landmarks_2d``
+    (the geometric projection) does not include. ``entry`` is truth.json's film entry. The zone rule is
+    the simulator's own (:func:`export.simulator.film_artifacts.shift_points`, which also writes
+    ``landmarks_film`` into the truth of cases simulated since 2026-11-24)."""
+    from export.simulator.film_artifacts import StitchRecord, shift_points
+
+    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2).copy()
+    art = entry.get("artifacts") or {}
+    st = art.get("stitch")
+    if not st:
+        return pts
+    pad = art.get("padding") or {}
+    offset = np.array([float(pad.get("left", 0)), float(pad.get("top", 0))])
+    rows = int(entry["rows"]) - int(pad.get("top", 0)) - int(pad.get("bottom", 0))
+    rec = StitchRecord(
+        seam_rows=tuple(int(r) for r in st["seam_rows"]),
+        zone_gains=tuple(float(g) for g in st.get("zone_gains", [1.0] * (len(st["seam_rows"]) + 1))),
+        zone_shifts=tuple((int(a), int(b)) for a, b in st["zone_shifts"]),
+        seam_width_px=int(st.get("seam_width_px", 0)),
+        seam_gain=float(st.get("seam_gain", 1.0)),
+    )
+    return np.asarray(shift_points(pts - offset, rows, rec) + offset, dtype=np.float64)
+
+
+def entry_film_points(entry: Mapping[str, Any], names: Sequence[str]) -> F64:
+    """A film entry's landmarks ``names`` where the film shows them: its ``landmarks_film`` when the
+    simulator wrote it, else :func:`film_landmarks` of its ``landmarks_2d``."""
+    on_film = entry.get("landmarks_film")
+    if on_film and all(n in on_film for n in names):
+        return np.array([on_film[n] for n in names], dtype=np.float64)
+    return film_landmarks(entry, np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64))
 
 
 def read_truth_and_film(folder: Path, film: str) -> tuple[dict[str, Any], dict[str, Any], FilmImage]:
@@ -193,6 +237,7 @@ def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
         in_field=infield,
         geometry=geometry,
         labels_path=labels if labels is not None and labels.is_file() else None,
+        film_points=entry_film_points(entry, names),
     )
 
 

@@ -16,7 +16,7 @@ Runtime through ``engines``) finds the eight landmarks, and the result is compar
   do with a good coarse guess;
 * the same errors, angles and CPAK against the landmarks **where the film shows them** ("film truth"):
   truth.json's ``landmarks_2d`` moved by the film's recorded stitching registration error
-  (:func:`export.training.landmarks_fine.film_landmarks`; the simulator displaces each stitched zone's
+  (:func:`export.datasets.landmark_samples.film_landmarks`; the simulator displaces each stitched zone's
   content by up to +-1.5 mm per axis but not the truth), i.e. what a detector can see;
 * with the fine patch stage (``landmarks_fine.onnx``): the error of the crop stage's points before
   stage 3 moved them (same run), and stage 3 alone on the landmarks it refines, from patches centred on
@@ -310,9 +310,7 @@ def _evaluate_case(detector: LandmarkDetector, folder: Path) -> CaseResult:
     k = case.names.index("FKC")
     dk = (pick.points[k] - case.landmarks[k]) * np.array([s_col, s_row]) / mag
     on_target = bool(np.hypot(*dk) < 30.0)
-    from export.training.landmarks_fine import case_film_landmarks
-
-    film_pts = case_film_landmarks(case)
+    film_pts = case.film_points if case.film_points is not None else case.landmarks
     film_err = _errors(case, det.points, (s_row, s_col), mag, film_pts)
     film_crop = (
         {} if det.crop_points is None else _errors(case, det.crop_points, (s_row, s_col), mag, film_pts)

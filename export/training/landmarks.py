@@ -116,6 +116,10 @@ class TrainConfig:
     canonical_side: str | None = "R"
     # Start from the weights in ``init_from/landmarks_{whole,crop}.pt`` instead of a random init.
     init_from: Path | None = None
+    # Targets where the film shows the landmarks (truth's ``landmarks_film``: a stitched film's zones
+    # carry their registration error) rather than the geometric projection (``landmarks_2d``), which is
+    # up to +-1.5 mm off on stitched films (docs/landmarks.md, fourth pass). 0.1-0.3 trained on the latter.
+    film_truth: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -151,6 +155,7 @@ def prepare_cases(
     max_cases: int | None = None,
     split: str = "train",
     canonical_side: str | None = None,
+    film_truth: bool = True,
 ) -> list[PreparedCase]:
     """Read every case of ``root`` (``split`` seeds only) into whole-film and crop samples (mirrored to
     ``canonical_side``, see :func:`export.datasets.landmark_samples.whole_film_sample`)."""
@@ -162,6 +167,8 @@ def prepare_cases(
     out: list[PreparedCase] = []
     for seed in tqdm(seeds, desc="reading cases", unit="case", leave=False):
         case = index.load(seed)
+        if film_truth:
+            case = case.on_film()
         labels = load_bone_labels(case.labels_path) if case.labels_path is not None else None
         whole = whole_film_sample(
             case,
@@ -414,6 +421,7 @@ def train_landmarks(cfg: TrainConfig) -> TrainResult:
         jitter_mm=cfg.jitter_mm,
         max_cases=cfg.max_cases,
         canonical_side=cfg.canonical_side,
+        film_truth=cfg.film_truth,
     )
     seeds = tuple(c.seed for c in cases)
     prep_s = time.perf_counter() - t_start

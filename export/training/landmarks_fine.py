@@ -22,14 +22,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
@@ -45,7 +45,7 @@ from export.datasets.augment import (
 )
 from export.datasets.augment import warp_affine as _warp
 from export.datasets.heatmaps import encode_heatmaps, to_output
-from export.datasets.landmark_samples import LONGLEG_FILM, CaseData, build_index, mirrors
+from export.datasets.landmark_samples import CaseData, build_index, film_landmarks, mirrors
 from export.models.landmark_fine_net import FINE_GEOMETRY, FineNet
 from export.models.landmark_net import NetGeometry
 from export.training.landmarks import _load_matching, _plot_losses, _run_stage
@@ -130,43 +130,10 @@ class PatchSample:
 
 
 # --- data -------------------------------------------------------------------------------------------
-def film_landmarks(entry: Mapping[str, Any], landmarks: ArrayLike) -> F64:
-    """``landmarks`` (N, 2) film (col, row) moved to where the film shows them: a stitched long-leg film's
-    zones are displaced by their registration error (``artifacts.stitch.zone_shifts``, (drow, dcol) per
-    zone, :func:`export.simulator.film_artifacts.shift_zones`), which truth.json's ``landmarks_2d`` (the
-    geometric projection) does not include. ``entry`` is truth.json's ``films.longleg_ap``. Up to
-    +-1.5 mm per axis: the size of the landmark errors the earlier passes could not get below. The zone
-    rule is the simulator's own (:func:`export.simulator.film_artifacts.shift_points`, which also writes
-    ``landmarks_film`` into the truth of cases simulated since 2026-11-24 09:08 UTC)."""
-    from export.simulator.film_artifacts import StitchRecord, shift_points
-
-    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2).copy()
-    art = entry.get("artifacts") or {}
-    st = art.get("stitch")
-    if not st:
-        return pts
-    pad = art.get("padding") or {}
-    offset = np.array([float(pad.get("left", 0)), float(pad.get("top", 0))])
-    rows = int(entry["rows"]) - int(pad.get("top", 0)) - int(pad.get("bottom", 0))
-    rec = StitchRecord(
-        seam_rows=tuple(int(r) for r in st["seam_rows"]),
-        zone_gains=tuple(float(g) for g in st.get("zone_gains", [1.0] * (len(st["seam_rows"]) + 1))),
-        zone_shifts=tuple((int(a), int(b)) for a, b in st["zone_shifts"]),
-        seam_width_px=int(st.get("seam_width_px", 0)),
-        seam_gain=float(st.get("seam_gain", 1.0)),
-    )
-    return np.asarray(shift_points(pts - offset, rows, rec) + offset, dtype=np.float64)
-
-
 def case_film_landmarks(case: CaseData) -> F64:
-    """The case's landmarks where its long-leg film shows them: truth.json's ``landmarks_film`` when the
-    simulator wrote it, else :func:`film_landmarks` of its ``landmarks_2d``."""
-    truth = json.loads((case.folder / "truth.json").read_text())
-    entry = truth["films"][LONGLEG_FILM]
-    on_film = entry.get("landmarks_film")
-    if on_film and all(n in on_film for n in case.names):
-        return np.array([on_film[n] for n in case.names], dtype=np.float64)
-    return film_landmarks(entry, case.landmarks)
+    """The case's landmarks where its long-leg film shows them (``CaseData.film_points``: truth.json's
+    ``landmarks_film`` when the simulator wrote it, else :func:`film_landmarks` of ``landmarks_2d``)."""
+    return case.film_points if case.film_points is not None else case.landmarks
 
 
 def cut_patches(
