@@ -78,3 +78,28 @@ def test_one_real_case_is_a_training_case(tmp_path: Path) -> None:
     assert idx.seeds == ts.seeds
     truth = json.loads((tmp_path / f"case_{ts.seeds[0]}" / "truth.json").read_text())
     assert "longleg_ap" in truth["films"]
+
+
+def test_train_cli_without_data_checks_the_case_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    assert main(["train", "landmarks", "--out", str(tmp_path), "--seed", "1", "--cases", "0"]) == 2
+    assert "[bad_argument] --cases must be within 1..500" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_train_cli_simulates_its_own_data_then_trains(tmp_path: Path) -> None:
+    """``xr3d train landmarks --out DIR --seed S`` (no --data): simulates, trains all three stages (a few
+    fixed steps here) and writes the ONNX models."""
+    from appliance.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["train", "landmarks", "--out", str(out), "--seed", "5", "--cases", "1"]
+    rc = main([*args, "--steps", "2", "2", "--fine-steps", "2", "--threads", "1"])
+    assert rc == 0
+    assert len(list((out / "data").glob("case_*/truth.json"))) == 1
+    for name in ("landmarks_whole.onnx", "landmarks_crop.onnx", "landmarks_fine.onnx"):
+        assert (out / name).is_file(), name

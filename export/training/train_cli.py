@@ -38,7 +38,22 @@ def register(sub: Any) -> None:
             "metadata and check ONNX Runtime against PyTorch (< 1e-3). --stages fine trains stage 3 alone."
         ),
     )
-    pl.add_argument("--data", type=Path, required=True, help="folder of case_<seed> training cases")
+    pl.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder of case_<seed> training cases (default: simulate --cases of them into OUT/data first)",
+    )
+    pl.add_argument(
+        "--cases",
+        type=int,
+        default=40,
+        help="without --data: how many cases to simulate (default 40; resumable; recipe mix and seeds in "
+        "export/training/landmark_data.py)",
+    )
+    pl.add_argument(
+        "--sim-workers", type=int, default=2, help="without --data: parallel simulation processes (default 2)"
+    )
     pl.add_argument("--out", type=Path, required=True, help="output folder (loss curve, checkpoint, report)")
     pl.add_argument("--seed", type=int, required=True, help="training seed (weights, sampling, augmentation)")
     pl.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget (default 25)")
@@ -89,6 +104,8 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0:
         raise InputError("--minutes must be positive", reason="bad_argument")
+    if args.data is None:
+        args.data = _simulate_training_set(args)
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -104,6 +121,21 @@ def run_train_landmarks(args: argparse.Namespace) -> int:
         _train_two_stages(cfg)
     _train_fine_stage(args)
     return 0
+
+
+def _simulate_training_set(args: argparse.Namespace) -> Path:
+    from export.training.landmark_data import MAX_CASES, ensure_training_cases
+
+    if not 1 <= args.cases <= MAX_CASES:
+        raise InputError(f"--cases must be within 1..{MAX_CASES}", reason="bad_argument")
+    ts = ensure_training_cases(
+        args.out / "data", int(args.seed), int(args.cases), workers=max(1, int(args.sim_workers))
+    )
+    _say(
+        f"training set: {len(ts.seeds)} simulated cases (seeds {ts.seeds[0]}-{ts.seeds[-1]}) in {ts.root}, "
+        f"{ts.generated} made now in {ts.seconds / 60:.1f} min"
+    )
+    return ts.root
 
 
 def _train_fine_stage(args: argparse.Namespace) -> None:
