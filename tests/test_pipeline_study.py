@@ -106,6 +106,11 @@ def test_full_study_measured_with_every_output(
     for name in ("overlay.png", "overlay_preview.png", "result.json"):
         assert (folder / name).is_file()
     assert doc["engine"]["backend"] and doc["model_versions"]
+    # model_versions names the models that ran on these films: the fine stage runs on films of 0.5 mm/px
+    # or finer only (appliance/landmarks/fine.py).
+    fine_ran = max(doc["films"]["longleg_ap"]["detector_spacing_mm"]) <= 0.5
+    assert ("landmarks_fine" in doc["model_versions"]) == fine_ran
+    assert {"landmarks_whole", "landmarks_crop", "knee_landmarks"} <= set(doc["model_versions"])
     _check_listing(folder, doc)
     _check_stages(doc)
     if doc["reconstruction"] is None:

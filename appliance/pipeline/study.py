@@ -279,7 +279,11 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
         "reconstruction": reconstruction,
         "flags": flags,
         "engine": proc.detector.backend_choice.to_json(),
-        "model_versions": {**proc.detector.model_versions, **knee.model_versions},
+        # The models that ran on this study's films (the fine stage skips films coarser than 0.5 mm/px).
+        "model_versions": {
+            **(measured.detection.model_versions if measured is not None else proc.detector.model_versions),
+            **knee.model_versions,
+        },
         "timings_s": timings,
         "files": [],
     }
