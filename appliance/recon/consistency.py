@@ -27,6 +27,7 @@ from appliance.errors import InputError
 from appliance.geometry.drr import line_integrals_multi
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume
+from appliance.recon.cross_view import CrossViewResult
 from appliance.recon.types import FilmView, Reconstruction
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class ConsistencySettings:
     # reconstruction made from a mismatched AP/lateral pair fits both films and scores up to 0.82
     # (docs/recon-checks.md, "Recalibration on the network's outputs").
     threshold: float = 0.80
+    # Cross-view check (appliance/recon/cross_view.py): the knee AP and lateral films must show the same
+    # heights of horizontal edges. 0.92: the lowest threshold letting at most 1 % of 210 mismatched
+    # held-out pairs pass (calibration seeds 510000-510011, 520000-520002; 1 of 15 matched pairs flagged);
+    # tools/calibrate_consistency_cross_view.py, docs/recon-checks.md "Cross-view check".
+    cross_view_threshold: float = 0.92
     max_residual_mm: float = 3.0
     pitch_mm: float = 1.0
     sigma_px: float = 1.0
@@ -71,9 +77,11 @@ class ConsistencyResult:
     per_view: Mapping[str, float]
     registration_residual_mm: float | None
     consistent: bool
+    # The AP/lateral cross-view check when both knee films were used; its verdict is part of ``consistent``.
+    cross_view: CrossViewResult | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "score": round(self.score, 4),
             "threshold": self.threshold,
             "per_view": {k: round(v, 4) for k, v in self.per_view.items()},
@@ -82,6 +90,9 @@ class ConsistencyResult:
             else round(self.registration_residual_mm, 3),
             "consistent": self.consistent,
         }
+        if self.cross_view is not None:
+            out["cross_view"] = self.cross_view.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -210,19 +221,23 @@ def judge(
     per_view: Mapping[str, float],
     registration_residual_mm: float | None,
     settings: ConsistencySettings | None = None,
+    cross_view: CrossViewResult | None = None,
 ) -> ConsistencyResult:
-    """Overall score (the worst view) and the verdict."""
+    """Overall score (the worst view) and the verdict: re-projection score, registration residual and,
+    when given, the cross-view check must all pass."""
     s = settings or ConsistencySettings()
     score = min(per_view.values())
     ok = score >= s.threshold and (
         registration_residual_mm is None or registration_residual_mm <= s.max_residual_mm
     )
+    ok = ok and (cross_view is None or cross_view.consistent)
     return ConsistencyResult(
         score=float(score),
         threshold=s.threshold,
         per_view=dict(per_view),
         registration_residual_mm=registration_residual_mm,
         consistent=bool(ok),
+        cross_view=cross_view,
     )
 
 

@@ -19,8 +19,10 @@ Entry point (called by the study pipeline, ``appliance.pipeline.study``, by keyw
 
 Steps: reconstruct from the knee films; register femur and tibia to them
 (:mod:`appliance.recon.register`); score the re-projection against every knee film
-(:mod:`appliance.recon.consistency`); 3D landmarks and angles (:mod:`appliance.recon.bones3d`) when a
-lateral film and the side are present (hip and ankle centres from the long-leg film's FHC and AC); write
+(:mod:`appliance.recon.consistency`) and the knee AP against the knee lateral film
+(:mod:`appliance.recon.cross_view`: one knee's heights in both views; part of the verdict); 3D landmarks
+and angles (:mod:`appliance.recon.bones3d`) when a lateral film and the side are present (hip and ankle
+centres from the long-leg film's FHC and AC); write
 ``recon/volume.nii.gz``, ``recon/labels.nii.gz``, ``recon/<bone>.stl`` / ``.ply``, ``recon/slices.png``
 and ``recon/reprojection_<view>.png`` (film | DRR). The DICOM CT series (``dicom/ct/``) is written later
 by ``appliance.outputs.write_study_dicom`` from ``recon/volume.nii.gz``.
@@ -43,6 +45,7 @@ from PIL import Image
 from appliance.errors import InputError, Xr3dError
 from appliance.recon.bones3d import DEFAULT_DEPTH_MODEL, Landmarks3D, LongLegLandmarks, landmarks_from_labels
 from appliance.recon.consistency import ConsistencyResult, ConsistencySettings, ViewImages, judge, score_views
+from appliance.recon.cross_view import CrossViewSettings, cross_view_check
 from appliance.recon.frames import StudyFrames, load_study_frames, register_longleg
 from appliance.recon.meshes import label_surface, write_ply, write_stl
 from appliance.recon.nifti import save_volume
@@ -64,6 +67,7 @@ Reconstructor = Callable[[Mapping[str, FilmView]], Reconstruction]
 class ReconSettings:
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    cross_view: CrossViewSettings = field(default_factory=CrossViewSettings)
     depth_model: str = DEFAULT_DEPTH_MODEL
     register: bool = True
 
@@ -122,6 +126,12 @@ def _as_views(
         paths[view] = Path(item)
     frames = load_study_frames(paths, side or "") if paths else None
     return {**(frames.views if frames is not None else {}), **ready}, frames
+
+
+def _grid_centre(recon: Reconstruction) -> NDArray[np.float64]:
+    """LPS centre of the reconstruction grid (where the network centred its cube)."""
+    mid = (np.asarray(recon.volume.shape, dtype=np.float64) - 1.0) / 2.0
+    return np.asarray(recon.volume.index_to_mm(mid)[0], dtype=np.float64)
 
 
 def _unit_image(x: NDArray[np.floating], mask: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
@@ -229,14 +239,27 @@ def reconstruct_study(
     timings["register"] = time.perf_counter() - t
     t = time.perf_counter()
     per_view, images = score_views(recon, knee_list, s.consistency)
-    consistency = judge(per_view, None if reg is None else reg.residual_mm, s.consistency)
     timings["consistency"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # Do the AP and the lateral film show one knee? (a reconstruction made from two patients' films fits
+    # both well enough to pass the re-projection score; appliance/recon/cross_view.py)
+    cross = cross_view_check(
+        knee,
+        [(vi.view, vi.region, vi.geometry) for vi in images],
+        _grid_centre(recon),
+        s.consistency.cross_view_threshold,
+        s.cross_view,
+    )
+    timings["cross_view"] = time.perf_counter() - t
+    consistency = judge(per_view, None if reg is None else reg.residual_mm, s.consistency, cross)
     if not consistency.consistent:
         log.warning(
-            "reconstruction not consistent with the films (score %.3f < %.3f or residual %s mm)",
+            "reconstruction not consistent with the films (score %.3f < %.3f, residual %s mm or "
+            "cross-view %s)",
             consistency.score,
             consistency.threshold,
             consistency.registration_residual_mm,
+            "n/a" if cross is None else f"{cross.score:.3f} < {cross.threshold:.3f}",
         )
 
     notes: list[str] = list(frames.notes) if frames is not None else []
