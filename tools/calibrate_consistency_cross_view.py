@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         row = score_pair(cases, i, j, recs, align, args.region, "_nom" if args.nominal else "")
         rows.append(row)
         print(  # noqa: T201
-            f"{row['ap_seed']} {row['lat_seed']} good={row['good']} reproj={row['reprojection']:.3f} "
+            f"{row['ap_seed']} {row['lat_seed']} good={row['good']} reproj={row['reprojection']} "
             f"cross={row['cross_view']}",
             file=sys.stderr,
             flush=True,

@@ -8,9 +8,12 @@ compared with the film (bone bright, [0, 1], block-averaged to the same grid) by
 1998) inside the projected bone region. Gradients make the score blind to the film's offset, gain and
 slow console processing (latitude, dynamic range compression); only where edges lie and which way they
 point counts. The overall score is the worst view, so one wrong film (a lateral from another patient)
-is enough to fail. A reconstruction is ``consistent`` when the score reaches the calibrated threshold and
-the 2D/3D registration (:mod:`appliance.recon.register`) did not have to move a bone by more than
-``max_residual_mm``. Calibration: tools/calibrate_consistency.py, figures in docs/recon-checks.md.
+is enough to fail. A reconstruction is ``consistent`` when the score reaches the calibrated threshold, the
+2D/3D registration (:mod:`appliance.recon.register`) did not have to move a bone by more than
+``max_residual_mm`` and, with both knee films, the two films agree with each other
+(:mod:`appliance.recon.cross_view`, ``cross_view_threshold``: a reconstruction made from two patients' films
+fits both well enough to pass the re-projection score). Calibration: tools/calibrate_consistency.py and
+tools/calibrate_consistency_cross_view.py, figures in docs/recon-checks.md.
 """
 
 from __future__ import annotations
