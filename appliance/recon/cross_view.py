@@ -172,6 +172,18 @@ def bone_pixels(image: F64, bone: NDArray[np.bool_], s: CrossViewSettings) -> ND
     return np.asarray(ndimage.binary_erosion(valid, iterations=max(1, round(s.erode_mm / s.step_mm))))
 
 
+def _row_percentile(h: F64, percent: float) -> F64:
+    """Per-row percentile of the finite values (linear interpolation, as ``np.nanpercentile``, which runs
+    a Python loop over the rows); every row needs at least one finite value."""
+    srt = np.sort(h, axis=1)  # NaN sort last
+    n = np.isfinite(h).sum(axis=1)
+    pos = (n - 1) * (percent / 100.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    r = np.arange(len(n))
+    return np.asarray(srt[r, lo] + (srt[r, hi] - srt[r, lo]) * (pos - lo), dtype=np.float64)
+
+
 def edge_profile(image: F64, bone: NDArray[np.bool_], s: CrossViewSettings) -> tuple[F64, F64]:
     """Horizontal-edge profile (winsorised mean over each row's bone) and bone width per row (mm)."""
     valid = bone_pixels(image, bone, s)
@@ -192,7 +204,8 @@ def edge_profile(image: F64, bone: NDArray[np.bool_], s: CrossViewSettings) -> t
         scale = float(np.percentile(np.abs(horizontal[valid]), s.saturate_percentile)) + 1e-12
         h = np.where(valid, np.tanh(horizontal / scale), np.nan)[rows]
         # Winsorise each row: a narrow feature (ruler ticks beside the bone) moves the row's mean little.
-        lo_r, hi_r = np.nanpercentile(h, [s.winsor_percent, 100.0 - s.winsor_percent], axis=1)
+        lo_r = _row_percentile(h, s.winsor_percent)
+        hi_r = _row_percentile(h, 100.0 - s.winsor_percent)
         values[rows] = np.nanmean(np.clip(h, lo_r[:, None], hi_r[:, None]), axis=1)
     return values, count.astype(np.float64) * s.step_mm
 
