@@ -62,6 +62,23 @@ def test_inconsistent_reconstruction_comes_first_and_3d_column_appears() -> None
     assert rows["mLDFA"].out_of_range_3d and not rows["mLDFA"].out_of_range_2d
     consistent = as_result_v1(base, reconstruction={"consistency": {"score": 0.9, "consistent": True}})
     assert NOT_CONSISTENT not in report_content(consistent, source_film()).banners
+    assert "AP/lateral" not in (report_content(consistent, source_film()).consistency_text or "")
+
+
+def test_failed_cross_view_check_is_shown_next_to_a_passing_reprojection_score() -> None:
+    """A pair of films from two patients can re-project well; the report says which check failed."""
+    base = result_doc()
+    cons = {
+        "score": 0.86,
+        "threshold": 0.8,
+        "consistent": False,
+        "cross_view": {"score": 0.41, "threshold": 0.92, "heights_used": 180, "consistent": False},
+    }
+    doc = as_result_v1(base, reconstruction={"views_used": ["knee_ap", "knee_lat"], "consistency": cons})
+    content = report_content(doc, source_film())
+    assert content.banners[0] == NOT_CONSISTENT
+    text = content.consistency_text or ""
+    assert "score 0.86 (threshold 0.80)" in text and "AP/lateral agreement 0.41 (threshold 0.92)" in text
 
 
 def test_header_names_the_patient_and_study() -> None:

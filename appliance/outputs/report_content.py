@@ -218,6 +218,11 @@ def report_content(result: Mapping[str, Any] | StudyResult, source: Dataset | No
         score = f"score {c.score:.2f}" if c.score is not None else "score n/a"
         thr = f" (threshold {c.threshold:.2f})" if c.threshold is not None else ""
         consistency_text = f"3D reconstruction: {verdict}; {score}{thr}"
+        if c.cross_view_score is not None:
+            # The AP and lateral films checked against each other (a pair from two patients fails here).
+            cv = c.cross_view_threshold
+            cv_thr = f" (threshold {cv:.2f})" if cv is not None else ""
+            consistency_text += f"; AP/lateral agreement {c.cross_view_score:.2f}{cv_thr}"
     models = ", ".join(f"{k} {v}" for k, v in sorted(r.model_versions.items())) or "n/a"
     footer = (
         DISCLAIMER,

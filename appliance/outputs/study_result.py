@@ -78,6 +78,9 @@ class Consistency:
     threshold: float | None
     registration_residual_mm: float | None
     per_view: Mapping[str, float] = field(default_factory=dict)
+    # the AP-vs-lateral cross-view check (appliance/recon/cross_view.py), when it ran
+    cross_view_score: float | None = None
+    cross_view_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,8 @@ def parse_result(doc: Mapping[str, Any]) -> StudyResult:
             threshold=_num(c.get("threshold")),
             registration_residual_mm=_num(c.get("registration_residual_mm")),
             per_view={str(k): float(v) for k, v in (c.get("per_view") or {}).items() if _num(v) is not None},
+            cross_view_score=_num((c.get("cross_view") or {}).get("score")),
+            cross_view_threshold=_num((c.get("cross_view") or {}).get("threshold")),
         )
     flags = doc.get("flags") or {}
     reasons = _review_reasons(flags, consistency)
