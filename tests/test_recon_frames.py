@@ -13,7 +13,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from appliance.dicomio.geometry_tags import PRIVATE_GROUP, read_geometry
-from appliance.dicomio.nominal_geometry import align_joint_line, joint_line_row, nominal_geometry, shifted
+from appliance.dicomio.nominal_geometry import (
+    align_joint_line,
+    choose_joint_row,
+    joint_line_row,
+    nominal_geometry,
+    shifted,
+)
 from appliance.errors import InputError
 from appliance.geometry.projection import centred_geometry
 from appliance.recon.frames import FRAME_NOMINAL, FRAME_RECORDED, load_study_frames, register_longleg
@@ -164,3 +170,19 @@ def test_films_of_different_patients_are_not_reconstructed_together(template: Pa
             delattr(anonymous, kw)
     anonymous.save_as(tmp_path / "knee_lat.dcm")
     assert load_study_frames(films, "L").frame == FRAME_RECORDED  # nothing to compare: not refused
+
+
+def test_knee_landmarks_overrule_a_darkest_row_that_caught_another_band() -> None:
+    """A flexed lateral film can hold a darker band than its joint space near the centre (35 mm off on
+    one held-out case): the knee model's joint row wins when the two disagree by more than 5 mm, and the
+    finer darkest row is kept when they agree."""
+    img = np.full((1300, 800), 0.7, dtype=np.float32)
+    img[640:648] = 0.45  # the joint space
+    img[700:716] = 0.2  # a darker band 15 mm lower (0.25 mm pixels)
+    assert joint_line_row(img, 0.25) == pytest.approx(707.5, abs=1.0)
+    row, how = choose_joint_row(img, 0.25, 645.0)
+    assert (row, how) == (645.0, "knee landmarks")
+    img[700:716] = 0.7
+    row, how = choose_joint_row(img, 0.25, 645.0)
+    assert how == "darkest row" and row == pytest.approx(643.5, abs=0.6)
+    assert choose_joint_row(img, 0.25, None)[1] == "darkest row"

@@ -18,20 +18,35 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 
 from appliance.dicomio.geometry_tags import PRIVATE_GROUP
-from appliance.dicomio.nominal_geometry import align_joint_line, nominal_geometry
+from appliance.dicomio.nominal_geometry import align_joint_line, choose_joint_row, nominal_geometry
 from appliance.ingest.dicom_reader import decode_pixels
 from appliance.ingest.presentation import bone_bright_unit
 
 KNEE = ("knee_ap", "knee_lat")
 
 
-def knee_height_gap(case: Path) -> float:
-    """AP minus lateral height (mm) of the true knee centre in the aligned nominal frames."""
+def _landmark_row(detector: Any, ds: pydicom.Dataset, image: Any, view: str, side: str) -> float | None:
+    """The knee model's FKC/TKC midpoint row (what the study pipeline passes), or None when either is
+    low-confidence. The model gets the detector pitch, as the pipeline gives it."""
+    pitch = [float(x) for x in ds.ImagerPixelSpacing]
+    po = ds.get("PatientOrientation")
+    orientation = [str(x) for x in po] if po else None
+    det = detector.detect(image, (pitch[0], pitch[1]), view, side=side, patient_orientation=orientation)
+    marks = det.landmarks_json()
+    if marks["FKC"]["low_confidence"] or marks["TKC"]["low_confidence"]:
+        return None
+    return 0.5 * (float(marks["FKC"]["row"]) + float(marks["TKC"]["row"]))
+
+
+def knee_height_gap(case: Path, detector: Any = None) -> float:
+    """AP minus lateral height (mm) of the true knee centre in the aligned nominal frames (joint line
+    from ``detector``'s knee landmarks when given, else the darkest-row rule)."""
     truth = json.loads((case / "truth.json").read_text())
     z: dict[str, float] = {}
     for v in KNEE:
@@ -39,7 +54,11 @@ def knee_height_gap(case: Path) -> float:
         nom = nominal_geometry(ds, v, str(truth["side"])[:1].upper())
         if nom is None:
             raise SystemExit(f"{case.name}/{v}: header lacks SID or pitch")
-        g, _ = align_joint_line(nom.geometry, bone_bright_unit(ds, decode_pixels(ds)))
+        image = bone_bright_unit(ds, decode_pixels(ds))
+        side = str(truth["side"])[:1].upper()
+        marks = None if detector is None else _landmark_row(detector, ds, image, v, side)
+        row = choose_joint_row(image, nom.geometry.pitch_v_mm, marks)[0]
+        g, _ = align_joint_line(nom.geometry, image, row)
         lm = truth["films"][v]["landmarks_projected"]
         px = 0.5 * (np.asarray(lm["FKC"], dtype=np.float64) + np.asarray(lm["TKC"], dtype=np.float64))
         beam = g.normal if float(g.normal @ (g.origin - g.source)) > 0 else -g.normal
@@ -84,10 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("cases", type=Path, nargs="+")
     ap.add_argument("--study", action="store_true", help="also run reconstruct_study recorded vs stripped")
     ap.add_argument("--out", type=Path, default=Path("build/eval_nominal_geometry"))
+    ap.add_argument(
+        "--knee-landmarks",
+        action="store_true",
+        help="give the knee landmark model's joint line to the alignment rule, as the pipeline does",
+    )
     args = ap.parse_args(argv)
+    detector = None
+    if args.knee_landmarks:
+        from appliance.landmarks.knee_detector import KneeLandmarkDetector
+
+        detector = KneeLandmarkDetector()
     gaps = []
     for case in args.cases:
-        gap = knee_height_gap(case)
+        gap = knee_height_gap(case, detector)
         gaps.append(gap)
         line: dict[str, object] = {"case": case.name, "knee_height_ap_minus_lat_mm": round(gap, 3)}
         if args.study:

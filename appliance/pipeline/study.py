@@ -215,7 +215,11 @@ def process_study(proc: StudyProcessor, study: StudyInput, out_dir: Path) -> dic
             "out_dir": out_dir,
             "study_dir": out_dir,
             "side": side,
-            "landmarks_2d": {LONGLEG_VIEW: measured.landmarks_json()} if measured else {},
+            # The knee films' landmarks give the joint line that aligns a clinic's knee films in one frame.
+            "landmarks_2d": {
+                **({LONGLEG_VIEW: measured.landmarks_json()} if measured else {}),
+                **{v: e["landmarks"] for v, e in knee.entries.items() if e.get("status") == "measured"},
+            },
         }
         if proc.models_dir is not None:
             pool["reconstructor"] = _network_in(proc.models_dir)

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from scipy.optimize import least_squares
 
 from appliance.dicomio.geometry_tags import read_geometry
-from appliance.dicomio.nominal_geometry import align_joint_line, nominal_geometry
+from appliance.dicomio.nominal_geometry import align_joint_line, choose_joint_row, nominal_geometry
 from appliance.errors import InputError
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.ingest.dicom_reader import decode_pixels
@@ -103,9 +103,14 @@ def require_one_patient(datasets: Mapping[str, pydicom.Dataset]) -> None:
         )
 
 
-def load_study_frames(paths: Mapping[str, Path], side: str = "") -> StudyFrames:
+def load_study_frames(
+    paths: Mapping[str, Path], side: str = "", joint_rows: Mapping[str, float] | None = None
+) -> StudyFrames:
     """Films (view -> DICOM path; other views and non-DICOM files are ignored) with their geometries
-    chosen by the module's rules. Raises InputError when the films name different patients."""
+    chosen by the module's rules. ``joint_rows``: knee view -> film row of its joint line (the knee
+    landmark model's FKC/TKC midpoint), which overrules the darkest-row rule when the two disagree by
+    more than ``JOINT_AGREE_MM`` (a flexed lateral film can fool the darkest row by centimetres).
+    Raises InputError when the films name different patients."""
     read: dict[str, tuple[pydicom.Dataset, NDArray[np.float32]]] = {}
     for view, p in paths.items():
         if view in (*KNEE_VIEWS, LONGLEG_VIEW) and Path(p).suffix.lower() == ".dcm":
@@ -125,9 +130,10 @@ def load_study_frames(paths: Mapping[str, Path], side: str = "") -> StudyFrames:
         if nom is None:
             notes.append(f"{v}: no SID / detector pitch in the header: left out of the reconstruction")
             continue
-        geom, dz = align_joint_line(nom.geometry, img)
+        row, how = choose_joint_row(img, nom.geometry.pitch_v_mm, (joint_rows or {}).get(v))
+        geom, dz = align_joint_line(nom.geometry, img, row)
         notes.extend(f"{v}: {a}" for a in nom.assumptions)
-        notes.append(f"{v}: nominal geometry from the DX header, joint line aligned ({dz:+.1f} mm)")
+        notes.append(f"{v}: nominal geometry from the DX header, joint line on the {how} ({dz:+.1f} mm)")
         views[v] = FilmView(v, img, geom)
     registered = False
     if LONGLEG_VIEW in read:

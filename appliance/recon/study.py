@@ -112,8 +112,20 @@ def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
     return Reconstruction(out.hu, out.labels, MODEL_NAME)
 
 
+def _joint_rows(landmarks_2d: Mapping[str, Any] | None) -> dict[str, float]:
+    """Knee view -> film row of its joint line: the FKC/TKC midpoint of the knee landmark model, when
+    both were found without a low-confidence flag."""
+    rows: dict[str, float] = {}
+    for view in KNEE_VIEWS:
+        marks = (landmarks_2d or {}).get(view) or {}
+        pts = [marks.get(n) for n in ("FKC", "TKC")]
+        if all(isinstance(p, Mapping) and not p.get("low_confidence") and "row" in p for p in pts):
+            rows[view] = 0.5 * (float(pts[0]["row"]) + float(pts[1]["row"]))  # type: ignore[index]
+    return rows
+
+
 def _as_views(
-    films: Mapping[str, Path | FilmView], side: str | None
+    films: Mapping[str, Path | FilmView], side: str | None, landmarks_2d: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, FilmView], StudyFrames | None]:
     ready = {v: f for v, f in films.items() if isinstance(f, FilmView)}
     paths: dict[str, Path] = {}
@@ -124,7 +136,7 @@ def _as_views(
             log.info("%s: not a DICOM film, no geometry; left out of the reconstruction", view)
             continue
         paths[view] = Path(item)
-    frames = load_study_frames(paths, side or "") if paths else None
+    frames = load_study_frames(paths, side or "", _joint_rows(landmarks_2d)) if paths else None
     return {**(frames.views if frames is not None else {}), **ready}, frames
 
 
@@ -226,7 +238,7 @@ def reconstruct_study(
     s = settings or ReconSettings()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    views, frames = _as_views(films, side)
+    views, frames = _as_views(films, side, landmarks_2d)
     knee = {v: views[v] for v in KNEE_VIEWS if v in views}
     if not knee:
         raise InputError("no knee film with a usable geometry to reconstruct from", reason="no_knee_geometry")
