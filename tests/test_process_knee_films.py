@@ -144,3 +144,42 @@ def test_missing_knee_model_fails_knee_films_only(
     ]
     doc = json.loads((out / factory.study_uid(4) / "result.json").read_text())
     assert doc["knee_films"] == {} and doc["angles_2d"]["mHKA"] is not None
+
+
+def test_knee_films_exported_as_png_with_sidecars_share_a_study(
+    tmp_path: Path, factory: StudyFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """8-bit PNG exports of the knee films (sidecar: view, spacing, side, study key) are measured like
+    the DICOM films: same landmarks within a few pixels, one study folder for both."""
+    import pydicom
+    from PIL import Image
+
+    from appliance.ingest.dicom_reader import decode_pixels
+    from appliance.ingest.presentation import bone_bright_unit
+
+    dicoms = _write(tmp_path / "dcm", factory.films(5, views=("knee_ap", "knee_lat")))
+    pngs = []
+    for view, path in dicoms.items():
+        ds = pydicom.dcmread(path)
+        unit = bone_bright_unit(ds, decode_pixels(ds))
+        png = tmp_path / "png" / f"{view}.png"
+        png.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.round(unit * 255).astype(np.uint8)).save(png)
+        mag = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
+        spacing = [float(x) / mag for x in ds.ImagerPixelSpacing]
+        side = str(ds.get("ImageLaterality", "") or ds.get("Laterality", ""))
+        png.with_suffix(".png.json").write_text(
+            json.dumps({"view": view, "spacing_mm": spacing, "side": side, "study": "knee export"})
+        )
+        pngs.append(png)
+    rc, summary, err = _process([*map(str, pngs), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 0, err
+    (entry,) = summary["processed"]
+    doc = json.loads((Path(entry["out_dir"]) / "result.json").read_text())
+    ref, _, _ = _process([*map(str, dicoms.values()), "--out", str(tmp_path / "ref")], capsys)
+    assert ref == 0
+    ref_doc = json.loads(next((tmp_path / "ref").glob("*/result.json")).read_text())
+    for view in ("knee_ap", "knee_lat"):
+        got, want = doc["knee_films"][view]["landmarks"], ref_doc["knee_films"][view]["landmarks"]
+        d = [np.hypot(got[n]["col"] - want[n]["col"], got[n]["row"] - want[n]["row"]) for n in want]
+        assert float(np.median(d)) < 3.0, (view, d)
