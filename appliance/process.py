@@ -197,8 +197,8 @@ def _calibrate(
     if film.magnification:
         return ScaleCalibration(float(film.magnification), "header")
     # A prosthetic femoral head is a metal sphere too: one centred on a femoral head is not the ball.
-    fhc = [tuple(map(float, p)) for n, p in zip(det.names, det.points, strict=True) if n == "FHC"]
-    ball = find_calibration_ball(shown, detector_spacing, exclude=[(c[0], c[1]) for c in fhc])
+    fhc = det.as_dict().get("FHC")
+    ball = find_calibration_ball(shown, detector_spacing, exclude=[fhc] if fhc is not None else [])
     if ball is None:
         return ScaleCalibration(None, None)
     return ScaleCalibration(ball.magnification, CALIBRATION_BALL, ball)

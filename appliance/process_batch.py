@@ -162,7 +162,7 @@ def _process_study(
         except InputError as exc:
             failures.append(_failure(path, exc))
     side = measured.film.side if measured is not None else None
-    knee_films = {v: pf for v, pf in study.knees.items()}
+    knee_films = dict(study.knees)
     knee_detector = None
     if knee_films:
         try:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -425,14 +425,7 @@ def evaluate(
         "p95": float(np.percentile(secs, 95)),
         "max": float(max(secs)),
     }
-    measured = {
-        "median_landmark_error_mm": lm["all"]["median"],
-        "mae_deg.mhka": angles["mhka"]["mae"],
-        "mae_deg.mldfa": angles["mldfa"]["mae"],
-        "mae_deg.mpta": angles["mpta"]["mae"],
-        "cpak_agreement": agree,
-        "whole_film_seconds": timing["median"],
-    }
+    measured = _measured(lm, angles, agree, timing["median"])
     targets = _targets(measured)
     film_truth = _film_summary(results, names, timing["median"])
     conf = [r.confidence[n] for r in results for n in r.errors_mm]
@@ -501,6 +494,20 @@ def _angle_stats(results: Sequence[CaseResult], *, film: bool) -> dict[str, dict
     return out
 
 
+def _measured(
+    lm: Mapping[str, Any], angles: Mapping[str, Any], agree: float | None, seconds: float
+) -> dict[str, Any]:
+    """The figures the issue's targets are checked against (``_targets``)."""
+    return {
+        "median_landmark_error_mm": lm["all"]["median"],
+        "mae_deg.mhka": angles["mhka"]["mae"],
+        "mae_deg.mldfa": angles["mldfa"]["mae"],
+        "mae_deg.mpta": angles["mpta"]["mae"],
+        "cpak_agreement": agree,
+        "whole_film_seconds": seconds,
+    }
+
+
 def _targets(measured: dict[str, float | None]) -> dict[str, dict[str, Any]]:
     targets: dict[str, dict[str, Any]] = {}
     for key, goal in TARGETS.items():
@@ -524,14 +531,7 @@ def _film_summary(results: Sequence[CaseResult], names: Sequence[str], seconds: 
     angles = _angle_stats(results, film=True)
     pairs = [(r.cpak_pred, r.film_cpak_true) for r in results if r.film_cpak_true is not None]
     agree = float(np.mean([p == t for p, t in pairs])) if pairs else None
-    measured = {
-        "median_landmark_error_mm": lm["all"]["median"],
-        "mae_deg.mhka": angles["mhka"]["mae"],
-        "mae_deg.mldfa": angles["mldfa"]["mae"],
-        "mae_deg.mpta": angles["mpta"]["mae"],
-        "cpak_agreement": agree,
-        "whole_film_seconds": seconds,
-    }
+    measured = _measured(lm, angles, agree, seconds)
     return {
         "landmark_error_mm": lm,
         "crop_stage_error_mm": _stats(crop) if crop else {},

@@ -18,10 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-import torch
-from torch import nn
-
-from export.models.landmark_net import N_LANDMARKS, NetGeometry, _conv, _Down, _Up, spatial_softmax
+from export.models.landmark_net import CropNet, NetGeometry
 
 log = logging.getLogger(__name__)
 
@@ -32,38 +29,14 @@ FINE_GEOMETRY: Final = NetGeometry(rows=96, cols=96, mm_per_px=0.25, stride=2, s
 error (~3 mm) plus the training jitter; heatmaps at 0.5 mm cells, target sigma 0.75 mm."""
 
 
-class FineNet(nn.Module):
-    """(B, 1, 96, 96) -> heatmaps (B, 8, 48, 48): a light U-Net down to stride 16 (6 x 6, the whole
-    patch in view) and back up to stride 2 with skips."""
+class FineNet(CropNet):
+    """(B, 1, 96, 96) -> heatmaps (B, 8, 48, 48): the crop stage's light U-Net (down to stride 16, 6 x 6,
+    the whole patch in view, and back up to stride 2 with skips) on 0.25 mm/px patches. Same layers and
+    state-dict keys as ``CropNet(width, stride=2)``; only the input geometry differs."""
 
     def __init__(self, width: int = 12) -> None:
-        super().__init__()
-        w = width
-        self.width = width
+        super().__init__(width, stride=2)
         self.geometry = FINE_GEOMETRY
-        self.stem = _conv(1, w, 2)  # s2
-        self.d1 = _Down(w, 2 * w)  # s4
-        self.d2 = _Down(2 * w, 3 * w)  # s8
-        self.d3 = _Down(3 * w, 4 * w)  # s16
-        self.ctx = nn.Sequential(_conv(4 * w, 4 * w), _conv(4 * w, 4 * w))
-        self.u2 = _Up(4 * w, 3 * w, 3 * w)  # s8
-        self.u1 = _Up(3 * w, 2 * w, 2 * w)  # s4
-        self.u0 = _Up(2 * w, w, w)  # s2
-        self.heat = nn.Conv2d(w, N_LANDMARKS, 1)
-
-    def forward(self, patch: torch.Tensor) -> torch.Tensor:
-        """Heatmaps: spatial softmax scaled to peak ~1."""
-        return spatial_softmax(self.logits(patch), self.geometry.sigma)
-
-    def logits(self, patch: torch.Tensor) -> torch.Tensor:
-        s2 = self.stem(patch)
-        s4 = self.d1(s2)
-        s8 = self.d2(s4)
-        s16 = self.ctx(self.d3(s8))
-        x = self.u2(s16, s8)
-        x = self.u1(x, s4)
-        x = self.u0(x, s2)
-        return self.heat(x)
 
     def arch(self) -> dict[str, int]:
         """Constructor arguments, stored with the weights so a checkpoint rebuilds its network."""
