@@ -42,7 +42,21 @@ SEED = 900960  # demo/docs seed range (900000-999999): never a training or evalu
 SIM_TO_RECON_LABEL = {2: 1, 3: 2, 4: 3, 5: 4}  # simulator femur, tibia, fibula, patella -> contract
 BONES = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella"}
 VIEW_FILES = {"longleg_ap": "longleg_ap.dcm", "knee_ap": "knee_ap.dcm", "knee_lat": "knee_lat.dcm"}
-FIXTURE_VERSION = "3"
+FIXTURE_VERSION = "4"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _inputs_digest() -> str:
+    """A digest of everything the cached study is made from (shipped models, the service and simulator
+    code): a cache built by older models or code is rebuilt instead of silently reused."""
+    h = hashlib.sha256(FIXTURE_VERSION.encode())
+    files = sorted(_REPO.glob("models/*.onnx"))
+    for pkg in ("appliance", "engines", "export/simulator"):
+        files += sorted((_REPO / pkg).rglob("*.py"))
+    for f in files:
+        h.update(str(f.relative_to(_REPO)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def simulate_case(seed: int, out: Path, *, coarse: bool = True) -> Path:
@@ -214,7 +228,7 @@ def build_study(case: Path, outbox: Path, *, with_recon: bool = True) -> Path:
 
 def cached_study_source(cache_root: Path, seed: int = SEED) -> Path:
     """A processed study built once per machine under ``cache_root`` (pytest's cache); returns it."""
-    root = cache_root / f"gui-study-{seed}-v{FIXTURE_VERSION}"
+    root = cache_root / f"gui-study-{seed}-{_inputs_digest()}"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
