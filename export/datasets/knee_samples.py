@@ -28,7 +28,12 @@ from appliance.geometry.projection import ProjectionGeometry
 from appliance.landmarks.heatmaps import frame_affine
 from appliance.landmarks.knee_views import AXIS_POINT_MM, KNEE_AP, KNEE_LANDMARKS, KNEE_VIEWS
 from export.datasets.augment import transform_points, visible_in, warp_affine
-from export.datasets.landmark_samples import FilmImage, read_truth_and_film
+from export.datasets.landmark_samples import (
+    FilmImage,
+    entry_in_field,
+    entry_open_field,
+    read_truth_and_film,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ def knee_truth_points(truth: dict[str, Any], view: str) -> tuple[F64, NDArray[np
     rows, cols = int(entry["rows"]), int(entry["columns"])
     if view == KNEE_AP:
         pts = np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64)
-        infield = np.array([bool(entry["in_field"].get(n, True)) for n in names])
+        infield = entry_in_field(entry, names)
     else:
         lm3 = {k: np.asarray(v, dtype=np.float64) for k, v in truth["landmarks_3d"].items()}
         p3 = {n: lm3[n] for n in ("FKC", "TKC", "MTPA", "MTPP")}
@@ -72,7 +77,8 @@ def knee_truth_points(truth: dict[str, Any], view: str) -> tuple[F64, NDArray[np
         m = np.asarray(entry["geometry"]["matrix_3x4"], dtype=np.float64)
         h = np.array([m @ np.append(p3[n], 1.0) for n in names])
         pts = h[:, :2] / h[:, 2:3]
-        infield = np.ones(len(names), bool)
+        # under a collimator blade the film does not show the point (export.simulator.collimation)
+        infield = entry_open_field(entry, pts)
     infield &= visible_in(pts, (rows, cols))
     return pts, infield
 

@@ -200,6 +200,34 @@ def entry_film_points(entry: Mapping[str, Any], names: Sequence[str]) -> F64:
     return film_landmarks(entry, np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64))
 
 
+def entry_open_field(entry: Mapping[str, Any], points: ArrayLike) -> NDArray[np.bool_]:
+    """Whether each (N, 2) film (col, row) point of a truth.json film entry (``landmarks_2d`` frame)
+    lies inside its recorded collimated field (all True without collimation)."""
+    from export.simulator.collimation import in_open_field
+    from export.simulator.film_artifacts import CollimationRecord
+
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    art = entry.get("artifacts") or {}
+    coll = art.get("collimation")
+    if not coll:
+        return np.ones(len(pts), bool)
+    pad = art.get("padding") or {}
+    shape = (
+        int(entry["rows"]) - int(pad.get("top", 0)) - int(pad.get("bottom", 0)),
+        int(entry["columns"]) - int(pad.get("left", 0)) - int(pad.get("right", 0)),
+    )
+    offset = np.array([float(pad.get("left", 0)), float(pad.get("top", 0))])
+    return in_open_field(pts - offset, shape, CollimationRecord(**coll))
+
+
+def entry_in_field(entry: Mapping[str, Any], names: Sequence[str]) -> NDArray[np.bool_]:
+    """A film entry's ``in_field`` for ``names``, and not under a recorded collimator blade: cases
+    simulated before 2026-11-24 called a landmark under a blade visible (the simulator now writes it
+    so, :mod:`export.simulator.collimation`); for them the recorded field gives the same answer."""
+    flags = np.array([bool(entry["in_field"].get(n, True)) for n in names], dtype=bool)
+    return flags & entry_open_field(entry, [entry["landmarks_2d"][n] for n in names])
+
+
 def read_truth_and_film(folder: Path, film: str) -> tuple[dict[str, Any], dict[str, Any], FilmImage]:
     """(truth.json, its entry for ``film``, the film) of a case folder, the film's size checked against
     the truth; InputError ``case_incomplete`` / ``case_inconsistent`` otherwise."""
@@ -223,7 +251,7 @@ def load_case(folder: Path, film: str = LONGLEG_FILM) -> CaseData:
     truth, entry, image = read_truth_and_film(folder, film)
     names = tuple(LANDMARKS_2D)
     lm = np.array([entry["landmarks_2d"][n] for n in names], dtype=np.float64)
-    infield = np.array([bool(entry["in_field"][n]) for n in names], dtype=bool)
+    infield = entry_in_field(entry, names)
     geometry = ProjectionGeometry.from_dict(entry["geometry"])
     labels_name = ((truth.get("ct") or {}).get("leg") or {}).get("labels")
     labels = folder / labels_name if labels_name else None

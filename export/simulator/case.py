@@ -7,6 +7,7 @@ a view never changes the anatomy of a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from appliance.dicomio.uids import uid_from
 from appliance.geometry.projection import ProjectionGeometry
 from export.simulator import labels, truth
 from export.simulator.assembly import Limb, build_limb
+from export.simulator.collimation import F64, bone_outline, in_open_field, keep_open
 from export.simulator.ct_io import save_nifti
 from export.simulator.film_artifacts import (
     FilmArtifacts,
@@ -63,6 +65,15 @@ class CaseOptions:
     preview_max_px: int = 1400
     leg_spacing: float = 1.0  # voxel size of the whole-leg volume, mm
     knee_spacing: float = 0.5  # voxel size of the knee volume, mm
+
+
+def options_from_dict(d: dict[str, Any]) -> CaseOptions:
+    """The CaseOptions truth.json's ``options`` records (``generate_case(seed, out, options)`` remakes
+    the case)."""
+    fields = {k: v for k, v in d.items() if k in CaseOptions.__dataclass_fields__}
+    fields["views"] = tuple(fields.get("views", CaseOptions().views))
+    fields["sampling"] = SamplingOptions(**(fields.get("sampling") or {}))
+    return CaseOptions(**fields)
 
 
 @dataclass(frozen=True)
@@ -168,14 +179,22 @@ def _study_meta(seed: int, params: PhantomParams) -> dict[str, Any]:
 
 
 def _render_film(
-    vols: CaseVolumes, geom: ProjectionGeometry, view: str, rec: CaseRecord
+    vols: CaseVolumes, geom: ProjectionGeometry, view: str, rec: CaseRecord, keep: F64
 ) -> tuple[Film, FilmArtifacts]:
+    """``keep``: (N, 2) film points (the visible reader landmarks) whose rows, +-30 mm, bound the bone
+    the collimated field must keep open (``collimation.keep_open``)."""
     paths = path_images(vols, geom, with_contralateral=(view == "longleg"))
     exposure = rec.exposures[view]
     rng = np.random.default_rng(np.random.SeedSequence([rec.seed, 29, VIEW_INDEX[view]]))
     art = sample_artifacts(
         rng, PHYS_KIND[view], geom.rows, geom.columns, geom.pitch_u_mm, exposure, leg_side=rec.params.side
     )
+    if art.collimation is not None and len(keep):
+        reach = 30.0 / geom.pitch_v_mm
+        rows = (float(keep[:, 1].min()) - reach, float(keep[:, 1].max()) + reach)
+        outline = np.concatenate([bone_outline(paths[1], rows), keep])
+        opened = keep_open(art.collimation, (geom.rows, geom.columns), geom.pitch_u_mm, outline)
+        art = dataclasses.replace(art, collimation=opened)
     if rec.ball is not None and view in rec.ball_views:
         paths[2] += steel_ball_metal_path(geom, rec.ball, BALL_DIAMETER_MM)
     film = render_with_artifacts(paths, geom.pitch_u_mm, exposure, art, rec.noise_seeds[view])
@@ -234,6 +253,18 @@ def _on_film(
     return {n: moved[i] for i, n in enumerate(names)}
 
 
+def _visible(
+    points: dict[str, np.ndarray], geom: ProjectionGeometry, art: FilmArtifacts, shape: tuple[int, int]
+) -> dict[str, bool]:
+    """On the detector and not under a collimator blade (``shape``: the film before padding, where the
+    field was applied)."""
+    on = truth.in_field(points, geom)
+    names = list(points)
+    raw = np.array([points[n] for n in names], np.float64).reshape(-1, 2) - np.array(art.pixel_offset())
+    open_ = in_open_field(raw, shape, art.collimation)
+    return {n: bool(on[n] and open_[i]) for i, n in enumerate(names)}
+
+
 def _plain(d: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {k: [float(x) for x in v] for k, v in d.items()}
 
@@ -254,7 +285,11 @@ def _write_case(
         # The detector stands against the body: the whole leg for long-leg films, the knee otherwise.
         extent = (vols.skin_lo, vols.skin_hi) if view == "longleg" else (vols.knee_skin_lo, vols.knee_skin_hi)
         geom = view_geometry(limb, vr, extent)
-        film, art = _render_film(vols, geom, view, rec)
+        seen = truth.reader_landmarks(limb, geom)
+        inside = truth.in_field(seen, geom)
+        keep = np.array([p for n, p in seen.items() if inside[n]], np.float64).reshape(-1, 2)
+        film, art = _render_film(vols, geom, view, rec, keep)
+        shape = (geom.rows, geom.columns)
         geom = padded_geometry(geom, art.padding)
         mag = geom.magnification_at(0.5 * (L3["FKC"] + L3["TKC"]))
         ident = FilmIdentity(
@@ -279,7 +314,7 @@ def _write_case(
                 "landmarks_2d": truth.as_lists(reader),
                 "landmarks_film": truth.as_lists(on_film),
                 "landmarks_projected": truth.as_lists(proj),
-                "in_field": truth.in_field(reader, geom),
+                "in_field": _visible(reader, geom, art, shape),
             }
         )
         if view in ("longleg", "knee-ap"):
@@ -316,6 +351,8 @@ def _write_case(
     return {
         "schema": TRUTH_SCHEMA,
         "seed": rec.seed,
+        # with the seed, what generate_case needs to make this case again (replay, regeneration)
+        "options": dataclasses.asdict(opts),
         "side": p.side,
         "study_instance_uid": study_uid,
         "pixel_spacing_mm": films.get("longleg_ap", next(iter(films.values()), {})).get("pixel_spacing_mm"),
