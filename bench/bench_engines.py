@@ -17,7 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from engines.bench import BenchSettings, available_backend_names, bench_model, machine_info, render_table
+from engines.bench import (
+    PEAK_GFLOPS,
+    BenchSettings,
+    available_backend_names,
+    bench_model,
+    machine_info,
+    render_table,
+)
 from engines.config import EngineConfig
 from export.export_cli import reference_targets
 
@@ -36,7 +43,7 @@ def main() -> int:
         default=[0],
         help="ORT intra-op and torch threads, one run each (0: all)",
     )
-    ap.add_argument("--peak-gflops", type=float, default=150.0)
+    ap.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write", action="store_true", help=f"write {RESULTS.name}")
     args = ap.parse_args()
