@@ -342,8 +342,8 @@ class MainWindow(QMainWindow):
         self.angles.show_values(
             now.to_dict(),
             orig.to_dict(),
-            now.cpak.label if now.cpak else "—",
-            orig.cpak.label if orig.cpak else "—",
+            now.cpak.display if now.cpak else "—",
+            orig.cpak.display if orig.cpak else "—",
             s.study.flags.get("flagged_values") or {},
         )
         self.chart.set_points(_cpak_point(now), _cpak_point(orig))
@@ -443,7 +443,7 @@ def _cpak_point(a: Angles2D) -> tuple[float, float] | None:
 def _legend(a: Angles2D) -> str:
     values = a.to_dict()
     lines = [f"{k} {fmt(k, values.get(k))}" for k in LEGEND_KEYS]
-    lines.append(f"CPAK {a.cpak.label if a.cpak else '—'}")
+    lines.append(f"CPAK {a.cpak.display if a.cpak else '—'}")
     return "\n".join(lines)
 
 

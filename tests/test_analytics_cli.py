@@ -45,7 +45,13 @@ def test_json_output_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert out["angles_2d"]["mHKA"] == pytest.approx(SPEC.mhka, abs=1e-9)
     assert out["angles_3d"]["MPTA"] == pytest.approx(85.0, abs=1e-9)
     # aHKA -3 (varus), JLO 173 (apex distal): type I.
-    assert out["cpak"] == {"type": 1, "label": "I", "ahka_category": "varus", "jlo_category": "apex_distal"}
+    assert out["cpak"] == {
+        "type": 1,
+        "label": "I",
+        "ahka_category": "varus",
+        "jlo_category": "apex_distal",
+        "borderline": ["II"],  # JLO 173 is clear of 177; aHKA -3 is 1 deg from neutral (type II)
+    }
     assert out["cpak_source"] == "2d"
     assert out["missing"] == {"2d": {}, "3d": {}}
     assert out["side"] == "R" and out["apparent_side_2d"] == "R" and out["side_from_landmarks_3d"] == "R"

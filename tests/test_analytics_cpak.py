@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from appliance.analytics.cpak import cpak_type
+from appliance.analytics.cpak import BORDERLINE_DEG, borderline_types, cpak_display, cpak_type
 from appliance.errors import InputError
 
 # Cell centres: (aHKA, JLO) -> expected type; rows apex distal/neutral/proximal, columns varus/neutral/valgus.
@@ -27,7 +29,14 @@ CELLS = [
 def test_every_cell(ahka: float, jlo: float, number: int, label: str, acat: str, jcat: str) -> None:
     c = cpak_type(ahka, jlo)
     assert (c.type, c.label, c.ahka_category, c.jlo_category) == (number, label, acat, jcat)
-    assert c.to_dict() == {"type": number, "label": label, "ahka_category": acat, "jlo_category": jcat}
+    assert c.to_dict() == {
+        "type": number,
+        "label": label,
+        "ahka_category": acat,
+        "jlo_category": jcat,
+        "borderline": [],  # every cell centre is >= 3 deg from a boundary
+    }
+    assert c.display == label
 
 
 @pytest.mark.parametrize(
@@ -87,3 +96,32 @@ def test_non_finite_rejected(bad: float) -> None:
         cpak_type(bad, 180.0)
     with pytest.raises(InputError):
         cpak_type(0.0, bad)
+
+
+@pytest.mark.parametrize(
+    ("ahka", "jlo", "near"),
+    [
+        (-1.6, 180.0, ("IV",)),  # 0.4 deg from varus
+        (2.9, 180.0, ("V",)),  # 0.9 deg into valgus
+        (0.0, 176.5, ("V",)),  # 0.5 deg below the JLO boundary
+        (-2.3, 182.5, ("V", "VII", "VIII")),  # near a corner: both angles within 1 deg
+        (0.0, 180.0, ()),
+        (-3.1, 180.0, ()),  # 1.1 deg from the boundary: clear
+    ],
+)
+def test_borderline_names_the_types_within_one_degree(ahka: float, jlo: float, near: tuple[str, ...]) -> None:
+    c = cpak_type(ahka, jlo)
+    assert c.borderline == near
+    assert c.to_dict()["borderline"] == list(near)
+    assert c.display == (c.label if not near else f"{c.label} (borderline {'/'.join(near)})")
+    assert cpak_type(ahka, jlo, borderline_deg=0.0).borderline == ()
+
+
+@given(st.floats(-12, 12), st.floats(165, 195), st.floats(-1, 1), st.floats(-1, 1))
+def test_borderline_holds_every_type_one_degree_away(ahka: float, jlo: float, da: float, dj: float) -> None:
+    """Any knee within BORDERLINE_DEG of this one (in both angles) has this type or a borderline one."""
+    c = cpak_type(ahka, jlo)
+    other = cpak_type(ahka + da * BORDERLINE_DEG, jlo + dj * BORDERLINE_DEG).type
+    assert other == c.type or other in borderline_types(ahka, jlo)
+    assert c.type not in borderline_types(ahka, jlo)
+    assert cpak_display("II", ["V"]) == "II (borderline V)"

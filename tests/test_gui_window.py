@@ -26,6 +26,7 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget
 
 from appliance.analytics.angles2d import measure_2d
+from appliance.analytics.cpak import cpak_display
 from appliance.outputs.sr_read import read_measurement_groups
 from gui.angle_panel import fmt
 from gui.film_image import WindowLevel, apply_window
@@ -106,7 +107,7 @@ def test_open_study_from_worklist(window: MainWindow, outbox: Path) -> None:
     assert set(window.film_view.handles) == set(doc["landmarks_2d"]["longleg_ap"])
     for key in ("mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO"):
         assert window.angles.values[key] == fmt(key, doc["angles_2d"][key])
-    assert window.angles.values["CPAK"] == doc["cpak"]["label"]
+    assert window.angles.values["CPAK"] == cpak_display(doc["cpak"]["label"], doc["cpak"]["borderline"])
     assert window.first_image_s is not None
 
 
@@ -153,7 +154,8 @@ def test_drag_landmark_updates_angles_and_cpak(window: MainWindow) -> None:
     for key in ("mHKA", "mLDFA", "MPTA", "JLCA", "aHKA", "JLO"):
         assert window.angles.values[key] == fmt(key, expected.value(key))
     assert expected.cpak is not None and original.cpak is not None
-    assert window.angles.values["CPAK"] == expected.cpak.label != original.cpak.label
+    assert window.angles.values["CPAK"] == expected.cpak.display
+    assert expected.cpak.label != original.cpak.label
     assert window.chart.current_type() == expected.cpak.label
     assert window.save_btn.isEnabled()
 

@@ -164,6 +164,8 @@ def _legend_lines(values: Mapping[str, float | None], cpak: Cpak | None) -> list
     else:
         lines.append(f"CPAK  {cpak.label:>7}")
         lines.append(f"({cpak.ahka_category}, {cpak.jlo_category.replace('_', ' ')})")
+        if cpak.borderline:
+            lines.append(f"borderline {'/'.join(cpak.borderline)}")
     return lines
 
 

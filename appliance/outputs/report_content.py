@@ -207,6 +207,8 @@ def report_content(result: Mapping[str, Any] | StudyResult, source: Dataset | No
         cpak = f"CPAK type {r.cpak.label}"
         if r.cpak.ahka_category and r.cpak.jlo_category:
             cpak += f" (aHKA {r.cpak.ahka_category}, JLO {r.cpak.jlo_category.replace('_', ' ')})"
+        if r.cpak.borderline:
+            cpak += f"; borderline with {', '.join(r.cpak.borderline)} (an angle within 1° of a boundary)"
         if "CPAK" in r.flagged_values:
             cpak += " - check landmarks"
     else:

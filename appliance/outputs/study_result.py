@@ -69,6 +69,7 @@ class Cpak:
     label: str
     ahka_category: str | None
     jlo_category: str | None
+    borderline: tuple[str, ...] = ()  # neighbouring types within 1 deg (results before 2026-11-24: none)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ def parse_result(doc: Mapping[str, Any]) -> StudyResult:
             label=str(cpak_raw["label"]),
             ahka_category=cpak_raw.get("ahka_category"),
             jlo_category=cpak_raw.get("jlo_category"),
+            borderline=tuple(str(x) for x in cpak_raw.get("borderline") or ()),
         )
         if cpak_raw
         else None
