@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.geometry.projection import ProjectionGeometry
 from export.datasets.landmark_samples import entry_in_field, entry_open_field
 from export.simulator.case import (
     PHYS_KIND,
@@ -142,3 +143,11 @@ def test_simulated_long_leg_film_keeps_both_legs_open(tmp_path: Path) -> None:
     assert on_detector.sum() >= 7
     assert entry_open_field(entry, pts[on_detector]).all()
     assert all(entry["in_field"][n] for n, ok in zip(names, on_detector, strict=True) if ok)
+    # the calibration sphere this case carries is kept in the field too (it is placed to be seen)
+    ball = doc["calibration_ball"]
+    assert ball is not None and "longleg" in ball["films"]
+    geom = ProjectionGeometry.from_dict(entry["geometry"])
+    centre = geom.project(np.array([ball["centre_mm"]]))[0]
+    r = 0.5 * ball["diameter_mm"] * geom.magnification_at(np.array(ball["centre_mm"])) / geom.pitch_u_mm
+    rim = centre + np.array([[-r, 0.0], [r, 0.0], [0.0, -r], [0.0, r]])
+    assert entry_open_field(entry, rim).all()

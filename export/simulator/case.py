@@ -192,13 +192,23 @@ def _render_film(
     if art.collimation is not None and len(keep):
         reach = 30.0 / geom.pitch_v_mm
         rows = (float(keep[:, 1].min()) - reach, float(keep[:, 1].max()) + reach)
-        outline = np.concatenate([bone_outline(paths[1], rows), keep])
+        outline = np.concatenate([bone_outline(paths[1], rows), keep, _ball_outline(geom, rec, view)])
         opened = keep_open(art.collimation, (geom.rows, geom.columns), geom.pitch_u_mm, outline)
         art = dataclasses.replace(art, collimation=opened)
     if rec.ball is not None and view in rec.ball_views:
         paths[2] += steel_ball_metal_path(geom, rec.ball, BALL_DIAMETER_MM)
     film = render_with_artifacts(paths, geom.pitch_u_mm, exposure, art, rec.noise_seeds[view])
     return film, art
+
+
+def _ball_outline(geom: ProjectionGeometry, rec: CaseRecord, view: str) -> F64:
+    """The calibration sphere's projected extent (4 points), when this film shows one: it is placed to be
+    seen, so the collimation keeps it open too."""
+    if rec.ball is None or view not in rec.ball_views:
+        return np.zeros((0, 2))
+    centre = np.asarray(geom.project(np.asarray(rec.ball, np.float64)[None]), np.float64).reshape(2)
+    r = 0.5 * BALL_DIAMETER_MM * geom.magnification_at(np.asarray(rec.ball, np.float64)) / geom.pitch_u_mm
+    return centre + np.array([[-r, 0.0], [r, 0.0], [0.0, -r], [0.0, r]])
 
 
 def generate_case(seed: int, out_dir: Path, opts: CaseOptions) -> Path:
