@@ -380,6 +380,8 @@ def run_export_triton(args: argparse.Namespace) -> int:
 
 
 def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engines.bench import PEAK_GFLOPS
+
     p = sub.add_parser(
         "bench",
         help="latency p50/p95, throughput, memory and GFLOP/s per model and backend",
@@ -408,7 +410,9 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--peak-gflops", type=float, default=150.0, help="this machine's fp32 peak (GFLOP/s)")
+    p.add_argument(
+        "--peak-gflops", type=float, default=PEAK_GFLOPS, help="this machine's fp32 peak (GFLOP/s)"
+    )
     p.add_argument("--backends", nargs="+", default=None, help="subset, e.g. ort-cpu")
     p.add_argument("--json", action="store_true")
     _engine_args(p)
