@@ -2,7 +2,8 @@
 
 ``export_onnx`` writes a fixed-opset ONNX with named inputs/outputs, an optional dynamic batch axis
 and the model's identity in ``metadata_props`` (``xr3d.model_name``, ``xr3d.model_version``,
-``xr3d.training_seed``, ``xr3d.input_geometry`` as JSON, plus any other ``xr3d.*`` keys), then runs
+``xr3d.training_seed``, ``xr3d.input_geometry`` as JSON, plus any other ``xr3d.*`` keys), writes U-Net
+up-blocks in the exact transposed-convolution form (``export/onnx_upsample_form.py``), then runs
 the check pass: ``onnx.checker`` (full check with shape inference) and
 :func:`engines.opcheck.check_model` (TensorRT ONNX-parser support). ``ort_parity`` compares PyTorch
 against ONNX Runtime on the CPU (max abs diff per output).
