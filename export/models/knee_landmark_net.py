@@ -13,7 +13,8 @@ with a spatial cross-entropy against Gaussian targets; the exported ``forward`` 
 softmax scaled by 2 pi sigma^2, so the peak of a prediction as sharp as a target is ~1 (the confidence)
 and the log-quadratic peak refinement of ``appliance.landmarks.heatmaps`` applies unchanged.
 Only TensorRT-friendly ops: Conv (BN folded at export), Relu, Resize (nearest x2), Concat, Slice,
-Reshape, Softmax, Mul.
+Reshape, Softmax, Mul; the exported ONNX writes the up-blocks as ConvTranspose + Conv + Add
+(``export/onnx_upsample_form.py``, exact).
 """
 
 from __future__ import annotations

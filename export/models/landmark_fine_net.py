@@ -10,7 +10,8 @@ spatial softmax (:func:`export.models.landmark_net.spatial_softmax`), so the run
 same log-quadratic peak.
 
 Same TensorRT-friendly op set as the other stages (Conv, BN folded, Relu, Resize nearest x2, Concat,
-Reshape, Softmax, Mul). Input float32 in [0, 1], bone bright, mirrored to the canonical side.
+Reshape, Softmax, Mul; up-blocks exported as ConvTranspose + Conv + Add, ``export/onnx_upsample_form.py``).
+Input float32 in [0, 1], bone bright, mirrored to the canonical side.
 """
 
 from __future__ import annotations

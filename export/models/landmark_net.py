@@ -15,7 +15,9 @@ scales it by 2 pi sigma^2, so a perfect prediction peaks at ~1: decoded with the
 refinement of :func:`export.datasets.heatmaps.decode_heatmaps`, the peak value is the confidence.
 
 Only TensorRT-friendly ops: Conv, BatchNormalization (folded at export), Relu, Resize (nearest, x2),
-Concat, Reshape, Softmax, Mul. Inputs are float32 in [0, 1], bone bright.
+Concat, Reshape, Softmax, Mul. Inputs are float32 in [0, 1], bone bright. The exported ONNX writes each
+up-block (Resize + Concat + 3x3 Conv) as the exact ConvTranspose + Conv + Add of
+``export/onnx_upsample_form.py`` (faster on ONNX Runtime's CPU path; same op-check verdict).
 """
 
 from __future__ import annotations
