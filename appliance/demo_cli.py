@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 "side": doc["side"],
                 "angles_2d": doc["angles_2d"],
                 "cpak": (doc["cpak"] or {}).get("label"),
+                "cpak_borderline": (doc["cpak"] or {}).get("borderline") or [],
                 "needs_review": doc["flags"]["needs_review"],
                 "truth_angles_2d": t.get("angles_2d"),
                 "truth_cpak": (t.get("cpak") or {}).get("label"),
@@ -220,6 +221,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             + "".join(f" {_fmt(a.get(k))}" for k in ANGLES)
             + f"{r['cpak'] or 'n/a':>6}  {'YES' if r['needs_review'] else 'no'}"
             + ("" if r["status"] == "measured" else f" ({r['status']})")
+            + (f"  CPAK borderline {'/'.join(r['cpak_borderline'])}" if r.get("cpak_borderline") else "")
             + "\n"
         )
         if r["truth_angles_2d"]:

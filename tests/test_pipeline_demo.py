@@ -38,6 +38,8 @@ def test_demo_table_and_outbox(samples: Path, tmp_path: Path, capsys: pytest.Cap
     row = next(line for line in text.splitlines() if line.startswith(str(truth["seed"])))
     assert f"{doc['angles_2d']['mHKA']:+.1f}" in row
     assert (doc["cpak"] or {}).get("label", "n/a") in row
+    near = (doc["cpak"] or {}).get("borderline") or []
+    assert ("CPAK borderline " + "/".join(near) in row) == bool(near)
     assert "simulated" in text
 
     # A second run starts from a fresh inbox/outbox and gives the same numbers (deterministic on CPU).
