@@ -72,7 +72,7 @@ __all__ = [
     "train_landmarks",
 ]
 
-MODEL_VERSION: Final = "0.3.0"
+MODEL_VERSION: Final = "0.5.0"  # the shipped 0.4 was trained while this said 0.3.0 (metadata corrected)
 WHOLE_ONNX: Final = "landmarks_whole.onnx"
 CROP_ONNX: Final = "landmarks_crop.onnx"
 WHOLE_PT: Final = "landmarks_whole.pt"

@@ -69,7 +69,7 @@ __all__ = [
     "train_fine",
 ]
 
-FINE_VERSION: Final = "0.1.0"
+FINE_VERSION: Final = "0.2.0"  # with landmarks 0.5.0 (film truth incl. the collimated field)
 FINE_PT: Final = "landmarks_fine.pt"
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
