@@ -16,9 +16,11 @@ central rays (biplanar) or the AP central ray at ``AP_ONLY_DEPTH_MM`` in front o
 
 How (docs/recon.md): each film is resampled to a ``FILM_PX`` x ``FILM_PX`` frame of ``FILM_PITCH_MM`` at
 the detector centred on the projection of the cube centre; ``recon_encoder.onnx`` turns it into feature
-maps; ``recon_decoder.onnx`` projects every voxel centre through each film's 3x4 matrix, samples the
-feature maps there (bilinear) and returns HU and label logits. The network therefore sees each film
-only along the real rays of its recorded geometry.
+maps; ``recon_context.onnx`` (recon-1.2+) back-projects those maps along the real rays onto a coarse 3D
+grid and turns them into a shape-context volume; ``recon_decoder.onnx`` projects every voxel centre through
+each film's 3x4 matrix, samples the feature maps there (bilinear) and the context at the voxel (trilinear)
+and returns HU and label logits. The network therefore sees each film only along the real rays of its
+recorded geometry.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from scipy import ndimage
 from appliance.errors import InputError
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume, axis_aligned_affine
+from appliance.recon.label_cleanup import clean_labels
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AP_ONLY_DEPTH_MM",
+    "CONTEXT_MODEL",
     "CUBE_VOXELS",
     "DECODER_MODEL",
     "ENCODER_MODEL",
@@ -71,6 +75,9 @@ AP_ONLY_DEPTH_MM: Final = 85.0  # knee centre in front of the AP detector (gap 1
 VIEWS: Final = ("knee_ap", "knee_lat")
 ENCODER_MODEL: Final = "recon_encoder.onnx"
 DECODER_MODEL: Final = "recon_decoder.onnx"
+# recon-1.2+: the 3D shape context (features + matrices -> a coarse volume the decoder samples). A models
+# folder without it holds a recon-1.0/1.1 decoder, which takes no ``context`` input.
+CONTEXT_MODEL: Final = "recon_context.onnx"
 DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
 N_CLASSES: Final = 5
 HU_SCALE: Final = 1000.0  # network HU unit: hu / HU_SCALE
@@ -211,7 +218,8 @@ def _grid_points(idx: NDArray[np.int64]) -> F32:
 
 
 class Reconstructor:
-    """Holds the two ONNX models (opened once through :func:`engines.select.open_backend`)."""
+    """Holds the ONNX models (encoder, decoder and, recon-1.2+, context; opened once through
+    :func:`engines.select.open_backend`)."""
 
     def __init__(
         self, models_dir: Path | None = None, config: Any = None, *, chunk: int = DECODER_CHUNK
@@ -230,6 +238,14 @@ class Reconstructor:
         cfg = config or EngineConfig()
         self._enc, self.choice = open_backend(d / ENCODER_MODEL, cfg)
         self._dec, _ = open_backend(d / DECODER_MODEL, cfg)
+        self._ctx = None
+        if "context" in self._dec.info.input_names:
+            if not (d / CONTEXT_MODEL).is_file():
+                self.close()
+                raise InputError(
+                    f"{DECODER_MODEL} in {d} needs {CONTEXT_MODEL}, which is missing", reason="model_missing"
+                )
+            self._ctx, _ = open_backend(d / CONTEXT_MODEL, cfg)
         self.model_version = self._dec.info.version
         self.chunk = int(chunk)
         try:
@@ -248,6 +264,8 @@ class Reconstructor:
     def close(self) -> None:
         self._enc.close()
         self._dec.close()
+        if self._ctx is not None:
+            self._ctx.close()
 
     def __enter__(self) -> Reconstructor:
         return self
@@ -255,13 +273,14 @@ class Reconstructor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _decode(self, feats: F32, mats: F32, present: F32, pts: F32) -> tuple[F32, F32]:
+    def _decode(self, feats: F32, mats: F32, present: F32, pts: F32, context: F32 | None) -> tuple[F32, F32]:
         hu = np.empty(len(pts), np.float32)
         logits = np.empty((len(pts), N_CLASSES), np.float32)
+        feeds: dict[str, F32] = {"features": feats, "mats": mats, "present": present}
+        if context is not None:
+            feeds["context"] = context
         for s in range(0, len(pts), self.chunk):
-            out = self._dec.run(
-                {"features": feats, "mats": mats, "present": present, "points": pts[None, s : s + self.chunk]}
-            )
+            out = self._dec.run({**feeds, "points": pts[None, s : s + self.chunk]})
             hu[s : s + self.chunk] = out["hu"][0]
             logits[s : s + self.chunk] = out["logits"][0]
         return hu, logits
@@ -272,6 +291,7 @@ class Reconstructor:
         *,
         centre_mm: ArrayLike | None = None,
         refine: bool = True,
+        clean: bool = True,
     ) -> ReconVolumes:
         """Reconstruct the knee cube from ``films`` (see the module docstring).
 
@@ -299,7 +319,7 @@ class Reconstructor:
             images[i] = fr.image
             mats[i] = cube_to_film_matrix(fr.matrix, affine)
             present[i] = 1.0
-        return self.reconstruct_frames(images, mats, present, affine, refine=refine, t0=t0)
+        return self.reconstruct_frames(images, mats, present, affine, refine=refine, clean=clean, t0=t0)
 
     def reconstruct_frames(
         self,
@@ -309,10 +329,13 @@ class Reconstructor:
         affine: ArrayLike,
         *,
         refine: bool = True,
+        clean: bool = True,
         t0: float | None = None,
     ) -> ReconVolumes:
         """The network part of :meth:`reconstruct`: film frames (2, FILM_PX, FILM_PX) (AP, lateral),
-        their matrices (2, 3, 4) from :func:`cube_to_film_matrix`, ``present`` (2,) and the cube affine."""
+        their matrices (2, 3, 4) from :func:`cube_to_film_matrix`, ``present`` (2,) and the cube affine.
+        With ``clean`` the labels get the anatomical clean-up of :func:`clean_labels` (stray islands of a
+        bone removed, cavities inside a bone filled)."""
         t0 = time.perf_counter() if t0 is None else t0
         affine = np.asarray(affine, dtype=np.float64)
         centre = affine[:3, :3] @ np.full(3, (CUBE_VOXELS - 1) / 2.0) + affine[:3, 3]
@@ -327,12 +350,16 @@ class Reconstructor:
         mats, present = m, pres
         t_prep = time.perf_counter()
         feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
+        context = None
+        if self._ctx is not None:
+            context = self._ctx.run({"features": feats, "mats": mats, "present": present})["context"]
+            context = context.astype(np.float32)
         t_enc = time.perf_counter()
 
         n = CUBE_VOXELS
         nc = n // 2
         cidx = np.stack(np.meshgrid(*(np.arange(nc) * 2,) * 3, indexing="ij"), -1).reshape(-1, 3)
-        hu_c, lg_c = self._decode(feats, mats, present, _grid_points(cidx))
+        hu_c, lg_c = self._decode(feats, mats, present, _grid_points(cidx), context)
         lab_c = np.argmax(lg_c, axis=1).astype(np.uint8).reshape(nc, nc, nc)
         hu_c = hu_c.reshape(nc, nc, nc)
         # Coarse voxel k sits at fine index 2k: zoom with the matching sample positions.
@@ -352,11 +379,15 @@ class Reconstructor:
             busy = busy_c[np.ix_(near, near, near)]
             fidx = np.argwhere(busy)
             if len(fidx):
-                hu_f, lg_f = self._decode(feats, mats, present, _grid_points(fidx))
+                hu_f, lg_f = self._decode(feats, mats, present, _grid_points(fidx), context)
                 hu[busy] = hu_f
                 labels[busy] = np.argmax(lg_f, axis=1).astype(np.uint8)
                 decoded += len(fidx)
         t_fine = time.perf_counter()
+        if clean:
+            labels, stats = clean_labels(labels)
+            log.debug("label clean-up: removed %s, filled %s", stats.removed, stats.filled)
+        t_clean = time.perf_counter()
         hu_vol = Volume((hu * np.float32(HU_SCALE)).astype(np.float32), affine)
         lab_vol = Volume(np.ascontiguousarray(labels, dtype=np.uint8), affine.copy())
         timings = {
@@ -364,6 +395,7 @@ class Reconstructor:
             "encode": t_enc - t_prep,
             "decode_coarse": t_coarse - t_enc,
             "decode_fine": t_fine - t_coarse,
+            "cleanup": t_clean - t_fine,
             "total": time.perf_counter() - t0,
         }
         log.info(

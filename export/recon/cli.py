@@ -66,6 +66,12 @@ def register_train(tsub: Any) -> None:
     p.add_argument(
         "--learned", type=int, default=16, help="learned film-encoder maps (default 16; 0: fixed bank)"
     )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=16,
+        help="channels of the 3D shape context (default 16; 0: none, the recon-1.1 architecture)",
+    )
     p.add_argument("--init-from", type=Path, default=None, help="warm start from a recon.pt")
     p.add_argument("--n-small", type=int, default=1024, help="points near fibula/patella surfaces per sample")
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
@@ -108,6 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
         rescan_steps=int(args.rescan_steps),
         hidden=int(args.hidden),
         learned=int(args.learned),
+        context=int(args.context),
         init_from=args.init_from,
         n_small=int(args.n_small),
         class_weights=not args.no_class_weights,

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.recon.context import ContextNet, sample_volume
+
 N_FREQ = 3
 N_CLASSES = 5
 N_VIEWS = 2
@@ -205,11 +207,12 @@ D_IN = N_VIEWS * N_FEAT + D_POS
 
 
 class PointDecoder(nn.Module):
-    def __init__(self, hidden: int = 64, n_feat: int = N_FEAT) -> None:
+    def __init__(self, hidden: int = 64, n_feat: int = N_FEAT, n_ctx: int = 0) -> None:
         super().__init__()
         self.n_feat = int(n_feat)
+        self.n_ctx = int(n_ctx)
         self.mlp = nn.Sequential(
-            nn.Linear(N_VIEWS * self.n_feat + D_POS, hidden),
+            nn.Linear(N_VIEWS * self.n_feat + self.n_ctx + D_POS, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
@@ -220,8 +223,19 @@ class PointDecoder(nn.Module):
             nn.Linear(32, 1 + N_CLASSES),
         )
 
-    def forward(self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor) -> tuple[Tensor, Tensor]:
-        """``feat`` (B, V, F, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V), ``pts`` (B, N, 3)
+    def _context(self, ctx: Tensor | None, pts: Tensor) -> Tensor | None:
+        """The 3D context (:mod:`export.recon.context`) sampled at ``pts``: (B, n_ctx, N), or None."""
+        if self.n_ctx == 0:
+            return None
+        if ctx is None or ctx.shape[1] != self.n_ctx:
+            raise ValueError(f"this decoder needs a context volume of {self.n_ctx} channels")
+        return sample_volume(ctx, pts)
+
+    def forward(
+        self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor, ctx: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``feat`` (B, V, F, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V), ``pts`` (B, N, 3) and, for a
+        decoder with ``n_ctx`` > 0, the context volume ``ctx`` (B, n_ctx, G, G, G)
         -> HU/1000 (B, N), label logits (B, N, 5).
 
         PyTorch runs the MLP as ``Linear`` on points-last tensors (its fastest form on CPU); the ONNX
@@ -229,7 +243,7 @@ class PointDecoder(nn.Module):
         channels-first (B, C, 1, N) tensor, the form ONNX Runtime runs fastest (NCHWc convolutions with
         fused ReLU) -- same function, parity checked at export."""
         if torch.onnx.is_in_onnx_export():
-            return self.forward_channels_first(feat, mats, present, pts)
+            return self.forward_channels_first(feat, mats, present, pts, ctx)
         b, v = mats.shape[0], mats.shape[1]
         n = pts.shape[1]
         ph = torch.cat([pts, torch.ones_like(pts[..., :1])], dim=-1)  # (B, N, 4)
@@ -246,11 +260,13 @@ class PointDecoder(nn.Module):
         f = s.reshape(b, v, feat.shape[2], n) * present.view(b, v, 1, 1)
         f = f.permute(0, 3, 1, 2).reshape(b, n, -1)
         lat = present[:, 1:2].view(b, 1, 1).expand(b, n, 1)
-        y = self.mlp(torch.cat([f, lat, fourier(pts)], dim=-1))
+        c = self._context(ctx, pts)
+        parts = [f] + ([c.transpose(1, 2)] if c is not None else []) + [lat, fourier(pts)]
+        y = self.mlp(torch.cat(parts, dim=-1))
         return y[..., 0], y[..., 1:]
 
     def forward_channels_first(
-        self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor
+        self, feat: Tensor, mats: Tensor, present: Tensor, pts: Tensor, ctx: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """:meth:`forward` in the form the ONNX export traces (same weights, same function; parity is
         checked at export and by tests/test_engines_decoder_speedform.py).
@@ -297,6 +313,9 @@ class PointDecoder(nn.Module):
             align_corners=False,
         )  # (B V, C, 1, N)
         f = s.reshape(b, v * c, 1, n)
+        cs = self._context(ctx, pts)
+        if cs is not None:
+            f = torch.cat([f, cs.unsqueeze(2)], dim=1)
         lat = present[:, 1:2].view(b, 1, 1) + torch.zeros_like(p[:, 0:1])  # (B, 1, N)
         pos = torch.cat([lat, fourier_channels_first(p)], dim=1).unsqueeze(2)  # (B, D_POS, 1, N)
         first = self.mlp[0]
@@ -315,10 +334,15 @@ class PointDecoder(nn.Module):
 
 
 class ReconNet(nn.Module):
-    def __init__(self, hidden: int = 64, learned: int = 0) -> None:
+    def __init__(self, hidden: int = 64, learned: int = 0, context: int = 0) -> None:
         super().__init__()
         self.encoder = FilmEncoder(learned)
-        self.decoder = PointDecoder(hidden, self.encoder.n_out)
+        self.context = ContextNet(self.encoder.n_out, context) if context else None
+        self.decoder = PointDecoder(hidden, self.encoder.n_out, context)
+
+    def make_context(self, feat: Tensor, mats: Tensor, present: Tensor) -> Tensor | None:
+        """The 3D context volume of a film pair's features, or None for a model without one."""
+        return None if self.context is None else self.context(feat, mats, present)
 
     def encode(self, films: Tensor) -> Tensor:
         """``films`` (B, V, H, W) -> features (B, V, n_feat, H, W)."""
@@ -328,9 +352,13 @@ class ReconNet(nn.Module):
 
 
 def net_from_config(cfg: dict[str, object]) -> ReconNet:
-    """The architecture a training config describes (``hidden``, ``learned``; older checkpoints lack
-    ``learned``: the fixed encoder)."""
-    return ReconNet(hidden=int(str(cfg.get("hidden", 64))), learned=int(str(cfg.get("learned", 0))))
+    """The architecture a training config describes (``hidden``, ``learned``, ``context``; older
+    checkpoints lack ``learned`` (the fixed encoder) and ``context`` (none))."""
+    return ReconNet(
+        hidden=int(str(cfg.get("hidden", 64))),
+        learned=int(str(cfg.get("learned", 0))),
+        context=int(str(cfg.get("context", 0))),
+    )
 
 
 def load_net(state: dict[str, Tensor], cfg: dict[str, object]) -> ReconNet:
@@ -353,7 +381,11 @@ def widen_first_layer(old: PointDecoder, new: PointDecoder) -> None:
             fo, fn = old.n_feat, new.n_feat
             for v in range(N_VIEWS):
                 pn[:, v * fn : v * fn + fo] = po[:, v * fo : (v + 1) * fo]
-            pn[:, N_VIEWS * fn :] = po[:, N_VIEWS * fo :]
+            # Old context columns first, new ones zero; then the position columns.
+            co = N_VIEWS * fo
+            cn = N_VIEWS * fn
+            pn[:, cn : cn + old.n_ctx] = po[:, co : co + old.n_ctx]
+            pn[:, cn + new.n_ctx :] = po[:, co + old.n_ctx :]
 
 
 class PatchDiscriminator(nn.Module):

@@ -2,8 +2,11 @@
 
 * ``recon_encoder.onnx``: ``film`` (V, 1, 256, 256) -> ``features`` (V, F, 256, 256), V dynamic (F = 12 fixed
   filter-bank maps + the learned CNN maps, ``learned`` in the training config).
+* ``recon_context.onnx`` (recon-1.2+, a model with a 3D shape context): ``features``, ``mats``, ``present``
+  -> ``context`` (1, C, G, G, G) (export/recon/context.py).
 * ``recon_decoder.onnx``: ``features`` (1, 2, F, 256, 256), ``mats`` (1, 2, 3, 4), ``present`` (1, 2),
-  ``points`` (1, N, 3) -> ``hu`` (1, N) in units of 1000 HU and ``logits`` (1, N, 5); N dynamic.
+  [``context`` (1, C, G, G, G),] ``points`` (1, N, 3) -> ``hu`` (1, N) in units of 1000 HU and ``logits``
+  (1, N, 5); N dynamic.
 
 Both run in ONNX Runtime through ``engines`` (appliance/recon/infer.py); parity with PyTorch is checked on
 random points and a real-looking film (tolerance PARITY_TOL).
@@ -22,6 +25,7 @@ import onnx
 import torch
 
 from appliance.recon.infer import (
+    CONTEXT_MODEL,
     CUBE_VOXELS,
     DECODER_MODEL,
     ENCODER_MODEL,
@@ -116,6 +120,73 @@ class _Decoder(torch.nn.Module):
         return self.dec(features, mats, present, points)
 
 
+class _ContextDecoder(torch.nn.Module):
+    """The decoder of a model with a 3D context (input order of the ONNX graph: context before points)."""
+
+    def __init__(self, net: ReconNet) -> None:
+        super().__init__()
+        self.dec = net.decoder
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        mats: torch.Tensor,
+        present: torch.Tensor,
+        context: torch.Tensor,
+        points: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dec(features, mats, present, points, context)
+
+
+class _Context(torch.nn.Module):
+    def __init__(self, net: ReconNet) -> None:
+        super().__init__()
+        assert net.context is not None
+        self.ctx = net.context
+
+    def forward(self, features: torch.Tensor, mats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.ctx(features, mats, present)
+        return out
+
+
+def write_decoder(net: ReconNet, feats: torch.Tensor, path: Path, seed: int, cfg: dict[str, Any]) -> None:
+    """``recon_decoder.onnx`` (and, for a model with a 3D context, ``recon_context.onnx`` beside it) from
+    the features ``feats`` (1, 2, F, H, W) of the example films."""
+    _, mats, present, points = example_inputs()
+    axes = {"points": {1: "points"}, "hu": {1: "points"}, "logits": {1: "points"}}
+    if net.context is None:
+        _write(
+            _Decoder(net),
+            (feats, mats, present, points),
+            path,
+            ["features", "mats", "present", "points"],
+            ["hu", "logits"],
+            axes,
+            _meta(seed, cfg, "decoder"),
+        )
+        return
+    with torch.no_grad():
+        ctx = net.context(feats, mats, present)
+    _write(
+        _Context(net),
+        (feats, mats, present),
+        path.parent / CONTEXT_MODEL,
+        ["features", "mats", "present"],
+        ["context"],
+        {},
+        _meta(seed, cfg, "context"),
+    )
+    _write(
+        _ContextDecoder(net),
+        (feats, mats, present, ctx, points),
+        path,
+        ["features", "mats", "present", "context", "points"],
+        ["hu", "logits"],
+        axes,
+        _meta(seed, cfg, "decoder"),
+    )
+
+
 def example_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     film = torch.rand(2, 1, FILM_PX, FILM_PX, generator=g)
@@ -131,8 +202,8 @@ def export_recon(
 ) -> tuple[tuple[Path, ...], dict[str, float]]:
     """Write both ONNX files to ``models_dir``; returns the paths and the parity max abs differences."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    film, mats, present, points = example_inputs()
-    enc, dec = _Encoder(net), _Decoder(net)
+    film = example_inputs()[0]
+    enc = _Encoder(net)
     with torch.no_grad():
         feats = enc(film)
     p_enc, p_dec = models_dir / ENCODER_MODEL, models_dir / DECODER_MODEL
@@ -145,16 +216,9 @@ def export_recon(
         {"film": {0: "views"}, "features": {0: "views"}},
         _meta(seed, cfg, "encoder"),
     )
-    _write(
-        dec,
-        (feats[None], mats, present, points),
-        p_dec,
-        ["features", "mats", "present", "points"],
-        ["hu", "logits"],
-        {"points": {1: "points"}, "hu": {1: "points"}, "logits": {1: "points"}},
-        _meta(seed, cfg, "decoder"),
-    )
-    return (p_enc, p_dec), parity(net, models_dir)
+    write_decoder(net, feats[None], p_dec, seed, cfg)
+    paths = (p_enc, p_dec) if net.context is None else (p_enc, models_dir / CONTEXT_MODEL, p_dec)
+    return paths, parity(net, models_dir)
 
 
 def parity(net: ReconNet, models_dir: Path) -> dict[str, float]:
@@ -167,27 +231,33 @@ def parity(net: ReconNet, models_dir: Path) -> dict[str, float]:
     net.eval()
     with torch.no_grad():
         f_ref = net.encoder(film)
-        ref = {
-            "": net.decoder(f_ref[None], mats, present, points),
-            "_ap_only": net.decoder(f_ref[None], mats, ap_only, points),
-        }
+        ref = {}
+        for suffix, pres in (("", present), ("_ap_only", ap_only)):
+            ctx = net.make_context(f_ref[None], mats, pres)
+            ref[suffix] = (ctx, *net.decoder(f_ref[None], mats, pres, points, ctx))
     cfg = EngineConfig()
     be = OrtBackend(models_dir / ENCODER_MODEL, cfg, device="cpu")
     bd = OrtBackend(models_dir / DECODER_MODEL, cfg, device="cpu")
+    bc = OrtBackend(models_dir / CONTEXT_MODEL, cfg, device="cpu") if net.context is not None else None
     res: dict[str, float] = {}
     try:
         f = be.run({"film": film.numpy()})["features"]
         res["features"] = float(np.abs(f - f_ref.numpy()).max())
         for suffix, pres in (("", present), ("_ap_only", ap_only)):
-            out = bd.run(
-                {"features": f[None], "mats": mats.numpy(), "present": pres.numpy(), "points": points.numpy()}
-            )
-            hu_ref, lg_ref = ref[suffix]
+            feeds = {"features": f[None], "mats": mats.numpy(), "present": pres.numpy()}
+            ctx_ref, hu_ref, lg_ref = ref[suffix]
+            if bc is not None and ctx_ref is not None:
+                c = bc.run(feeds)["context"]
+                res["context" + suffix] = float(np.abs(c - ctx_ref.numpy()).max())
+                feeds["context"] = c
+            out = bd.run({**feeds, "points": points.numpy()})
             res["hu" + suffix] = float(np.abs(out["hu"] - hu_ref.numpy()).max())
             res["logits" + suffix] = float(np.abs(out["logits"] - lg_ref.numpy()).max())
     finally:
         be.close()
         bd.close()
+        if bc is not None:
+            bc.close()
     worst = max(res.values())
     log.info("recon ONNX parity (max abs diff): %s", res)
     if worst > PARITY_TOL:
@@ -209,16 +279,8 @@ def export_decoder_checkpoint(checkpoint: Path, models_dir: Path) -> dict[str, f
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = ck.get("config", {})
     net = load_net(ck["net"], cfg)
-    film, mats, present, points = example_inputs()
+    film = example_inputs()[0]
     with torch.no_grad():
         feats = net.encoder(film)
-    _write(
-        _Decoder(net),
-        (feats[None], mats, present, points),
-        models_dir / DECODER_MODEL,
-        ["features", "mats", "present", "points"],
-        ["hu", "logits"],
-        {"points": {1: "points"}, "hu": {1: "points"}, "logits": {1: "points"}},
-        _meta(int(cfg.get("seed", 0)), cfg, "decoder"),
-    )
+    write_decoder(net, feats[None], models_dir / DECODER_MODEL, int(cfg.get("seed", 0)), cfg)
     return parity(net, models_dir)

@@ -38,7 +38,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.1"
+MODEL_VERSION = "recon-1.2"
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class TrainConfig:
     n_small: int = 1024  # points near the fibula and patella surfaces per sample
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
+    context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def train_step(
     batch = [samples[i] for i in ids]
     films = torch.from_numpy(np.stack([s.films for s in batch]))
     feat = full_features(net, fixed, films)
+    ctx = net.make_context(feat, mats, present)
     # The dense blocks feed the discriminator; before the adversarial phase they would only cost time.
     with_block = not cfg.no_adv and adv_weight > 0
     idx = [
@@ -176,14 +178,14 @@ def train_step(
     lab_t = torch.from_numpy(np.stack([s.labels.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     weight = torch.ones(hu_t.shape)
     weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface + cfg.n_small] = 2.0
-    hu_p, logits = net.decoder(feat, mats, present, pts)
+    hu_p, logits = net.decoder(feat, mats, present, pts, ctx)
     l_hu = L.hu_l1(hu_p, hu_t, weight)
     l_ce, l_dice = L.label_loss(logits, lab_t, weight, cls_w)
     total = 2.0 * l_hu + l_ce + l_dice
     parts = {"hu": l_hu.item(), "ce": l_ce.item(), "dice": l_dice.item()}
 
     if not cfg.no_proj:
-        l_proj = _projection_loss(net, feat, mats, present, rng, cfg)
+        l_proj = _projection_loss(net, feat, mats, present, rng, cfg, ctx)
         total = total + cfg.w_proj * l_proj
         parts["proj"] = l_proj.item()
 
@@ -209,6 +211,7 @@ def _projection_loss(
     present: torch.Tensor,
     rng: np.random.Generator,
     cfg: TrainConfig,
+    ctx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """1 - NCC between a DRR of the prediction and the film, on a random ~29 mm window of each film."""
     b, v = mats.shape[0], mats.shape[1]
@@ -223,7 +226,7 @@ def _projection_loss(
             meta.append((bi, vi, pix, ok, step))
         pts_all.append(torch.cat(rows))
     pts = torch.stack(pts_all)
-    hu_p, _ = net.decoder(feat, mats, present, pts)
+    hu_p, _ = net.decoder(feat, mats, present, pts, ctx)
     n_ray = cfg.rays * cfg.ray_samples
     terms = []
     for bi, vi, pix, ok, step in meta:
@@ -248,7 +251,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     samples = load_samples(cfg.data, TRAIN_SEEDS, cfg.max_samples)
     if not samples:
         raise FileNotFoundError(f"no training samples in {cfg.data}")
-    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned)
+    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned, context=cfg.context)
     init_steps = 0
     dec_lr = 1.0
     if cfg.init_from is not None:
@@ -257,6 +260,8 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
         widen_first_layer(old.decoder, net.decoder)
         if old.encoder.cnn is not None and net.encoder.cnn is not None:
             net.encoder.cnn.load_state_dict(old.encoder.cnn.state_dict())
+        if old.context is not None and net.context is not None:
+            net.context.load_state_dict(old.context.state_dict())
         init_steps = int(ck.get("steps", 0))
         dec_lr = 0.5  # the warm decoder moves more gently than the new encoder
         log.info("warm start from %s (%d steps)", cfg.init_from, init_steps)
@@ -268,6 +273,8 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     groups = [{"params": list(net.decoder.parameters()), "scale": dec_lr}]
     if net.encoder.cnn is not None:
         groups.append({"params": list(net.encoder.cnn.parameters()), "scale": 1.0})
+    if net.context is not None:
+        groups.append({"params": list(net.context.parameters()), "scale": 1.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     budget = cfg.minutes * 60.0
