@@ -77,14 +77,15 @@ def recon_chunk() -> int:
 
 
 def _recon(part: str) -> Callable[[], ReferenceModel]:
-    """Encoder or decoder of ``models/recon.pt``, loaded the way export/recon/onnx_io.py exports it."""
+    """Encoder, context (recon-1.2+) or decoder of ``models/recon.pt``, loaded the way
+    export/recon/onnx_io.py exports it."""
 
     def build() -> ReferenceModel:
         import torch
 
         from appliance.recon.infer import DEFAULT_MODELS_DIR
         from export.recon.model import load_net
-        from export.recon.onnx_io import _meta, example_inputs
+        from export.recon.onnx_io import _Context, _ContextDecoder, _meta, example_inputs
         from export.reference_models import ReferenceModel
 
         ckpt = DEFAULT_MODELS_DIR / "recon.pt"
@@ -96,15 +97,37 @@ def _recon(part: str) -> Callable[[], ReferenceModel]:
         net = load_net(ck["net"], cfg)
         net.eval()
         film, mats, present, _ = example_inputs()
+        seed = int(cfg.get("seed", 0))
         if part == "encoder":
-            meta = _meta(int(cfg.get("seed", 0)), cfg, "encoder")
+            meta = _meta(seed, cfg, "encoder")
             return ReferenceModel("recon_encoder", net.encoder, (film,), ("film",), ("features",), meta)
-        # A realistic decoder call: features of a film pair and one runtime chunk of points in the cube.
         with torch.no_grad():
             feats = net.encoder(film)[None]
+            ctx = net.make_context(feats, mats, present)
+        if part == "context":
+            if ctx is None:
+                raise InputError(f"{ckpt} has no 3D context (a recon-1.0/1.1 model)", reason="model_missing")
+            return ReferenceModel(
+                "recon_context",
+                _Context(net),
+                (feats, mats, present),
+                ("features", "mats", "present"),
+                ("context",),
+                _meta(seed, cfg, "context"),
+            )
+        # A realistic decoder call: features of a film pair and one runtime chunk of points in the cube.
         gen = torch.Generator().manual_seed(0)
         points = torch.rand(1, recon_chunk(), 3, generator=gen) * 2.0 - 1.0
-        meta = _meta(int(cfg.get("seed", 0)), cfg, "decoder")
+        meta = _meta(seed, cfg, "decoder")
+        if ctx is not None:
+            return ReferenceModel(
+                "recon_decoder",
+                _ContextDecoder(net),
+                (feats, mats, present, ctx, points),
+                ("features", "mats", "present", "context", "points"),
+                ("hu", "logits"),
+                meta,
+            )
         return ReferenceModel(
             "recon_decoder",
             net.decoder,
@@ -124,11 +147,12 @@ SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("landmarks_crop", _landmarks("crop")),
     ShippedModel("landmarks_fine", _landmarks_fine),
     ShippedModel("recon_encoder", _recon("encoder")),
+    ShippedModel("recon_context", _recon("context"), dynamic_batch=False),
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
     ShippedModel("knee_landmarks", _knee_landmarks),
 )
 """Product models to export: the three stages of the long-leg landmark model (issue 4) and the encoder and
-point decoder of the reconstruction network (issue 5), and the knee AP / lateral landmark model (issue 4,
+3D shape context and point decoder of the reconstruction network (issue 5, recon-1.2), and the knee AP / lateral landmark model (issue 4,
 knee films); weights in models/."""
 
 
@@ -388,7 +412,7 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
             "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "landmarks_fine, recon_encoder, recon_decoder, knee_landmarks) on a realistic call "
+            "landmarks_fine, recon_encoder, recon_context, recon_decoder, knee_landmarks) on a realistic call "
             "(landmark stages at their input geometry, "
             "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
             "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "

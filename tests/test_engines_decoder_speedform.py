@@ -134,10 +134,17 @@ def test_shipped_onnx_equals_pytorch_forward(shipped: tuple[Any, Any], kind: str
     pts = _grid_points() if kind == "grid" else _points(12000, 7, spread=1.2)
     with torch.no_grad():
         feats = net.encoder(film)[None]
-        hu_ref, lg_ref = net.decoder(feats, mats, present, pts)
-    out = be.run(
-        {"features": feats.numpy(), "mats": mats.numpy(), "present": present.numpy(), "points": pts.numpy()}
-    )
+        ctx = net.make_context(feats, mats, present)  # recon-1.2+: the 3D context the decoder samples
+        hu_ref, lg_ref = net.decoder(feats, mats, present, pts, ctx)
+    feeds = {
+        "features": feats.numpy(),
+        "mats": mats.numpy(),
+        "present": present.numpy(),
+        "points": pts.numpy(),
+    }
+    if ctx is not None:
+        feeds["context"] = ctx.numpy()
+    out = be.run(feeds)
     assert out["hu"].shape == tuple(hu_ref.shape)
     assert float(np.abs(out["hu"] - hu_ref.numpy()).max()) < PARITY_TOL
     assert float(np.abs(out["logits"] - lg_ref.numpy()).max()) < PARITY_TOL
@@ -153,11 +160,13 @@ def test_shipped_decoder_uses_fast_gridsample_and_passes_opcheck() -> None:
 
     model = onnx.load(str(SHIPPED_DECODER))
     gs = [n for n in model.graph.node if n.op_type == "GridSample"]
-    assert len(gs) == 1
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gs[0].attribute}
-    assert attrs.get("align_corners", 0) == 0
-    assert attrs.get("padding_mode", b"zeros") in (b"zeros", "zeros")
-    assert attrs.get("mode") in (b"bilinear", b"linear", "bilinear", "linear")
+    has_context = "context" in [i.name for i in model.graph.input]
+    assert len(gs) == (2 if has_context else 1)  # the film features, and the 3D context's 2D tiling
+    for node in gs:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs.get("align_corners", 0) == 0
+        assert attrs.get("padding_mode", b"zeros") in (b"zeros", "zeros")
+        assert attrs.get("mode") in (b"bilinear", b"linear", "bilinear", "linear")
     report = check_onnx_file(Path(SHIPPED_DECODER))
     assert report.ok, report.summary()
 

@@ -45,6 +45,10 @@ def test_reexported_decoder_matches_shipped_onnx(tmp_path: Path, capsys: pytest.
     # A point count different from the export example: the point axis must stay dynamic.
     points = (rng.random((1, 3000, 3), dtype=np.float32) * 2 - 1).astype(np.float32)
     feeds = {"features": feats, "mats": mats, "present": np.ones((1, 2), np.float32), "points": points}
+    if (MODELS / "recon_context.onnx").is_file():  # recon-1.2+: the decoder also samples the 3D context
+        feeds["context"] = _run(
+            MODELS / "recon_context.onnx", {k: feeds[k] for k in ("features", "mats", "present")}
+        )["context"]
     new, ref = _run(tmp_path / "recon_decoder.onnx", feeds), _run(MODELS / "recon_decoder.onnx", feeds)
     assert new["hu"].shape == (1, 3000) and new["logits"].shape == (1, 3000, 5)
     assert np.abs(ref["logits"]).max() > 0.1  # not a degenerate all-zero output
