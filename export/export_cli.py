@@ -151,9 +151,9 @@ SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
     ShippedModel("knee_landmarks", _knee_landmarks),
 )
-"""Product models to export: the three stages of the long-leg landmark model (issue 4) and the encoder and
-3D shape context and point decoder of the reconstruction network (issue 5, recon-1.2), and the knee AP / lateral landmark model (issue 4,
-knee films); weights in models/."""
+"""Product models to export: the three stages of the long-leg landmark model (issue 4); the encoder, 3D shape
+context and point decoder of the reconstruction network (issue 5, recon-1.2); and the knee AP / lateral
+landmark model (issue 4, knee films); weights in models/."""
 
 
 def _say(msg: str) -> None:
@@ -412,8 +412,8 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
             "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "landmarks_fine, recon_encoder, recon_context, recon_decoder, knee_landmarks) on a realistic call "
-            "(landmark stages at their input geometry, "
+            "landmarks_fine, recon_encoder, recon_context, recon_decoder, knee_landmarks) on a realistic "
+            "call (landmark stages at their input geometry, "
             "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
             "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
             "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "
