@@ -113,6 +113,17 @@ def test_full_study_measured_with_every_output(
     assert {"landmarks_whole", "landmarks_crop", "knee_landmarks"} <= set(doc["model_versions"])
     _check_listing(folder, doc)
     _check_stages(doc)
+    if doc["reconstruction"] is not None:
+        # The reconstruction names the network that made it (the version in the shipped ONNX metadata).
+        from appliance.recon.infer import DECODER_MODEL, DEFAULT_MODELS_DIR
+        from engines.config import EngineConfig
+        from engines.ort_backend import OrtBackend
+
+        dec = OrtBackend(DEFAULT_MODELS_DIR / DECODER_MODEL, EngineConfig(cpu_threads=1), device="cpu")
+        try:
+            assert doc["reconstruction"]["model"] == dec.info.version
+        finally:
+            dec.close()
     if doc["reconstruction"] is None:
         assert doc["flags"]["stages"]["reconstruction"]["status"] != DONE or doc["angles_3d"] is None
     elif doc["angles_3d"] is not None:

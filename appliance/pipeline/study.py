@@ -150,7 +150,7 @@ def _network_in(models_dir: Path) -> Callable[[Mapping[str, Any]], Any]:
         infer = importlib.import_module("appliance.recon.infer")
         rstudy = importlib.import_module(RECON_MODULE)
         out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()}, models_dir=models_dir)
-        return rstudy.Reconstruction(out.hu, out.labels, rstudy.MODEL_NAME)
+        return rstudy.Reconstruction(out.hu, out.labels, out.model_version or rstudy.MODEL_NAME)
 
     return reconstruct
 

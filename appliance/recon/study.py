@@ -109,7 +109,7 @@ def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
     """The trained network (``appliance.recon.infer.reconstruct``), imported on first use."""
     infer = importlib.import_module("appliance.recon.infer")
     out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()})
-    return Reconstruction(out.hu, out.labels, MODEL_NAME)
+    return Reconstruction(out.hu, out.labels, out.model_version or MODEL_NAME)
 
 
 def _joint_rows(landmarks_2d: Mapping[str, Any] | None) -> dict[str, float]:
