@@ -326,35 +326,36 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     plot = cfg.out / "loss_curve.png"
     _plot(history, plot)
     final = {k: float(np.mean(v[-50:])) for k, v in history.items()}
+    report = cfg.out / "train_report.json"
+    seeds = tuple(sorted({s.seed for s in samples}))
+    doc: dict[str, Any] = {
+        "model_version": MODEL_VERSION,
+        "config": _cfg_json(cfg),
+        "steps": step,
+        "warm_start_steps": init_steps,
+        "class_weights": None if cls_w is None else [float(x) for x in cls_w],
+        "seconds": round(seconds, 1),
+        "samples": len(samples),
+        "sample_files": [f"recon_{s.seed}_{s.pose}.npz" for s in samples],
+        "anatomies": len(seeds),
+        "seed_range": [min(seeds), max(seeds)],
+        "final_losses": final,
+        "onnx": [],
+        "parity_max_abs_diff": {},
+        "history_every_25": {k: v[::25] for k, v in history.items()},
+    }
+    # The report is written before the export, so a failed export loses neither the weights nor the record
+    # (the checkpoint can be exported again with export.recon.onnx_io.export_checkpoint).
+    report.write_text(json.dumps(doc, indent=2))
     onnx_paths: tuple[Path, ...] = ()
     parity: dict[str, float] = {}
     if cfg.export:
         from export.recon.onnx_io import export_recon
 
         onnx_paths, parity = export_recon(net, cfg.models_dir or cfg.out, cfg.seed, _cfg_json(cfg))
-    report = cfg.out / "train_report.json"
-    seeds = tuple(sorted({s.seed for s in samples}))
-    report.write_text(
-        json.dumps(
-            {
-                "model_version": MODEL_VERSION,
-                "config": _cfg_json(cfg),
-                "steps": step,
-                "warm_start_steps": init_steps,
-                "class_weights": None if cls_w is None else [float(x) for x in cls_w],
-                "seconds": round(seconds, 1),
-                "samples": len(samples),
-                "sample_files": [f"recon_{s.seed}_{s.pose}.npz" for s in samples],
-                "anatomies": len(seeds),
-                "seed_range": [min(seeds), max(seeds)],
-                "final_losses": final,
-                "onnx": [str(p) for p in onnx_paths],
-                "parity_max_abs_diff": parity,
-                "history_every_25": {k: v[::25] for k, v in history.items()},
-            },
-            indent=2,
-        )
-    )
+        doc["onnx"] = [str(p) for p in onnx_paths]
+        doc["parity_max_abs_diff"] = parity
+        report.write_text(json.dumps(doc, indent=2))
     return TrainResult(step, seconds, seeds, final, ckpt, plot, report, onnx_paths, parity)
 
 

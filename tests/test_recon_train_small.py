@@ -1,0 +1,82 @@
+"""``train_recon`` end to end on two tiny synthetic samples: steps, checkpoint, report, ONNX export; the
+report survives a failed export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from appliance.recon.infer import CONTEXT_MODEL, CUBE_VOXELS, FILM_PX, cube_affine  # noqa: E402
+from export.recon.train import TrainConfig, train_recon  # noqa: E402
+from tests.test_recon_model import KNEE  # noqa: E402
+from tests.test_recon_model_learned import _mats  # noqa: E402
+
+
+def _write_samples(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = CUBE_VOXELS
+    g = np.indices((n, n, n), dtype=np.float32)
+    for seed in (20000, 20001):
+        labels = np.zeros((n, n, n), np.uint8)
+        labels[((g - 50.0) ** 2).sum(0) < 30.0**2] = 1
+        labels[((g - 95.0) ** 2).sum(0) < 25.0**2] = 2
+        labels[((g - np.array([70.0, 110.0, 72.0])[:, None, None, None]) ** 2).sum(0) < 6.0**2] = 3
+        labels[((g - np.array([30.0, 72.0, 120.0])[:, None, None, None]) ** 2).sum(0) < 9.0**2] = 4
+        hu = np.where(labels > 0, 700, 0).astype(np.int16) + rng.integers(-20, 20, labels.shape).astype(
+            np.int16
+        )
+        np.savez_compressed(
+            folder / f"recon_{seed}_0.npz",
+            hu=hu,
+            labels=labels,
+            films=rng.random((2, FILM_PX, FILM_PX)).astype(np.float16),
+            mats=_mats()[0].numpy().astype(np.float32),
+            affine=cube_affine(KNEE),
+            seed=seed,
+        )
+
+
+def test_train_recon_writes_checkpoint_report_and_onnx(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_samples(data)
+    cfg = TrainConfig(
+        data=data, out=tmp_path / "run", seed=3, steps=4, n_uniform=256, n_surface=256, n_small=128
+    )
+    res = train_recon(cfg)
+    assert res.steps == 4 and res.checkpoint.is_file() and res.loss_plot.is_file()
+    doc = json.loads(res.report.read_text())
+    assert doc["steps"] == 4 and doc["seed_range"] == [20000, 20001] and doc["config"]["context"] == 16
+    assert [Path(p).name for p in doc["onnx"]][1] == CONTEXT_MODEL
+    assert max(doc["parity_max_abs_diff"].values()) < 1e-3
+    assert all(np.isfinite(v) for v in doc["final_losses"].values())
+
+
+def test_report_survives_a_failed_export(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_samples(data)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the models folder should go")
+    cfg = TrainConfig(
+        data=data,
+        out=tmp_path / "run",
+        seed=4,
+        steps=2,
+        n_uniform=128,
+        n_surface=128,
+        n_small=64,
+        context=0,
+        learned=0,
+        models_dir=blocker,
+    )
+    with pytest.raises(OSError):
+        train_recon(cfg)
+    doc = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert doc["steps"] == 2 and doc["onnx"] == []
+    assert (tmp_path / "run" / "recon.pt").is_file()
