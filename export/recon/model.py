@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.recon.context import ContextNet, sample_volume
+from export.recon.context import ContextNet, back_project, sample_volume
 
 N_FREQ = 3
 N_CLASSES = 5
@@ -244,21 +244,9 @@ class PointDecoder(nn.Module):
         fused ReLU) -- same function, parity checked at export."""
         if torch.onnx.is_in_onnx_export():
             return self.forward_channels_first(feat, mats, present, pts, ctx)
-        b, v = mats.shape[0], mats.shape[1]
+        b = mats.shape[0]
         n = pts.shape[1]
-        ph = torch.cat([pts, torch.ones_like(pts[..., :1])], dim=-1)  # (B, N, 4)
-        q = torch.matmul(mats, ph.transpose(1, 2).unsqueeze(1)).transpose(2, 3)  # (B, V, N, 3)
-        w = torch.clamp(q[..., 2:3], min=1e-3)
-        uv = (q[..., :2] / w).reshape(b * v, 1, n, 2)
-        s = F.grid_sample(
-            feat.reshape(b * v, feat.shape[2], feat.shape[3], feat.shape[4]),
-            uv,
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        )  # (B V, C, 1, N)
-        f = s.reshape(b, v, feat.shape[2], n) * present.view(b, v, 1, 1)
-        f = f.permute(0, 3, 1, 2).reshape(b, n, -1)
+        f = back_project(feat, mats, present, pts).transpose(1, 2)  # (B, N, V F), forward's column order
         lat = present[:, 1:2].view(b, 1, 1).expand(b, n, 1)
         c = self._context(ctx, pts)
         parts = [f] + ([c.transpose(1, 2)] if c is not None else []) + [lat, fourier(pts)]
