@@ -122,3 +122,25 @@ def test_context_export_parity_opcheck_and_runtime(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         Reconstructor(tmp_path)
     assert e.value.reason == "model_missing"
+
+
+def test_a_wider_decoder_starts_as_the_narrow_one_and_learns() -> None:
+    """Warm start into wider hidden layers (hidden 64 -> 128): same function at the start; the added units
+    get gradients (their outgoing weights), so they are not dead."""
+    torch.manual_seed(9)
+    old = ReconNet(hidden=64, learned=16, context=16).eval()
+    new = ReconNet(hidden=128, learned=16, context=16).eval()
+    widen_first_layer(old.decoder, new.decoder)
+    films = torch.rand(1, 2, FILM_PX, FILM_PX)
+    pts = torch.rand(1, 300, 3) * 2.0 - 1.0
+    present = torch.ones(1, 2)
+    with torch.no_grad():
+        feats = old.encode(films)
+        ctx = torch.randn(1, 16, GRID, GRID, GRID)
+        a = old.decoder(feats, _mats(), present, pts, ctx)
+    b = new.decoder(feats, _mats(), present, pts, ctx)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    (b[0].square().mean() + b[1].square().mean()).backward()
+    last = new.decoder.mlp[-1]
+    assert isinstance(last, torch.nn.Linear) and last.weight.grad is not None
+    assert last.weight.grad[:, 32:].abs().sum() > 0  # the added units' outgoing weights learn

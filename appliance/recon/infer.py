@@ -52,8 +52,11 @@ __all__ = [
     "ENCODER_MODEL",
     "FILM_PITCH_MM",
     "FILM_PX",
+    "LABEL_OFFSETS_META",
+    "LABEL_OFFSET_MODES",
     "VIEWS",
     "VOXEL_MM",
+    "EncodedFilms",
     "FilmFrame",
     "ReconVolumes",
     "Reconstructor",
@@ -61,6 +64,7 @@ __all__ = [
     "cube_to_film_matrix",
     "estimate_centre",
     "film_frame",
+    "parse_label_offsets",
     "reconstruct",
 ]
 
@@ -85,6 +89,12 @@ HU_SCALE: Final = 1000.0  # network HU unit: hu / HU_SCALE
 # ~8 MB) inside the L3 cache; 131072 spills to memory and was ~10 % slower on ONNX Runtime (docs/engines.md).
 DECODER_CHUNK: Final = 32768
 REFINE_HU_STEP: Final = 0.5  # coarse-neighbourhood HU range (units of 1000 HU) that triggers 1 mm decoding
+# recon-1.3+: per-class offsets added to the decoder's label logits before the argmax, fitted after training
+# on calibration anatomies (export/recon/calibrate.py). Training weights the small bones' cross-entropy up to
+# 4x, which moves the argmax boundary outwards; the offsets put it back where Dice is best. JSON
+# {"biplanar": [5 floats], "ap_only": [5 floats]} (background first, usually 0).
+LABEL_OFFSETS_META: Final = "xr3d.label_logit_offsets"
+LABEL_OFFSET_MODES: Final = ("biplanar", "ap_only")
 
 
 # --- geometry shared with training ------------------------------------------------------------------
@@ -212,6 +222,46 @@ class ReconVolumes:
     decoded_points: int = 0
 
 
+def parse_label_offsets(raw: str | None) -> dict[str, F32]:
+    """The decoder's ``xr3d.label_logit_offsets`` metadata -> offsets per mode (zeros when absent).
+
+    Raises :class:`InputError` (``bad_model_metadata``) for anything but finite numbers, one per class."""
+    out = {m: np.zeros(N_CLASSES, np.float32) for m in LABEL_OFFSET_MODES}
+    if raw is None:
+        return out
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise InputError(f"{LABEL_OFFSETS_META} is not JSON: {e}", reason="bad_model_metadata") from e
+    if not isinstance(data, dict) or not set(data) <= set(LABEL_OFFSET_MODES):
+        raise InputError(
+            f"{LABEL_OFFSETS_META} must map {LABEL_OFFSET_MODES} to offsets", reason="bad_model_metadata"
+        )
+    for mode, vals in data.items():
+        arr = np.asarray(vals, dtype=np.float64) if isinstance(vals, list) else np.zeros(0)
+        if arr.shape != (N_CLASSES,) or not np.all(np.isfinite(arr)):
+            raise InputError(
+                f"{LABEL_OFFSETS_META}[{mode}] must be {N_CLASSES} finite numbers, got {vals!r}",
+                reason="bad_model_metadata",
+            )
+        out[mode] = arr.astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedFilms:
+    """What the decoder needs besides the points: film features, matrices, ``present`` and the context."""
+
+    features: F32
+    mats: F32
+    present: F32
+    context: F32 | None
+
+    @property
+    def mode(self) -> str:
+        return "biplanar" if float(self.present[0, 1]) > 0.5 else "ap_only"
+
+
 def _grid_points(idx: NDArray[np.int64]) -> F32:
     """(N, 3) voxel indices -> normalised cube coordinates."""
     return (idx.astype(np.float32) * np.float32(2.0 / (CUBE_VOXELS - 1)) - np.float32(1.0)).astype(np.float32)
@@ -249,6 +299,11 @@ class Reconstructor:
         self.model_version = self._dec.info.version
         self.chunk = int(chunk)
         try:
+            self.label_offsets = parse_label_offsets(dict(self._dec.info.metadata).get(LABEL_OFFSETS_META))
+        except InputError:
+            self.close()
+            raise
+        try:
             geo = json.loads(dict(self._dec.info.metadata).get("xr3d.input_geometry", "{}"))
         except ValueError:
             geo = {}
@@ -273,16 +328,35 @@ class Reconstructor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _decode(self, feats: F32, mats: F32, present: F32, pts: F32, context: F32 | None) -> tuple[F32, F32]:
+    def encode(self, images: ArrayLike, mats: ArrayLike, present: ArrayLike) -> EncodedFilms:
+        """Film frames (2, FILM_PX, FILM_PX), matrices (2, 3, 4) and ``present`` (2,) -> the encoder's
+        features and (recon-1.2+) the context volume, ready for :meth:`decode`."""
+        pres = np.asarray(present, dtype=np.float32).reshape(1, 2)
+        images = np.asarray(images, dtype=np.float32).reshape(2, 1, FILM_PX, FILM_PX)
+        m = np.asarray(mats, dtype=np.float32).reshape(1, 2, 3, 4).copy()
+        if pres[0, 1] < 0.5:
+            m[0, 1] = m[0, 0]  # any valid projection; its features are zeroed by ``present``
+        feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
+        context = None
+        if self._ctx is not None:
+            context = self._ctx.run({"features": feats, "mats": m, "present": pres})["context"]
+            context = context.astype(np.float32)
+        return EncodedFilms(feats, m, pres, context)
+
+    def decode(self, enc: EncodedFilms, pts: F32, *, calibrated: bool = True) -> tuple[F32, F32]:
+        """HU/1000 (N,) and label logits (N, 5) at ``pts`` (N, 3, normalised cube coordinates); with
+        ``calibrated`` the model's label offsets for the mode (:data:`LABEL_OFFSETS_META`) are added."""
         hu = np.empty(len(pts), np.float32)
         logits = np.empty((len(pts), N_CLASSES), np.float32)
-        feeds: dict[str, F32] = {"features": feats, "mats": mats, "present": present}
-        if context is not None:
-            feeds["context"] = context
+        feeds: dict[str, F32] = {"features": enc.features, "mats": enc.mats, "present": enc.present}
+        if enc.context is not None:
+            feeds["context"] = enc.context
         for s in range(0, len(pts), self.chunk):
             out = self._dec.run({**feeds, "points": pts[None, s : s + self.chunk]})
             hu[s : s + self.chunk] = out["hu"][0]
             logits[s : s + self.chunk] = out["logits"][0]
+        if calibrated:
+            logits += self.label_offsets[enc.mode]
         return hu, logits
 
     def reconstruct(
@@ -292,6 +366,7 @@ class Reconstructor:
         centre_mm: ArrayLike | None = None,
         refine: bool = True,
         clean: bool = True,
+        calibrated: bool = True,
     ) -> ReconVolumes:
         """Reconstruct the knee cube from ``films`` (see the module docstring).
 
@@ -319,7 +394,9 @@ class Reconstructor:
             images[i] = fr.image
             mats[i] = cube_to_film_matrix(fr.matrix, affine)
             present[i] = 1.0
-        return self.reconstruct_frames(images, mats, present, affine, refine=refine, clean=clean, t0=t0)
+        return self.reconstruct_frames(
+            images, mats, present, affine, refine=refine, clean=clean, calibrated=calibrated, t0=t0
+        )
 
     def reconstruct_frames(
         self,
@@ -330,12 +407,14 @@ class Reconstructor:
         *,
         refine: bool = True,
         clean: bool = True,
+        calibrated: bool = True,
         t0: float | None = None,
     ) -> ReconVolumes:
         """The network part of :meth:`reconstruct`: film frames (2, FILM_PX, FILM_PX) (AP, lateral),
         their matrices (2, 3, 4) from :func:`cube_to_film_matrix`, ``present`` (2,) and the cube affine.
         With ``clean`` the labels get the anatomical clean-up of :func:`clean_labels` (stray islands of a
-        bone removed, cavities inside a bone filled)."""
+        bone removed, cavities inside a bone filled). With ``calibrated`` the model's label-logit offsets
+        are applied (:meth:`decode`)."""
         t0 = time.perf_counter() if t0 is None else t0
         affine = np.asarray(affine, dtype=np.float64)
         centre = affine[:3, :3] @ np.full(3, (CUBE_VOXELS - 1) / 2.0) + affine[:3, 3]
@@ -343,23 +422,14 @@ class Reconstructor:
         used = tuple(v for v, p in zip(VIEWS, pres[0], strict=True) if p > 0.5)
         if "knee_ap" not in used:
             raise InputError("the knee AP film is required for reconstruction", reason="recon_missing_ap")
-        images = np.asarray(images, dtype=np.float32).reshape(2, 1, FILM_PX, FILM_PX)
-        m = np.asarray(mats, dtype=np.float32).reshape(1, 2, 3, 4).copy()
-        if pres[0, 1] < 0.5:
-            m[0, 1] = m[0, 0]  # any valid projection; its features are zeroed by ``present``
-        mats, present = m, pres
         t_prep = time.perf_counter()
-        feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
-        context = None
-        if self._ctx is not None:
-            context = self._ctx.run({"features": feats, "mats": mats, "present": present})["context"]
-            context = context.astype(np.float32)
+        enc = self.encode(images, mats, present)
         t_enc = time.perf_counter()
 
         n = CUBE_VOXELS
         nc = n // 2
         cidx = np.stack(np.meshgrid(*(np.arange(nc) * 2,) * 3, indexing="ij"), -1).reshape(-1, 3)
-        hu_c, lg_c = self._decode(feats, mats, present, _grid_points(cidx), context)
+        hu_c, lg_c = self.decode(enc, _grid_points(cidx), calibrated=calibrated)
         lab_c = np.argmax(lg_c, axis=1).astype(np.uint8).reshape(nc, nc, nc)
         hu_c = hu_c.reshape(nc, nc, nc)
         # Coarse voxel k sits at fine index 2k: zoom with the matching sample positions.
@@ -379,7 +449,7 @@ class Reconstructor:
             busy = busy_c[np.ix_(near, near, near)]
             fidx = np.argwhere(busy)
             if len(fidx):
-                hu_f, lg_f = self._decode(feats, mats, present, _grid_points(fidx), context)
+                hu_f, lg_f = self.decode(enc, _grid_points(fidx), calibrated=calibrated)
                 hu[busy] = hu_f
                 labels[busy] = np.argmax(lg_f, axis=1).astype(np.uint8)
                 decoded += len(fidx)

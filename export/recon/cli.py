@@ -79,7 +79,33 @@ def register_train(tsub: Any) -> None:
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
     p.add_argument("--ap-only", action="store_true", help="ablation: train (and use) the AP film only")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.add_argument(
+        "--calib-data",
+        type=Path,
+        default=None,
+        help="held-out anatomies (recon_<seed>_<pose>.npz, not training seeds) for the label-logit "
+        "calibration written into the exported decoder",
+    )
     p.set_defaults(func=run_train)
+    c = tsub.add_parser(
+        "recon-calibrate",
+        help="fit the reconstruction decoder's label-logit offsets on held-out anatomies",
+        description=(
+            "Run the decoder of --models-dir (ONNX, as at runtime) on every voxel of each sample in --data, "
+            "fit per-bone logit offsets (biplanar and AP only) for the best mean Dice, and write them into "
+            "recon_decoder.onnx's metadata with recon_calibration.json. Samples whose seed is in "
+            "--train-report's training set are refused."
+        ),
+    )
+    c.add_argument("--models-dir", type=Path, required=True)
+    c.add_argument("--data", type=Path, required=True, help="folder of recon_<seed>_<pose>.npz samples")
+    c.add_argument("--train-report", type=Path, default=None, help="train_report.json of the model")
+    c.add_argument("--max-cases", type=int, default=None)
+    c.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    c.add_argument(
+        "--stride", type=int, default=1, help="decode every N-th voxel per axis (default 1: every voxel)"
+    )
+    c.set_defaults(func=run_calibrate)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -118,6 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         n_small=int(args.n_small),
         class_weights=not args.no_class_weights,
+        calib_data=args.calib_data,
     )
     res = train_recon(cfg)
     _say(
@@ -127,6 +154,38 @@ def run_train(args: argparse.Namespace) -> int:
     if res.onnx:
         _say(f"ONNX: {', '.join(str(p) for p in res.onnx)}; parity {res.parity}")
     _say(f"loss curve {res.loss_plot}, checkpoint {res.checkpoint}, report {res.report}")
+    return 0
+
+
+def train_seeds_of(report: Path) -> list[int]:
+    """Anatomy seeds of a train_report.json (its sample file names)."""
+    from export.recon.dataset import sample_seed
+
+    try:
+        doc = json.loads(report.read_text())
+        return sorted({sample_seed(Path(n))[0] for n in doc["sample_files"]})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read training seeds from {report}: {e}", reason="bad_argument") from e
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from export.recon.calibrate import calibrate
+
+    _progress_to_stderr()
+    seeds = train_seeds_of(args.train_report) if args.train_report is not None else []
+    if args.train_report is None:
+        _say("no --train-report: calibration seeds are not checked against the training set")
+    cal = calibrate(
+        args.models_dir,
+        args.data,
+        train_seeds=seeds,
+        max_cases=args.max_cases,
+        threads=int(args.threads),
+        stride=int(args.stride),
+    )
+    _say(f"label offsets {json.dumps(cal.offsets)}")
+    _say(f"mean Dice (femur, tibia, fibula, patella) before {cal.dice_before}, after {cal.dice_after}")
+    _say(f"report {cal.report}")
     return 0
 
 
@@ -146,6 +205,9 @@ def register_eval(esub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--ap-only", action="store_true", help="also evaluate with the AP film alone")
+    p.add_argument(
+        "--uncalibrated", action="store_true", help="also evaluate with the label-logit offsets off"
+    )
     p.add_argument(
         "--ablation", action="append", default=[], metavar="NAME=DIR", help="extra model folder to compare"
     )
@@ -167,6 +229,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.models_dir or REPO_MODELS,
         ablations=ablations,
         ap_only=bool(args.ap_only),
+        uncalibrated=bool(args.uncalibrated),
         max_cases=args.max_cases,
         threads=int(args.threads),
     )

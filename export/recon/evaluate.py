@@ -277,31 +277,40 @@ def evaluate_all(
     *,
     ablations: Mapping[str, Path] | None = None,
     ap_only: bool = False,
+    uncalibrated: bool = False,
     max_cases: int | None = None,
     threads: int = 0,
 ) -> dict[str, Any]:
+    """Every item of ``data`` through ``models_dir`` (row ``biplanar``) and the extra rows asked for:
+    ``ap_only_input`` (the AP film alone), ``uncalibrated`` (the label-logit offsets off) and one per
+    ablation folder (AP only when its name says so)."""
     paths = _items(data, max_cases)
     if not paths:
         raise InputError(
             f"no eval items (recon_<seed>_<pose>.npz or case_<seed>/) in {data}", reason="no_data"
         )
     cfg = EngineConfig(backend="auto", cpu_threads=threads)
-    models: dict[str, tuple[Path, bool]] = {"biplanar": (models_dir, False)}
+    # name -> (models folder, AP only, label offsets applied)
+    models: dict[str, tuple[Path, bool, bool]] = {"biplanar": (models_dir, False, True)}
     if ap_only:
-        models["ap_only_input"] = (models_dir, True)
+        models["ap_only_input"] = (models_dir, True, True)
+    if uncalibrated:
+        models["uncalibrated"] = (models_dir, False, False)
     for name, d in (ablations or {}).items():
-        models[name] = (d, "ap" in name.lower() and "only" in name.lower())
-    recons = {name: Reconstructor(d, cfg) for name, (d, _) in models.items()}
+        models[name] = (d, "ap" in name.lower() and "only" in name.lower(), True)
+    recons = {name: Reconstructor(d, cfg) for name, (d, _, _) in models.items()}
     rows: dict[str, list[dict[str, Any]]] = {n: [] for n in models}
     ceiling: list[dict[str, float]] = []
     try:
         for p in paths:
             item = load_npz(p) if p.suffix == ".npz" else load_case(p)
             ceiling.append(truth_reprojection(item))
-            for name, (_, ap) in models.items():
+            for name, (_, ap, cal) in models.items():
                 present = np.array([1.0, 0.0 if ap else 1.0], np.float32)
                 t0 = time.perf_counter()
-                rec = recons[name].reconstruct_frames(item.frames, item.mats, present, item.affine)
+                rec = recons[name].reconstruct_frames(
+                    item.frames, item.mats, present, item.affine, calibrated=cal
+                )
                 rows[name].append(score(item, rec, time.perf_counter() - t0))
                 log.info(
                     "%s %s: dice femur %.3f tibia %.3f",
@@ -317,7 +326,7 @@ def evaluate_all(
         "data": str(data),
         "items": [p.name for p in paths],
         "seeds": sorted({int(re.search(r"_(\d+)", p.name).group(1)) for p in paths}),  # type: ignore[union-attr]
-        "models": {n: str(d) for n, (d, _) in models.items()},
+        "models": {n: str(d) for n, (d, _, _) in models.items()},
         "rows": {n: _aggregate(r) for n, r in rows.items()},
         "truth_reprojection_ncc": {v: float(np.median([c[f"reproj_{v}"] for c in ceiling])) for v in VIEWS},
         "targets": TARGETS,

@@ -218,9 +218,9 @@ class PointDecoder(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, 32),
+            nn.Linear(hidden, hidden // 2),
             nn.ReLU(inplace=True),
-            nn.Linear(32, 1 + N_CLASSES),
+            nn.Linear(hidden // 2, 1 + N_CLASSES),
         )
 
     def _context(self, ctx: Tensor | None, pts: Tensor) -> Tensor | None:
@@ -358,22 +358,34 @@ def load_net(state: dict[str, Tensor], cfg: dict[str, object]) -> ReconNet:
 
 
 def widen_first_layer(old: PointDecoder, new: PointDecoder) -> None:
-    """Warm start: copy ``old``'s weights into ``new`` whose input has more feature maps per view (the old
-    maps first). The extra input columns start at zero, so ``new`` computes exactly what ``old`` did."""
+    """Warm start: copy ``old``'s weights into ``new``, which may take more feature maps per view or more
+    context channels (the old ones first) and may have wider hidden layers (``hidden``). Every added input
+    column and every weight leaving an added hidden unit starts at zero (the added units' own incoming
+    weights keep their random initialisation, so they learn from the first step), so ``new`` computes
+    exactly what ``old`` did."""
+    lin_o = [m for m in old.mlp if isinstance(m, nn.Linear)]
+    lin_n = [m for m in new.mlp if isinstance(m, nn.Linear)]
+    if len(lin_o) != len(lin_n):
+        raise ValueError("decoders of different depth")
     with torch.no_grad():
-        for (name, po), pn in zip(old.mlp.named_parameters(), new.mlp.parameters(), strict=True):
-            if name != "0.weight":
-                pn.copy_(po)
+        for i, (lo, ln) in enumerate(zip(lin_o, lin_n, strict=True)):
+            wo, wn = lo.weight, ln.weight
+            ro = wo.shape[0]
+            if i == len(lin_o) - 1 and wn.shape[0] != ro:
+                raise ValueError("decoders with different outputs")
+            wn[:ro].zero_()
+            ln.bias[:ro] = lo.bias
+            if i > 0:
+                wn[:ro, : wo.shape[1]] = wo
                 continue
-            pn.zero_()
             fo, fn = old.n_feat, new.n_feat
             for v in range(N_VIEWS):
-                pn[:, v * fn : v * fn + fo] = po[:, v * fo : (v + 1) * fo]
+                wn[:ro, v * fn : v * fn + fo] = wo[:, v * fo : (v + 1) * fo]
             # Old context columns first, new ones zero; then the position columns.
             co = N_VIEWS * fo
             cn = N_VIEWS * fn
-            pn[:, cn : cn + old.n_ctx] = po[:, co : co + old.n_ctx]
-            pn[:, cn + new.n_ctx :] = po[:, co + old.n_ctx :]
+            wn[:ro, cn : cn + old.n_ctx] = wo[:, co : co + old.n_ctx]
+            wn[:ro, cn + new.n_ctx :] = wo[:, co + old.n_ctx :]
 
 
 class PatchDiscriminator(nn.Module):

@@ -14,7 +14,6 @@ random points and a real-looking film (tolerance PARITY_TOL).
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -61,10 +60,10 @@ def _meta(seed: int, cfg: dict[str, Any], kind: str) -> dict[str, Any]:
             "classes": ["background", "femur", "tibia", "fibula", "patella"],
             "hu_unit": 1000.0,
         },
-        "xr3d.part": kind,
-        "xr3d.train_seed_range": json.dumps(list(TRAIN_SEEDS)),
-        "xr3d.eval_seed_range": json.dumps(list(EVAL_SEEDS)),
-        "xr3d.ablation": json.dumps({k: cfg.get(k) for k in ("no_adv", "no_proj", "ap_only")}),
+        "part": kind,
+        "train_seed_range": list(TRAIN_SEEDS),
+        "eval_seed_range": list(EVAL_SEEDS),
+        "ablation": {k: cfg.get(k) for k in ("no_adv", "no_proj", "ap_only")},
     }
 
 

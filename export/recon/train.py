@@ -38,7 +38,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.2"
+MODEL_VERSION = "recon-1.3"
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class TrainConfig:
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
+    calib_data: Path | None = None  # held-out anatomies for the label-logit calibration after export
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,12 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
         doc["onnx"] = [str(p) for p in onnx_paths]
         doc["parity_max_abs_diff"] = parity
         report.write_text(json.dumps(doc, indent=2))
+        if cfg.calib_data is not None:
+            from export.recon.calibrate import calibrate
+
+            cal = calibrate(cfg.models_dir or cfg.out, cfg.calib_data, train_seeds=seeds)
+            doc["label_calibration"] = asdict(cal)
+            report.write_text(json.dumps(doc, indent=2))
     return TrainResult(step, seconds, seeds, final, ckpt, plot, report, onnx_paths, parity)
 
 
