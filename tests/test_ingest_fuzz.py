@@ -244,3 +244,41 @@ def test_dimensions_are_judged_before_decoding(rows: int, cols: int, reason: str
         assert i is not None
         raw[i + 8 : i + 10] = struct.pack("<H", value)
     assert _intake(bytes(raw)) == (QUARANTINED, reason)
+
+
+def test_a_panicking_rle_decoder_is_a_decode_failure() -> None:
+    # Found by the fuzzer: pylibjpeg-rle panics on this 16-bit frame (its second segment starts inside
+    # the first) with pyo3's PanicException, a BaseException that "except Exception" let through.
+    from pydicom.encaps import encapsulate
+
+    from appliance.ingest.dicom_reader import decode_pixels
+    from appliance.ingest.errors import IngestError
+
+    header = struct.pack("<16I", 2, 64, 66, *([0] * 13))
+    frame = header + bytes.fromhex("439ced34e939c50e28")
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.Rows, ds.Columns = 2, 4
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([frame])
+    with pytest.raises(IngestError) as e:
+        decode_pixels(ds)
+    assert e.value.reason == "pixel_decode_failed"
+
+
+def test_a_native_panic_anywhere_in_intake_quarantines_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-file guard also catches BaseException subclasses other than exit/interrupt (a Rust
+    extension's panic), so one file cannot stop the watcher."""
+    import appliance.jobs.intake as intake
+
+    class Panic(BaseException):  # stands in for pyo3_runtime.PanicException (not importable by name)
+        pass
+
+    def boom(*_: object, **__: object) -> None:
+        raise Panic("index out of bounds")
+
+    monkeypatch.setattr(intake, "read_film", boom)
+    assert _intake(_seeds()[str(ExplicitVRLittleEndian)]) == (QUARANTINED, "internal_error")

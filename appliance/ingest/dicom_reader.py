@@ -165,6 +165,14 @@ def decode_pixels(ds: Dataset) -> NDArray[np.generic]:
         raise IngestError(
             f"pixel data cannot be decoded ({type(exc).__name__})", reason="pixel_decode_failed"
         ) from exc
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        # Rust-backed decoders (pylibjpeg-rle) panic on some corrupt streams with pyo3's PanicException,
+        # which derives from BaseException: left alone it would stop the watcher instead of one file.
+        raise IngestError(
+            f"pixel data decoder crashed ({type(exc).__name__})", reason="pixel_decode_failed"
+        ) from exc
     if pixels.ndim != 2 or pixels.size == 0:
         raise IngestError(f"pixel array has shape {pixels.shape}", reason="unsupported_image")
     return pixels

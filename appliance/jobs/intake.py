@@ -86,6 +86,12 @@ def intake_file(path: Path, settings: Settings, store: JobStore, *, final: bool 
         return _guarded_quarantine(path, settings, store)
     except Exception:
         return _guarded_quarantine(path, settings, store)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException:
+        # A native extension's panic (pyo3's PanicException derives from BaseException) is one bad file,
+        # not a reason to stop the service.
+        return _guarded_quarantine(path, settings, store)
 
 
 _UNWRITABLE_SQLITE = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
