@@ -41,6 +41,7 @@ from appliance.errors import InputError
 from appliance.geometry.projection import ProjectionGeometry
 from appliance.geometry.volume import Volume, axis_aligned_affine
 from appliance.recon.label_cleanup import clean_labels
+from appliance.recon.orientation import ap_yaw_deg, axial_rotation, rotate_mats, to_canonical
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ REFINE_HU_STEP: Final = 0.5  # coarse-neighbourhood HU range (units of 1000 HU) 
 # {"biplanar": [5 floats], "ap_only": [5 floats]} (background first, usually 0).
 LABEL_OFFSETS_META: Final = "xr3d.label_logit_offsets"
 LABEL_OFFSET_MODES: Final = ("biplanar", "ap_only")
+# recon-1.4+: the frame the network reconstructs in (appliance/recon/orientation.py). "patient": the cube as
+# laid out by cube_affine; "knee_canonical": the cube turned about its S-I axis to the knee's axial
+# rotation, which the orientation model estimates from the films (decoder metadata ``xr3d.frame``).
+FRAME_META: Final = "xr3d.frame"
+FRAME_PATIENT: Final = "patient"
+FRAME_CANONICAL: Final = "knee_canonical"
+ORIENT_MODEL: Final = "recon_orient.onnx"
 
 
 # --- geometry shared with training ------------------------------------------------------------------
@@ -220,6 +228,7 @@ class ReconVolumes:
     backend: str = ""
     model_version: str = ""
     decoded_points: int = 0
+    axial_deg: float | None = None  # the knee-canonical frame's turn (None: patient frame)
 
 
 def parse_label_offsets(raw: str | None) -> dict[str, F32]:
@@ -253,9 +262,11 @@ class EncodedFilms:
     """What the decoder needs besides the points: film features, matrices, ``present`` and the context."""
 
     features: F32
-    mats: F32
+    mats: F32  # as the network sees them: turned with ``rotation`` in the knee-canonical frame
     present: F32
     context: F32 | None
+    rotation: NDArray[np.float64] | None = None  # the knee-canonical frame's turn (None: patient frame)
+    axial_deg: float | None = None
 
     @property
     def mode(self) -> str:
@@ -298,6 +309,23 @@ class Reconstructor:
             self._ctx, _ = open_backend(d / CONTEXT_MODEL, cfg)
         self.model_version = self._dec.info.version
         self.chunk = int(chunk)
+        frame = dict(self._dec.info.metadata).get(FRAME_META, FRAME_PATIENT)
+        if frame not in (FRAME_PATIENT, FRAME_CANONICAL):
+            self.close()
+            raise InputError(
+                f"{FRAME_META} {frame!r} is not known to this runtime", reason="bad_model_metadata"
+            )
+        self.canonical = frame == FRAME_CANONICAL
+        self._orient = None
+        if self.canonical:
+            if not (d / ORIENT_MODEL).is_file():
+                self.close()
+                raise InputError(
+                    f"{DECODER_MODEL} in {d} reconstructs in the knee-canonical frame and needs "
+                    f"{ORIENT_MODEL}, which is missing",
+                    reason="model_missing",
+                )
+            self._orient, _ = open_backend(d / ORIENT_MODEL, cfg)
         try:
             self.label_offsets = parse_label_offsets(dict(self._dec.info.metadata).get(LABEL_OFFSETS_META))
         except InputError:
@@ -321,6 +349,9 @@ class Reconstructor:
         self._dec.close()
         if self._ctx is not None:
             self._ctx.close()
+        orient = getattr(self, "_orient", None)  # absent when __init__ failed before opening it
+        if orient is not None:
+            orient.close()
 
     def __enter__(self) -> Reconstructor:
         return self
@@ -328,20 +359,43 @@ class Reconstructor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def encode(self, images: ArrayLike, mats: ArrayLike, present: ArrayLike) -> EncodedFilms:
+    def estimate_axial_deg(self, images: ArrayLike, mats: ArrayLike) -> float:
+        """The knee's axial rotation in the cube (deg): the orientation model's angle on the films plus
+        the AP film's own turn (:func:`appliance.recon.orientation.ap_yaw_deg`)."""
+        if self._orient is None:
+            raise InputError(f"no {ORIENT_MODEL} loaded", reason="model_missing")
+        films = np.asarray(images, dtype=np.float32).reshape(1, 2, FILM_PX, FILM_PX)
+        on_film = float(np.asarray(self._orient.run({"films": films})["angle_deg"]).reshape(-1)[0])
+        m = np.asarray(mats, dtype=np.float64).reshape(2, 3, 4)
+        return on_film + ap_yaw_deg(m[0])
+
+    def encode(
+        self, images: ArrayLike, mats: ArrayLike, present: ArrayLike, *, axial_deg: float | None = None
+    ) -> EncodedFilms:
         """Film frames (2, FILM_PX, FILM_PX), matrices (2, 3, 4) and ``present`` (2,) -> the encoder's
-        features and (recon-1.2+) the context volume, ready for :meth:`decode`."""
+        features and (recon-1.2+) the context volume, ready for :meth:`decode`.
+
+        A knee-canonical model (recon-1.4+) works in the cube turned by ``axial_deg`` (estimated from the
+        films when None); points given to :meth:`decode` stay in the patient-aligned cube."""
         pres = np.asarray(present, dtype=np.float32).reshape(1, 2)
         images = np.asarray(images, dtype=np.float32).reshape(2, 1, FILM_PX, FILM_PX)
         m = np.asarray(mats, dtype=np.float32).reshape(1, 2, 3, 4).copy()
         if pres[0, 1] < 0.5:
             m[0, 1] = m[0, 0]  # any valid projection; its features are zeroed by ``present``
+        rotation = None
+        if self.canonical:
+            if axial_deg is None:
+                axial_deg = self.estimate_axial_deg(images, m)
+            rotation = axial_rotation(float(axial_deg))
+            m = rotate_mats(m, rotation)
         feats = self._enc.run({"film": images})["features"][None].astype(np.float32)
         context = None
         if self._ctx is not None:
             context = self._ctx.run({"features": feats, "mats": m, "present": pres})["context"]
             context = context.astype(np.float32)
-        return EncodedFilms(feats, m, pres, context)
+        return EncodedFilms(
+            feats, m, pres, context, rotation, None if axial_deg is None else float(axial_deg)
+        )
 
     def decode(self, enc: EncodedFilms, pts: F32, *, calibrated: bool = True) -> tuple[F32, F32]:
         """HU/1000 (N,) and label logits (N, 5) at ``pts`` (N, 3, normalised cube coordinates); with
@@ -351,6 +405,8 @@ class Reconstructor:
         feeds: dict[str, F32] = {"features": enc.features, "mats": enc.mats, "present": enc.present}
         if enc.context is not None:
             feeds["context"] = enc.context
+        if enc.rotation is not None:
+            pts = to_canonical(pts, enc.rotation)
         for s in range(0, len(pts), self.chunk):
             out = self._dec.run({**feeds, "points": pts[None, s : s + self.chunk]})
             hu[s : s + self.chunk] = out["hu"][0]
@@ -409,12 +465,14 @@ class Reconstructor:
         clean: bool = True,
         calibrated: bool = True,
         t0: float | None = None,
+        axial_deg: float | None = None,
     ) -> ReconVolumes:
         """The network part of :meth:`reconstruct`: film frames (2, FILM_PX, FILM_PX) (AP, lateral),
         their matrices (2, 3, 4) from :func:`cube_to_film_matrix`, ``present`` (2,) and the cube affine.
         With ``clean`` the labels get the anatomical clean-up of :func:`clean_labels` (stray islands of a
         bone removed, cavities inside a bone filled). With ``calibrated`` the model's label-logit offsets
-        are applied (:meth:`decode`)."""
+        are applied (:meth:`decode`). ``axial_deg`` overrides a knee-canonical model's estimate of the
+        knee's rotation (evaluation with the truth's); the output grid is the patient-aligned cube."""
         t0 = time.perf_counter() if t0 is None else t0
         affine = np.asarray(affine, dtype=np.float64)
         centre = affine[:3, :3] @ np.full(3, (CUBE_VOXELS - 1) / 2.0) + affine[:3, 3]
@@ -423,7 +481,7 @@ class Reconstructor:
         if "knee_ap" not in used:
             raise InputError("the knee AP film is required for reconstruction", reason="recon_missing_ap")
         t_prep = time.perf_counter()
-        enc = self.encode(images, mats, present)
+        enc = self.encode(images, mats, present, axial_deg=axial_deg)
         t_enc = time.perf_counter()
 
         n = CUBE_VOXELS
@@ -480,6 +538,7 @@ class Reconstructor:
             backend=self._enc.name,
             model_version=self.model_version,
             decoded_points=decoded,
+            axial_deg=enc.axial_deg,
         )
 
 

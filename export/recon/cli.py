@@ -80,6 +80,18 @@ def register_train(tsub: Any) -> None:
     p.add_argument("--ap-only", action="store_true", help="ablation: train (and use) the AP film only")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     p.add_argument(
+        "--canonical",
+        action="store_true",
+        help="train in the knee-canonical frame: each cube turned to the knee's axial rotation "
+        "(appliance/recon/orientation.py)",
+    )
+    p.add_argument(
+        "--canon-noise-deg",
+        type=float,
+        default=4.0,
+        help="with --canonical: spread (deg) added to the measured rotation, the runtime estimate's error",
+    )
+    p.add_argument(
         "--calib-data",
         type=Path,
         default=None,
@@ -106,6 +118,57 @@ def register_train(tsub: Any) -> None:
         "--stride", type=int, default=1, help="decode every N-th voxel per axis (default 1: every voxel)"
     )
     c.set_defaults(func=run_calibrate)
+    o = tsub.add_parser(
+        "recon-orient",
+        help="train the orientation model (the knee's axial rotation from the films) for knee-canonical "
+        "reconstruction",
+        description=(
+            "Train export/recon/orient.py's CNN on the reconstruction samples in --data (training seeds "
+            "only; target: the truth labels' plateau angle minus the AP film's turn), report its errors on "
+            "each --eval-data folder (held-out seeds) and write recon_orient.onnx into --models-dir "
+            "(default: --out)."
+        ),
+    )
+    o.add_argument("--data", type=Path, required=True, help="folder of recon_<seed>_<pose>.npz samples")
+    o.add_argument("--out", type=Path, required=True)
+    o.add_argument("--seed", type=int, required=True)
+    o.add_argument("--epochs", type=int, default=40)
+    o.add_argument("--width", type=int, default=16)
+    o.add_argument("--threads", type=int, default=1)
+    o.add_argument("--models-dir", type=Path, default=None)
+    o.add_argument("--eval-data", type=Path, action="append", default=[], help="held-out sample folder")
+    o.set_defaults(func=run_orient)
+
+
+def run_orient(args: argparse.Namespace) -> int:
+    import torch
+
+    from export.recon.orient import OrientConfig, evaluate_orient, export_orient, save_report, train_orient
+
+    _progress_to_stderr()
+    cfg = OrientConfig(
+        data=args.data,
+        out=args.out,
+        seed=int(args.seed),
+        epochs=int(args.epochs),
+        width=int(args.width),
+        threads=int(args.threads),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    net, report = train_orient(cfg)
+    torch.save({"net": net.state_dict(), "width": cfg.width, "report": report}, args.out / "orient.pt")
+    train_seeds = set(report["train_seeds"])
+    report["held_out"] = [evaluate_orient(net, d, train_seeds) for d in args.eval_data]
+    path, parity = export_orient(net, args.models_dir or args.out, cfg.seed)
+    report["onnx"] = str(path)
+    report["parity_max_abs_diff_deg"] = parity
+    save_report(report, args.out / "orient_report.json")
+    _say(f"trained in {report['seconds']:.0f} s; fit on training samples {report['train_fit']}")
+    for h in report["held_out"]:
+        base = h["constant_guess_mae_deg"]
+        _say(f"held out {h['data']}: MAE {h['mae_deg']:.2f} deg (constant guess {base:.2f})")
+    _say(f"ONNX {path} (parity {parity:.1e} deg), report {args.out / 'orient_report.json'}")
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -145,6 +208,8 @@ def run_train(args: argparse.Namespace) -> int:
         n_small=int(args.n_small),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
+        canonical=bool(args.canonical),
+        canon_noise_deg=float(args.canon_noise_deg),
     )
     res = train_recon(cfg)
     _say(
@@ -209,6 +274,11 @@ def register_eval(esub: Any) -> None:
         "--uncalibrated", action="store_true", help="also evaluate with the label-logit offsets off"
     )
     p.add_argument(
+        "--truth-orientation",
+        action="store_true",
+        help="knee-canonical models: also evaluate turned to the truth labels' rotation (oracle row)",
+    )
+    p.add_argument(
         "--ablation", action="append", default=[], metavar="NAME=DIR", help="extra model folder to compare"
     )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all)")
@@ -230,6 +300,7 @@ def run_eval(args: argparse.Namespace) -> int:
         ablations=ablations,
         ap_only=bool(args.ap_only),
         uncalibrated=bool(args.uncalibrated),
+        truth_orientation=bool(args.truth_orientation),
         max_cases=args.max_cases,
         threads=int(args.threads),
     )

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from appliance.errors import InputError
 from appliance.recon.infer import CUBE_VOXELS
+from appliance.recon.orientation import plateau_axial_deg
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class ReconSample:
     mats: NDArray[np.float32]  # (2, 3, 4)
     affine: NDArray[np.float64]
     surface: NDArray[np.int64]  # flat indices of voxels on a label or strong HU edge
+    axial_deg: float = 0.0  # the knee's axial rotation in the cube (appliance.recon.orientation)
 
 
 def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[np.int64]:
@@ -84,6 +86,7 @@ def load_samples(
                     d["mats"].astype(np.float32),
                     d["affine"].astype(np.float64),
                     surface_voxels(lab, hu),
+                    plateau_axial_deg(lab),
                 )
             )
         if max_samples is not None and len(out) >= max_samples:

@@ -45,6 +45,7 @@ from appliance.recon.infer import (
     estimate_centre,
     film_frame,
 )
+from appliance.recon.orientation import plateau_axial_deg
 from engines.config import EngineConfig
 from export.recon import metrics as M
 from export.recon.data import EVAL_SEEDS
@@ -278,40 +279,61 @@ def evaluate_all(
     ablations: Mapping[str, Path] | None = None,
     ap_only: bool = False,
     uncalibrated: bool = False,
+    truth_orientation: bool = False,
     max_cases: int | None = None,
     threads: int = 0,
 ) -> dict[str, Any]:
     """Every item of ``data`` through ``models_dir`` (row ``biplanar``) and the extra rows asked for:
-    ``ap_only_input`` (the AP film alone), ``uncalibrated`` (the label-logit offsets off) and one per
-    ablation folder (AP only when its name says so)."""
+    ``ap_only_input`` (the AP film alone), ``uncalibrated`` (the label-logit offsets off),
+    ``truth_orientation`` (a knee-canonical model turned to the truth labels' rotation instead of its
+    estimate: the orientation model's share of the error) and one per ablation folder (AP only when its
+    name says so)."""
     paths = _items(data, max_cases)
     if not paths:
         raise InputError(
             f"no eval items (recon_<seed>_<pose>.npz or case_<seed>/) in {data}", reason="no_data"
         )
     cfg = EngineConfig(backend="auto", cpu_threads=threads)
-    # name -> (models folder, AP only, label offsets applied)
-    models: dict[str, tuple[Path, bool, bool]] = {"biplanar": (models_dir, False, True)}
+    # name -> (models folder, AP only, label offsets applied, truth orientation)
+    models: dict[str, tuple[Path, bool, bool, bool]] = {"biplanar": (models_dir, False, True, False)}
     if ap_only:
-        models["ap_only_input"] = (models_dir, True, True)
+        models["ap_only_input"] = (models_dir, True, True, False)
     if uncalibrated:
-        models["uncalibrated"] = (models_dir, False, False)
+        models["uncalibrated"] = (models_dir, False, False, False)
+    if truth_orientation:
+        models["truth_orientation"] = (models_dir, False, True, True)
     for name, d in (ablations or {}).items():
-        models[name] = (d, "ap" in name.lower() and "only" in name.lower(), True)
-    recons = {name: Reconstructor(d, cfg) for name, (d, _, _) in models.items()}
+        models[name] = (d, "ap" in name.lower() and "only" in name.lower(), True, False)
+    recons = {name: Reconstructor(d, cfg) for name, (d, _, _, _) in models.items()}
     rows: dict[str, list[dict[str, Any]]] = {n: [] for n in models}
     ceiling: list[dict[str, float]] = []
     try:
         for p in paths:
             item = load_npz(p) if p.suffix == ".npz" else load_case(p)
             ceiling.append(truth_reprojection(item))
-            for name, (_, ap, cal) in models.items():
+            axial_truth = plateau_axial_deg(item.labels)
+            for name, (_, ap, cal, oracle) in models.items():
                 present = np.array([1.0, 0.0 if ap else 1.0], np.float32)
+                if oracle and not recons[name].canonical:
+                    raise InputError(
+                        f"--truth-orientation needs a knee-canonical model; {models[name][0]} is not",
+                        reason="bad_argument",
+                    )
                 t0 = time.perf_counter()
                 rec = recons[name].reconstruct_frames(
-                    item.frames, item.mats, present, item.affine, calibrated=cal
+                    item.frames,
+                    item.mats,
+                    present,
+                    item.affine,
+                    calibrated=cal,
+                    axial_deg=axial_truth if oracle else None,
                 )
-                rows[name].append(score(item, rec, time.perf_counter() - t0))
+                row = score(item, rec, time.perf_counter() - t0)
+                row["axial_truth_deg"] = axial_truth
+                if rec.axial_deg is not None:
+                    row["axial_deg"] = rec.axial_deg
+                    row["axial_abs_err_deg"] = abs((rec.axial_deg - axial_truth + 90.0) % 180.0 - 90.0)
+                rows[name].append(row)
                 log.info(
                     "%s %s: dice femur %.3f tibia %.3f",
                     item.name,
@@ -326,7 +348,7 @@ def evaluate_all(
         "data": str(data),
         "items": [p.name for p in paths],
         "seeds": sorted({int(re.search(r"_(\d+)", p.name).group(1)) for p in paths}),  # type: ignore[union-attr]
-        "models": {n: str(d) for n, (d, _, _) in models.items()},
+        "models": {n: str(d) for n, (d, _, _, _) in models.items()},
         "rows": {n: _aggregate(r) for n, r in rows.items()},
         "truth_reprojection_ncc": {v: float(np.median([c[f"reproj_{v}"] for c in ceiling])) for v in VIEWS},
         "targets": TARGETS,
@@ -387,6 +409,10 @@ def format_summary(s: Mapping[str, Any]) -> str:
                 lines.append(
                     f"{name} re-projection NCC {v}: " + ", ".join(f"p{k} {x:.3f}" for k, x in pct.items())
                 )
+    for name, a in s["rows"].items():
+        if a.get("axial_abs_err_deg"):
+            err = _m(a, "axial_abs_err_deg")
+            lines.append(f"{name} knee rotation error (deg, vs the truth plateau): {err}")
     lines.append(
         "truth CT re-projection NCC (ceiling): "
         + json.dumps({k: round(v, 3) for k, v in s["truth_reprojection_ncc"].items()})

@@ -30,6 +30,8 @@ from appliance.recon.infer import (
     ENCODER_MODEL,
     FILM_PITCH_MM,
     FILM_PX,
+    FRAME_CANONICAL,
+    FRAME_PATIENT,
     VOXEL_MM,
 )
 from engines.config import EngineConfig
@@ -64,6 +66,8 @@ def _meta(seed: int, cfg: dict[str, Any], kind: str) -> dict[str, Any]:
         "train_seed_range": list(TRAIN_SEEDS),
         "eval_seed_range": list(EVAL_SEEDS),
         "ablation": {k: cfg.get(k) for k in ("no_adv", "no_proj", "ap_only")},
+        # How the runtime maps points to the network's cube (appliance/recon/orientation.py).
+        "frame": FRAME_CANONICAL if cfg.get("canonical") else FRAME_PATIENT,
     }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from appliance.recon.orientation import axial_rotation, rotate_mats, to_canonical
 from export.recon import losses as L
 from export.recon.data import TRAIN_SEEDS
 from export.recon.dataset import (
@@ -73,6 +74,10 @@ class TrainConfig:
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
     calib_data: Path | None = None  # held-out anatomies for the label-logit calibration after export
+    # Knee-canonical frame (appliance/recon/orientation.py): each sample's cube is turned to the knee's
+    # measured axial rotation plus N(0, canon_noise_deg), the spread of the rotation the runtime estimates.
+    canonical: bool = False
+    canon_noise_deg: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,15 @@ def _batch_tensors(
     )
 
 
+def canonical_rotations(
+    batch: list[ReconSample], rng: np.random.Generator, cfg: TrainConfig
+) -> list[np.ndarray] | None:
+    """Per sample, the turn of the knee-canonical cube (None when training in the aligned cube)."""
+    if not cfg.canonical:
+        return None
+    return [axial_rotation(s.axial_deg + float(rng.normal(0.0, cfg.canon_noise_deg))) for s in batch]
+
+
 def encode_all(net: ReconNet, samples: list[ReconSample]) -> list[torch.Tensor]:
     """Fixed filter-bank features of every sample, once (float16 to halve the memory)."""
     out = []
@@ -161,6 +175,10 @@ def train_step(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     fixed, mats, present = _batch_tensors(ids, feats, samples, rng, cfg)
     batch = [samples[i] for i in ids]
+    rots = canonical_rotations(batch, rng, cfg)
+    if rots is not None:
+        turned = [rotate_mats(m, r) for m, r in zip(mats.numpy(), rots, strict=True)]
+        mats = torch.from_numpy(np.stack(turned))
     films = torch.from_numpy(np.stack([s.films for s in batch]))
     feat = full_features(net, fixed, films)
     ctx = net.make_context(feat, mats, present)
@@ -174,7 +192,10 @@ def train_step(
         )
         for s in batch
     ]
-    pts = torch.from_numpy(np.stack([index_to_norm(i) for i in idx]))
+    norm = [index_to_norm(i) for i in idx]
+    if rots is not None:
+        norm = [to_canonical(p, r) for p, r in zip(norm, rots, strict=True)]
+    pts = torch.from_numpy(np.stack(norm))
     hu_t = torch.from_numpy(np.stack([s.hu.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     lab_t = torch.from_numpy(np.stack([s.labels.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     weight = torch.ones(hu_t.shape)
