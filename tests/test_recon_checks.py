@@ -186,7 +186,17 @@ def test_reconstruct_study_writes_the_contract(
     assert calls == [("knee_ap", "knee_lat")]  # the long-leg film is not a reconstruction input
     doc = json.loads(json.dumps(out.to_json()))
     rec = doc["reconstruction"]
-    assert set(rec) == {"model", "views_used", "spacing_mm", "shape", "consistency", "geometry", "files"}
+    assert set(rec) == {
+        "model",
+        "views_used",
+        "spacing_mm",
+        "shape",
+        "consistency",
+        "geometry",
+        "knee_axial_rotation_deg",
+        "files",
+    }
+    assert rec["knee_axial_rotation_deg"] is None  # the phantom's reconstructor works in the patient frame
     assert rec["geometry"] is None  # FilmViews given directly: their geometries are the caller's
     assert rec["views_used"] == ["knee_ap", "knee_lat"]
     assert rec["spacing_mm"] == 1.0

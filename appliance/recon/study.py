@@ -88,6 +88,7 @@ class StudyReconstruction:
     notes: tuple[str, ...] = ()
     timings_s: Mapping[str, float] = field(default_factory=dict)
     geometry: Mapping[str, Any] | None = None  # StudyFrames.to_dict() (None: FilmViews given directly)
+    axial_deg: float | None = None  # knee-canonical models: the knee's estimated axial rotation in the cube
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ class StudyReconstruction:
                 "shape": list(self.shape),
                 "consistency": self.consistency.to_dict(),
                 "geometry": dict(self.geometry) if self.geometry is not None else None,
+                "knee_axial_rotation_deg": None if self.axial_deg is None else round(self.axial_deg, 2),
                 "files": list(self.files),
             },
             "angles_3d": self.angles_3d,
@@ -109,7 +111,7 @@ def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
     """The trained network (``appliance.recon.infer.reconstruct``), imported on first use."""
     infer = importlib.import_module("appliance.recon.infer")
     out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()})
-    return Reconstruction(out.hu, out.labels, out.model_version or MODEL_NAME)
+    return Reconstruction(out.hu, out.labels, out.model_version or MODEL_NAME, out.axial_deg)
 
 
 def _joint_rows(landmarks_2d: Mapping[str, Any] | None) -> dict[str, float]:
@@ -312,4 +314,5 @@ def reconstruct_study(
         notes=tuple(notes),
         timings_s=timings,
         geometry=frames.to_dict() if frames is not None else None,
+        axial_deg=recon.axial_deg,
     )

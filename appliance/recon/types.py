@@ -46,6 +46,7 @@ class Reconstruction:
     volume: Volume
     labels: Volume
     model: str = "recon/1"
+    axial_deg: float | None = None  # the knee-canonical frame's turn (appliance/recon/orientation.py)
 
     def __post_init__(self) -> None:
         if self.volume.shape != self.labels.shape or not np.allclose(self.volume.affine, self.labels.affine):
