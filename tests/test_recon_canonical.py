@@ -118,6 +118,11 @@ def test_orientation_model_trains_exports_and_refuses_its_own_seeds(canonical_ru
     with Reconstructor(canonical_run / "run") as r:
         assert r.canonical
         assert r.estimate_axial_deg(films, mats) == pytest.approx(expected, abs=0.05)
+        # Without the lateral film the model sees zeros in its place, as trained for AP-only studies.
+        ap_films = films.copy()
+        ap_films[1] = 0.0
+        ap_expected = float(predict(net, ap_films[None].astype(np.float16))[0]) + ap_yaw_deg(mats[0])
+        assert r.estimate_axial_deg(films, mats, (1.0, 0.0)) == pytest.approx(ap_expected, abs=0.05)
         rec = r.reconstruct_frames(films, mats, np.ones(2, np.float32), affine, refine=False)
         assert rec.axial_deg == pytest.approx(expected, abs=0.05)
         given = r.reconstruct_frames(

@@ -359,12 +359,17 @@ class Reconstructor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def estimate_axial_deg(self, images: ArrayLike, mats: ArrayLike) -> float:
-        """The knee's axial rotation in the cube (deg): the orientation model's angle on the films plus
-        the AP film's own turn (:func:`appliance.recon.orientation.ap_yaw_deg`)."""
+    def estimate_axial_deg(
+        self, images: ArrayLike, mats: ArrayLike, present: ArrayLike = (1.0, 1.0)
+    ) -> float:
+        """The knee's axial rotation in the cube (deg): the orientation model's angle on the films (an
+        absent lateral film as zeros, as the model was trained for AP-only studies) plus the AP film's
+        own turn (:func:`appliance.recon.orientation.ap_yaw_deg`)."""
         if self._orient is None:
             raise InputError(f"no {ORIENT_MODEL} loaded", reason="model_missing")
-        films = np.asarray(images, dtype=np.float32).reshape(1, 2, FILM_PX, FILM_PX)
+        films = np.asarray(images, dtype=np.float32).reshape(1, 2, FILM_PX, FILM_PX).copy()
+        if float(np.asarray(present, dtype=np.float32).reshape(-1)[1]) < 0.5:
+            films[0, 1] = 0.0
         on_film = float(np.asarray(self._orient.run({"films": films})["angle_deg"]).reshape(-1)[0])
         m = np.asarray(mats, dtype=np.float64).reshape(2, 3, 4)
         return on_film + ap_yaw_deg(m[0])
@@ -385,7 +390,7 @@ class Reconstructor:
         rotation = None
         if self.canonical:
             if axial_deg is None:
-                axial_deg = self.estimate_axial_deg(images, m)
+                axial_deg = self.estimate_axial_deg(images, m, pres[0])
             rotation = axial_rotation(float(axial_deg))
             m = rotate_mats(m, rotation)
         feats = self._enc.run({"film": images})["features"][None].astype(np.float32)

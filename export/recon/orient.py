@@ -107,9 +107,13 @@ def load_orient_data(folder: Path, seed_range: tuple[int, int] | None = None) ->
     return OrientData(films, target, tuple(p.name for p in paths), tuple(seeds))
 
 
+P_DROP_LAT = 0.25  # share of samples seen without the lateral film (AP-only studies), as in recon training
+
+
 def augment(x: Tensor, rng: np.random.Generator) -> Tensor:
     """Exposure and processing (gamma, gain, offset, noise) and a shift of each frame by up to 1/32 of it:
-    the cube centre is estimated, so the knee is never exactly where training put it."""
+    the cube centre is estimated, so the knee is never exactly where training put it. A quarter of the
+    samples lose the lateral frame (zeros, as the runtime passes an absent view)."""
     b = x.shape[0]
     g = torch.from_numpy(np.exp(rng.normal(0.0, 0.15, (b, 1, 1, 1))).astype(np.float32))
     x = x.clamp(0.0, 1.0) ** g
@@ -123,6 +127,8 @@ def augment(x: Tensor, rng: np.random.Generator) -> Tensor:
         for k in range(x.shape[1]):
             dy, dx = (int(v) for v in rng.integers(-m, m + 1, 2))
             out[i, k] = torch.roll(x[i, k], (dy, dx), (0, 1))
+    drop = torch.from_numpy(rng.random(b) < P_DROP_LAT)
+    out[drop, 1] = 0.0
     return out
 
 
@@ -213,10 +219,13 @@ def evaluate_orient(net: OrientNet, folder: Path, train_seeds: set[int]) -> dict
     if overlap:
         raise InputError(f"{folder} holds training seeds {overlap[:5]}", reason="seed_overlap")
     pred = predict(net, data.films)
+    ap_films = data.films.copy()
+    ap_films[:, 1] = 0
     return {
         "data": str(folder),
         "seeds": [min(data.seeds), max(data.seeds)],
         **angle_errors(pred, data.target_deg),
+        "ap_only": angle_errors(predict(net, ap_films), data.target_deg),
         "per_item": {
             n: [round(float(p), 2), round(float(t), 2)]
             for n, p, t in zip(data.names, pred, data.target_deg, strict=True)
