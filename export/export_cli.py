@@ -140,6 +140,22 @@ def _recon(part: str) -> Callable[[], ReferenceModel]:
     return build
 
 
+def _recon_orient() -> ReferenceModel:
+    """The orientation model of knee-canonical reconstruction (models/recon_orient.pt, recon-1.4+)."""
+    import torch
+
+    from appliance.recon.infer import DEFAULT_MODELS_DIR, FILM_PX
+    from export.recon.orient import load_orient, orient_meta
+    from export.reference_models import ReferenceModel
+
+    ckpt = DEFAULT_MODELS_DIR / "recon_orient.pt"
+    if not ckpt.is_file():
+        raise InputError(f"orientation weights missing: {ckpt}", reason="model_missing")
+    net, seed = load_orient(ckpt)
+    films = torch.rand(1, 2, FILM_PX, FILM_PX, generator=torch.Generator().manual_seed(0))
+    return ReferenceModel("recon_orient", net, (films,), ("films",), ("angle_deg",), orient_meta(seed))
+
+
 _POINT_AXES = (("points", 1, "points"), ("hu", 1, "points"), ("logits", 1, "points"))
 
 SHIPPED_MODELS: tuple[ShippedModel, ...] = (
@@ -149,10 +165,12 @@ SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("recon_encoder", _recon("encoder")),
     ShippedModel("recon_context", _recon("context"), dynamic_batch=False),
     ShippedModel("recon_decoder", _recon("decoder"), dynamic_batch=False, dynamic_axes=_POINT_AXES),
+    ShippedModel("recon_orient", _recon_orient),
     ShippedModel("knee_landmarks", _knee_landmarks),
 )
 """Product models to export: the three stages of the long-leg landmark model (issue 4); the encoder, 3D shape
-context and point decoder of the reconstruction network (issue 5, recon-1.2); and the knee AP / lateral
+context and point decoder of the reconstruction network (issue 5, recon-1.2) and its orientation model
+(recon-1.4, knee-canonical frame); and the knee AP / lateral
 landmark model (issue 4, knee films); weights in models/."""
 
 
@@ -412,8 +430,8 @@ def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
             "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "landmarks_fine, recon_encoder, recon_context, recon_decoder, knee_landmarks) on a realistic "
-            "call (landmark stages at their input geometry, "
+            "landmarks_fine, recon_encoder, recon_context, recon_decoder, recon_orient, knee_landmarks) on a "
+            "realistic call (landmark stages at their input geometry, "
             "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
             "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
             "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "

@@ -250,6 +250,16 @@ def export_orient(net: OrientNet, models_dir: Path, seed: int) -> tuple[Path, fl
     return path, float(par.worst)
 
 
+def orient_meta(seed: int) -> dict[str, Any]:
+    """The ONNX metadata of ``recon_orient.onnx``."""
+    return {
+        "version": ORIENT_VERSION,
+        "training_seed": int(seed),
+        "input_geometry": {"film_px": FILM_PX, "views": ["knee_ap", "knee_lat"]},
+        "output": "knee axial rotation relative to the AP film, deg",
+    }
+
+
 def _export(net: OrientNet, example: Tensor, path: Path, seed: int) -> None:
     from export.onnx_export import export_onnx
 
@@ -259,13 +269,18 @@ def _export(net: OrientNet, example: Tensor, path: Path, seed: int) -> None:
         path,
         input_names=["films"],
         output_names=["angle_deg"],
-        metadata={
-            "version": ORIENT_VERSION,
-            "training_seed": int(seed),
-            "input_geometry": {"film_px": FILM_PX, "views": ["knee_ap", "knee_lat"]},
-            "output": "knee axial rotation relative to the AP film, deg",
-        },
+        metadata=orient_meta(seed),
     )
+
+
+def load_orient(checkpoint: Path) -> tuple[OrientNet, int]:
+    """An orientation checkpoint written by ``xr3d train recon-orient`` -> (network in eval mode, seed)."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    net = OrientNet(int(ck.get("width", 16)))
+    net.load_state_dict(ck["net"])
+    net.eval()
+    seed = int(ck.get("report", {}).get("config", {}).get("seed", 0))
+    return net, seed
 
 
 def save_report(report: dict[str, Any], path: Path) -> None:
