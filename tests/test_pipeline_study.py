@@ -115,13 +115,19 @@ def test_full_study_measured_with_every_output(
     _check_stages(doc)
     if doc["reconstruction"] is not None:
         # The reconstruction names the network that made it (the version in the shipped ONNX metadata).
-        from appliance.recon.infer import DECODER_MODEL, DEFAULT_MODELS_DIR
+        from appliance.recon.infer import DECODER_MODEL, DEFAULT_MODELS_DIR, FRAME_CANONICAL, FRAME_META
         from engines.config import EngineConfig
         from engines.ort_backend import OrtBackend
 
         dec = OrtBackend(DEFAULT_MODELS_DIR / DECODER_MODEL, EngineConfig(cpu_threads=1), device="cpu")
         try:
             assert doc["reconstruction"]["model"] == dec.info.version
+            # A knee-canonical model reports the knee rotation it read from the films (a plausible angle).
+            rotation = doc["reconstruction"]["knee_axial_rotation_deg"]
+            if dict(dec.info.metadata).get(FRAME_META) == FRAME_CANONICAL:
+                assert rotation is not None and -45.0 < rotation < 45.0
+            else:
+                assert rotation is None
         finally:
             dec.close()
     if doc["reconstruction"] is None:

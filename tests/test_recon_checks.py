@@ -269,3 +269,27 @@ def test_a_lateral_film_without_long_leg_gives_knee_landmarks_only(
     for name in ("MDFC", "LDFC", "MTP", "LTP"):
         err = np.linalg.norm(np.asarray(out.landmarks_3d[name]) - phantom.landmarks[name])
         assert err < 1.0, (name, err)
+
+
+def test_the_configured_models_reconstruct_and_report_the_knee_rotation(films: dict[str, FilmView]) -> None:
+    """The service's reconstructor for a configured models folder (``pipeline.models_dir``) runs the real
+    network and carries what it reports; a knee-canonical model's rotation estimate reaches the study."""
+    from appliance.pipeline.study import _network_in
+    from appliance.recon.infer import DECODER_MODEL, DEFAULT_MODELS_DIR, FRAME_CANONICAL, FRAME_META
+    from engines.config import EngineConfig
+    from engines.ort_backend import OrtBackend
+
+    if not (DEFAULT_MODELS_DIR / DECODER_MODEL).is_file():
+        pytest.skip("no shipped reconstruction model")
+    dec = OrtBackend(DEFAULT_MODELS_DIR / DECODER_MODEL, EngineConfig(cpu_threads=1), device="cpu")
+    try:
+        version, frame = dec.info.version, dict(dec.info.metadata).get(FRAME_META)
+    finally:
+        dec.close()
+    rec = _network_in(DEFAULT_MODELS_DIR)(films)
+    assert rec.model == version
+    assert rec.volume.shape == rec.labels.shape and int(np.asarray(rec.labels.data).max()) > 0
+    if frame == FRAME_CANONICAL:
+        assert rec.axial_deg is not None and -45.0 < rec.axial_deg < 45.0
+    else:
+        assert rec.axial_deg is None

@@ -147,10 +147,8 @@ def _network_in(models_dir: Path) -> Callable[[Mapping[str, Any]], Any]:
 
     def reconstruct(films: Mapping[str, Any]) -> Any:
         # Imported on first use, like the stage itself: a build without it reports the stage unavailable.
-        infer = importlib.import_module("appliance.recon.infer")
         rstudy = importlib.import_module(RECON_MODULE)
-        out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()}, models_dir=models_dir)
-        return rstudy.Reconstruction(out.hu, out.labels, out.model_version or rstudy.MODEL_NAME)
+        return rstudy.network_reconstructor(films, models_dir=models_dir)
 
     return reconstruct
 

@@ -107,10 +107,11 @@ class StudyReconstruction:
         }
 
 
-def network_reconstructor(films: Mapping[str, FilmView]) -> Reconstruction:
-    """The trained network (``appliance.recon.infer.reconstruct``), imported on first use."""
+def network_reconstructor(films: Mapping[str, FilmView], models_dir: Path | None = None) -> Reconstruction:
+    """The trained network (``appliance.recon.infer.reconstruct``, the models of ``models_dir`` or the
+    shipped ones), imported on first use."""
     infer = importlib.import_module("appliance.recon.infer")
-    out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()})
+    out = infer.reconstruct({v: (f.image, f.geometry) for v, f in films.items()}, models_dir=models_dir)
     return Reconstruction(out.hu, out.labels, out.model_version or MODEL_NAME, out.axial_deg)
 
 
