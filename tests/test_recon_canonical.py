@@ -182,5 +182,7 @@ def test_a_patient_frame_model_is_unchanged_by_the_axial_argument(
     with Reconstructor(tmp_path / "run") as r:
         assert not r.canonical
         a = r.decode(r.encode(films, mats, np.ones(2, np.float32)), pts)[0]
-        b = r.decode(r.encode(films, mats, np.ones(2, np.float32), axial_deg=20.0), pts)[0]
+        enc = r.encode(films, mats, np.ones(2, np.float32), axial_deg=20.0)
+        b = r.decode(enc, pts)[0]
     assert np.array_equal(a, b)
+    assert enc.axial_deg is None and enc.rotation is None  # nothing turned, nothing reported

@@ -398,9 +398,9 @@ class Reconstructor:
         if self._ctx is not None:
             context = self._ctx.run({"features": feats, "mats": m, "present": pres})["context"]
             context = context.astype(np.float32)
-        return EncodedFilms(
-            feats, m, pres, context, rotation, None if axial_deg is None else float(axial_deg)
-        )
+        # A patient-frame model ignores ``axial_deg`` and reports none.
+        axial = float(axial_deg) if rotation is not None and axial_deg is not None else None
+        return EncodedFilms(feats, m, pres, context, rotation, axial)
 
     def decode(self, enc: EncodedFilms, pts: F32, *, calibrated: bool = True) -> tuple[F32, F32]:
         """HU/1000 (N,) and label logits (N, 5) at ``pts`` (N, 3, normalised cube coordinates); with
