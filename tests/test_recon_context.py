@@ -19,7 +19,7 @@ from appliance.errors import InputError  # noqa: E402
 from appliance.recon.infer import CONTEXT_MODEL, CUBE_VOXELS, FILM_PX, Reconstructor  # noqa: E402
 from engines.opcheck import check_onnx_file  # noqa: E402
 from export.recon.context import GRID, back_project, grid_points, project, sample_volume  # noqa: E402
-from export.recon.model import ReconNet, widen_first_layer  # noqa: E402
+from export.recon.model import ReconNet, net_from_config, widen_first_layer  # noqa: E402
 from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
 from tests.test_recon_model import KNEE, _geoms  # noqa: E402
 from tests.test_recon_model_learned import _mats  # noqa: E402
@@ -144,3 +144,31 @@ def test_a_wider_decoder_starts_as_the_narrow_one_and_learns() -> None:
     last = new.decoder.mlp[-1]
     assert isinstance(last, torch.nn.Linear) and last.weight.grad is not None
     assert last.weight.grad[:, 32:].abs().sum() > 0  # the added units' outgoing weights learn
+
+
+def test_a_finer_context_grid_warm_starts_exports_and_runs(tmp_path: Path) -> None:
+    """The context grid is a config value (``context_grid``): the convolutions do not depend on it, so a
+    finer grid loads a coarser one's weights; the grid reaches the checkpoint config, the ONNX context
+    output and the runtime, which samples whatever grid the context model produces."""
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ReconNet(learned=16, context=16, context_grid=30)
+    torch.manual_seed(10)
+    coarse = ReconNet(learned=16, context=16)
+    fine = net_from_config({"learned": 16, "context": 16, "context_grid": 16})
+    assert fine.context is not None and coarse.context is not None
+    fine.context.load_state_dict(coarse.context.state_dict())
+    fine.decoder.load_state_dict(coarse.decoder.state_dict())
+    assert net_from_config({"learned": 16, "context": 16}).context.grid_n == GRID  # type: ignore[union-attr]
+    paths, parity = export_recon(
+        fine, tmp_path, seed=10, cfg={"learned": 16, "context": 16, "context_grid": 16}
+    )
+    assert max(parity.values()) < PARITY_TOL
+    out = onnx.load(str(paths[1])).graph.output[0]
+    dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert dims[-3:] == [16, 16, 16]
+    g = _geoms()
+    rng = np.random.default_rng(11)
+    films = {k: (rng.random((x.rows, x.columns)).astype(np.float32), x) for k, x in g.items()}
+    with Reconstructor(tmp_path) as r:
+        a = r.reconstruct(films, refine=False)
+    assert a.hu.shape == (CUBE_VOXELS,) * 3 and np.isfinite(a.hu.data).all()

@@ -72,6 +72,12 @@ def register_train(tsub: Any) -> None:
         default=16,
         help="channels of the 3D shape context (default 16; 0: none, the recon-1.1 architecture)",
     )
+    p.add_argument(
+        "--context-grid",
+        type=int,
+        default=32,
+        help="3D context points per axis, a multiple of 4 (default 32: 4.6 mm voxels; 48: 3 mm)",
+    )
     p.add_argument("--init-from", type=Path, default=None, help="warm start from a recon.pt")
     p.add_argument("--n-small", type=int, default=1024, help="points near fibula/patella surfaces per sample")
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
@@ -204,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
         hidden=int(args.hidden),
         learned=int(args.learned),
         context=int(args.context),
+        context_grid=int(args.context_grid),
         init_from=args.init_from,
         n_small=int(args.n_small),
         class_weights=not args.no_class_weights,

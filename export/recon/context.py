@@ -78,13 +78,17 @@ def _conv(c_in: int, c_out: int, k: int = 3, stride: int = 1) -> nn.Sequential:
 
 class ContextNet(nn.Module):
     """Back-projected film features (2 views x ``n_feat`` maps, the lateral-present flag and the grid
-    position) on ``GRID``^3 -> ``channels`` context maps, by a 3-level 3D U-Net (32^3, 16^3, 8^3; 16, 32,
-    64 channels)."""
+    position) on ``grid``^3 -> ``channels`` context maps, by a 3-level 3D U-Net (grid, grid/2, grid/4; 16, 32,
+    64 channels). ``grid`` is 32 (4.6 mm voxels) up to recon-1.4."""
 
-    def __init__(self, n_feat: int, channels: int = 16, n_views: int = 2) -> None:
+    def __init__(self, n_feat: int, channels: int = 16, n_views: int = 2, grid: int = GRID) -> None:
         super().__init__()
+        if grid % 4:
+            raise ValueError(f"the context grid must be a multiple of 4 (two halvings), got {grid}")
         self.channels = int(channels)
-        self.register_buffer("grid", grid_points(), persistent=False)
+        self.grid_n = int(grid)
+        # The convolutions do not depend on the grid: a finer grid warm-starts from a coarser one's weights.
+        self.register_buffer("grid", grid_points(self.grid_n), persistent=False)
         c_in = n_views * n_feat + 4
         self.inp = _conv(c_in, 16, k=1)
         self.l0 = _conv(16, 16)
@@ -97,7 +101,7 @@ class ContextNet(nn.Module):
     def forward(self, feat: Tensor, mats: Tensor, present: Tensor) -> Tensor:
         """``feat`` (B, V, F, H, W), ``mats`` (B, V, 3, 4), ``present`` (B, V) -> (B, channels, G, G, G)."""
         b = feat.shape[0]
-        g = GRID
+        g = self.grid_n
         grid = self.grid
         assert isinstance(grid, Tensor)
         pts = grid.unsqueeze(0).expand(b, -1, -1)

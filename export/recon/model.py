@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.recon.context import ContextNet, back_project, sample_volume
+from export.recon.context import GRID, ContextNet, back_project, sample_volume
 
 N_FREQ = 3
 N_CLASSES = 5
@@ -322,10 +322,12 @@ class PointDecoder(nn.Module):
 
 
 class ReconNet(nn.Module):
-    def __init__(self, hidden: int = 64, learned: int = 0, context: int = 0) -> None:
+    def __init__(
+        self, hidden: int = 64, learned: int = 0, context: int = 0, context_grid: int = GRID
+    ) -> None:
         super().__init__()
         self.encoder = FilmEncoder(learned)
-        self.context = ContextNet(self.encoder.n_out, context) if context else None
+        self.context = ContextNet(self.encoder.n_out, context, grid=context_grid) if context else None
         self.decoder = PointDecoder(hidden, self.encoder.n_out, context)
 
     def make_context(self, feat: Tensor, mats: Tensor, present: Tensor) -> Tensor | None:
@@ -341,11 +343,12 @@ class ReconNet(nn.Module):
 
 def net_from_config(cfg: dict[str, object]) -> ReconNet:
     """The architecture a training config describes (``hidden``, ``learned``, ``context``; older
-    checkpoints lack ``learned`` (the fixed encoder) and ``context`` (none))."""
+    checkpoints lack ``learned`` (the fixed encoder), ``context`` (none) and ``context_grid`` (32))."""
     return ReconNet(
         hidden=int(str(cfg.get("hidden", 64))),
         learned=int(str(cfg.get("learned", 0))),
         context=int(str(cfg.get("context", 0))),
+        context_grid=int(str(cfg.get("context_grid", GRID))),
     )
 
 

@@ -73,6 +73,7 @@ class TrainConfig:
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
+    context_grid: int = 32  # its points per axis (32: 4.6 mm voxels, up to recon-1.4; 48: 3 mm)
     calib_data: Path | None = None  # held-out anatomies for the label-logit calibration after export
     # Knee-canonical frame (appliance/recon/orientation.py): each sample's cube is turned to the knee's
     # measured axial rotation plus N(0, canon_noise_deg), the spread of the rotation the runtime estimates.
@@ -273,7 +274,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     samples = load_samples(cfg.data, TRAIN_SEEDS, cfg.max_samples)
     if not samples:
         raise FileNotFoundError(f"no training samples in {cfg.data}")
-    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned, context=cfg.context)
+    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned, context=cfg.context, context_grid=cfg.context_grid)
     init_steps = 0
     dec_lr = 1.0
     if cfg.init_from is not None:
