@@ -39,7 +39,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.4"
+MODEL_VERSION = "recon-1.5"
 
 
 @dataclass(frozen=True)
