@@ -172,3 +172,23 @@ def test_a_finer_context_grid_warm_starts_exports_and_runs(tmp_path: Path) -> No
     with Reconstructor(tmp_path) as r:
         a = r.reconstruct(films, refine=False)
     assert a.hu.shape == (CUBE_VOXELS,) * 3 and np.isfinite(a.hu.data).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), w=st.integers(8, 64), h=st.integers(8, 64))
+def test_back_projection_samples_the_align_corners_true_positions(seed: int, w: int, h: int) -> None:
+    """``back_project`` samples with ``align_corners=False`` (ONNX Runtime's fast path) at remapped
+    coordinates; it must equal sampling the projected positions with ``align_corners=True``, inside the
+    frame, at its edges and outside (zero padding)."""
+    g = torch.Generator().manual_seed(seed)
+    feat = torch.rand(1, 2, 3, h, w, generator=g)
+    mats = torch.randn(1, 2, 3, 4, generator=g) * 0.5
+    mats[..., 2, 3] = 2.0
+    pts = torch.rand(1, 400, 3, generator=g) * 2.4 - 1.2
+    present = torch.tensor([[1.0, 1.0]])
+    uv = project(mats, pts).reshape(2, 1, 400, 2)
+    ref = torch.nn.functional.grid_sample(
+        feat.reshape(2, 3, h, w), uv, mode="bilinear", padding_mode="zeros", align_corners=True
+    ).reshape(1, 6, 400)
+    got = back_project(feat, mats, present, pts)
+    assert torch.allclose(got, ref, atol=1e-5)
