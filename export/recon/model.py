@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.recon.context import GRID, ContextNet, back_project, sample_volume
+from export.recon.context import GRID, ContextNet, back_project, fast_path_coords, sample_volume
 
 N_FREQ = 3
 N_CLASSES = 5
@@ -290,7 +290,7 @@ class PointDecoder(nn.Module):
         )  # (B, V, 3, N)
         w = torch.clamp(q[:, :, 2:3], min=1e-3)
         size = torch.tensor([float(w_px), float(h)], dtype=feat.dtype).view(1, 1, 2, 1)
-        uv = ((q[:, :, :2] / w + 1.0) * (size - 1.0) + 1.0) / size - 1.0  # (B, V, 2, N), align_corners=False
+        uv = fast_path_coords(q[:, :, :2] / w, size)  # (B, V, 2, N), align_corners=False
         pr = present.view(b, v, 1, 1)
         uv = uv * pr + (1.0 - pr) * _ABSENT_UV  # absent view (flag 0): every sample outside the frame
         s = F.grid_sample(
