@@ -12,7 +12,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from appliance.recon.infer import CUBE_VOXELS, FILM_PX, cube_affine, cube_to_film_matrix, film_frame  # noqa: E402
-from export.recon.dataset import ReconSample, small_bone_points, surface_voxels  # noqa: E402
+from export.recon.dataset import (  # noqa: E402
+    ReconSample,
+    bone_edge_points,
+    bone_edge_voxels,
+    small_bone_points,
+    surface_voxels,
+)
 from export.recon.model import N_FIXED, ReconNet, load_net, widen_first_layer  # noqa: E402
 from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
 from export.recon.train import CLASS_W_MAX, class_weights  # noqa: E402
@@ -88,7 +94,7 @@ def _toy_sample() -> ReconSample:
     hu = (lab > 0).astype(np.int16) * 700
     return ReconSample(
         1, 0, hu, lab, np.zeros((2, 8, 8), np.float32), np.zeros((2, 3, 4), np.float32), np.eye(4),
-        surface_voxels(lab, hu),
+        surface_voxels(lab, hu), 0.0, bone_edge_voxels(lab),
     )  # fmt: skip
 
 
@@ -99,6 +105,20 @@ def test_small_bone_points_sit_on_fibula_and_patella() -> None:
     fib = (ijk >= [88, 28, 28]).all(1) & (ijk <= [97, 37, 61]).all(1)
     pat = (ijk >= [98, 98, 98]).all(1) & (ijk <= [111, 111, 109]).all(1)
     assert (fib | pat).all() and 200 <= fib.sum() <= 300
+
+
+def test_bone_edge_points_sit_on_the_femur_and_tibia_boundary_only() -> None:
+    s = _toy_sample()
+    edges = set(s.bone_edges.tolist())
+    # The femur cube's faces, both sides: none from the fibula or patella boxes, none from its interior.
+    ijk = np.stack(np.unravel_index(s.bone_edges, s.labels.shape), axis=-1)
+    assert ((ijk >= 19) & (ijk <= 80)).all() and not ((ijk >= 21) & (ijk <= 78)).all(1).any()
+    assert len(edges) == (60**3 - 58**3) + 6 * 60**2  # inner shell + face-adjacent outside voxels
+    idx = bone_edge_points(s, np.random.default_rng(0), 500)
+    near = np.stack(np.unravel_index(idx, s.labels.shape), axis=-1)
+    assert ((near >= 18) & (near <= 81)).all() and not ((near >= 22) & (near <= 77)).all(1).any()
+    no_edges = ReconSample(s.seed, s.pose, s.hu, s.labels, s.films, s.mats, s.affine, s.surface)
+    assert bone_edge_points(no_edges, np.random.default_rng(0), 7).shape == (7,)
 
 
 def test_class_weights_favour_the_small_bones() -> None:

@@ -80,6 +80,12 @@ def register_train(tsub: Any) -> None:
     )
     p.add_argument("--init-from", type=Path, default=None, help="warm start from a recon.pt")
     p.add_argument("--n-small", type=int, default=1024, help="points near fibula/patella surfaces per sample")
+    p.add_argument(
+        "--n-bone",
+        type=int,
+        default=0,
+        help="points near the femur/tibia boundaries per sample (default 0, the recon-1.5 recipe)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
@@ -213,6 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
         context_grid=int(args.context_grid),
         init_from=args.init_from,
         n_small=int(args.n_small),
+        n_bone=int(args.n_bone),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
         canonical=bool(args.canonical),

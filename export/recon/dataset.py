@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class ReconSample:
     affine: NDArray[np.float64]
     surface: NDArray[np.int64]  # flat indices of voxels on a label or strong HU edge
     axial_deg: float = 0.0  # the knee's axial rotation in the cube (appliance.recon.orientation)
+    # flat indices on the femur's and tibia's own boundaries (both sides); see bone_edge_voxels
+    bone_edges: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[np.int64]:
@@ -43,6 +45,23 @@ def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[
         a[ax] = slice(1, None)
         b[ax] = slice(None, -1)
         diff = (labels[tuple(a)] != labels[tuple(b)]) | (np.abs(h[tuple(a)] - h[tuple(b)]) > 300)
+        edge[tuple(a)] |= diff
+        edge[tuple(b)] |= diff
+    return np.flatnonzero(edge)
+
+
+def bone_edge_voxels(labels: NDArray[np.uint8], classes: tuple[int, ...] = (1, 2)) -> NDArray[np.int64]:
+    """Voxels on either side of the boundary of ``classes`` (default femur and tibia). ``surface_voxels``
+    is mostly skin and intra-bone HU edges (about a quarter of it lies on label boundaries, a twentieth
+    on the femur's), so the Dice-deciding boundaries of the two large bones get their own pool."""
+    inside = np.isin(labels, classes)
+    edge = np.zeros(labels.shape, bool)
+    for ax in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[ax] = slice(1, None)
+        b[ax] = slice(None, -1)
+        diff = inside[tuple(a)] != inside[tuple(b)]
         edge[tuple(a)] |= diff
         edge[tuple(b)] |= diff
     return np.flatnonzero(edge)
@@ -87,6 +106,7 @@ def load_samples(
                     d["affine"].astype(np.float64),
                     surface_voxels(lab, hu),
                     plateau_axial_deg(lab),
+                    bone_edge_voxels(lab),
                 )
             )
         if max_samples is not None and len(out) >= max_samples:
@@ -128,6 +148,18 @@ def small_bone_points(s: ReconSample, rng: np.random.Generator, n: int) -> NDArr
         return rng.integers(0, m**3, n)
     picks = [p[rng.integers(0, len(p), k)] for p, k in zip(pools, _split(n, len(pools)), strict=True)]
     ijk = np.stack(np.unravel_index(np.concatenate(picks), (m, m, m)), axis=-1) + rng.integers(-1, 2, (n, 3))
+    ijk = np.clip(ijk, 0, m - 1)
+    return np.asarray(np.ravel_multi_index(ijk.T, (m, m, m)), dtype=np.int64)
+
+
+def bone_edge_points(s: ReconSample, rng: np.random.Generator, n: int) -> NDArray[np.int64]:
+    """Flat indices near the femur and tibia boundaries (a ``bone_edges`` voxel +- 1 voxel); uniform over
+    the cube when the sample has none."""
+    m = CUBE_VOXELS
+    if not len(s.bone_edges):
+        return rng.integers(0, m**3, n)
+    pick = s.bone_edges[rng.integers(0, len(s.bone_edges), n)]
+    ijk = np.stack(np.unravel_index(pick, (m, m, m)), axis=-1) + rng.integers(-1, 2, (n, 3))
     ijk = np.clip(ijk, 0, m - 1)
     return np.asarray(np.ravel_multi_index(ijk.T, (m, m, m)), dtype=np.int64)
 

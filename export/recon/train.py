@@ -30,6 +30,7 @@ from export.recon.data import TRAIN_SEEDS
 from export.recon.dataset import (
     ReconSample,
     block_indices,
+    bone_edge_points,
     index_to_norm,
     load_samples,
     sample_points,
@@ -70,6 +71,7 @@ class TrainConfig:
     hidden: int = 64  # decoder MLP width
     learned: int = 16  # learned film-encoder maps (0: the fixed filter bank alone, recon-1.0)
     n_small: int = 1024  # points near the fibula and patella surfaces per sample
+    n_bone: int = 0  # points near the femur and tibia boundaries per sample (0: recon-1.5 and earlier)
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
@@ -189,6 +191,7 @@ def train_step(
         np.concatenate(
             [sample_points(s, rng, cfg.n_uniform, cfg.n_surface)]
             + ([small_bone_points(s, rng, cfg.n_small)] if cfg.n_small else [])
+            + ([bone_edge_points(s, rng, cfg.n_bone)] if cfg.n_bone else [])
             + ([block_indices(s, rng)] if with_block else [])
         )
         for s in batch
@@ -200,7 +203,7 @@ def train_step(
     hu_t = torch.from_numpy(np.stack([s.hu.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     lab_t = torch.from_numpy(np.stack([s.labels.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     weight = torch.ones(hu_t.shape)
-    weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface + cfg.n_small] = 2.0
+    weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface + cfg.n_small + cfg.n_bone] = 2.0
     hu_p, logits = net.decoder(feat, mats, present, pts, ctx)
     l_hu = L.hu_l1(hu_p, hu_t, weight)
     l_ce, l_dice = L.label_loss(logits, lab_t, weight, cls_w)
