@@ -16,7 +16,8 @@ from appliance.landmarks.detector import DEFAULT_MODELS_DIR, WHOLE_MODEL, Landma
 from engines.config import EngineConfig
 from export.datasets.heatmaps import encode_heatmaps, to_output
 from export.datasets.landmark_samples import CaseData, load_case
-from export.evaluation.landmarks_eval import evaluate, format_summary, mask_dice
+from export.evaluation.landmarks_eval import evaluate, mask_dice
+from export.evaluation.landmarks_report import format_summary
 from export.models.landmark_net import CROP_GEOMETRY, CropNet, WholeFilmNet, crop_geometry
 from export.simulator.case import CaseOptions, generate_case
 from export.training.landmarks import CROP_PT, WHOLE_PT, load_trained

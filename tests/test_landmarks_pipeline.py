@@ -27,7 +27,8 @@ from engines.ort_backend import OrtBackend
 from export.datasets.augment import warp_affine
 from export.datasets.heatmaps import decode_heatmaps, encode_heatmaps
 from export.datasets.landmark_samples import SeedRangeError, load_case, whole_film_sample
-from export.evaluation.landmarks_eval import evaluate, format_summary
+from export.evaluation.landmarks_eval import evaluate
+from export.evaluation.landmarks_report import format_summary
 from export.models.landmark_net import CROP_GEOMETRY, WHOLE_GEOMETRY, CropNet, WholeFilmNet, count_parameters
 from export.simulator.case import CaseOptions, generate_case
 from export.training.landmarks import TrainConfig, TrainResult, load_trained, train_landmarks

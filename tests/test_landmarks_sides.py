@@ -22,7 +22,7 @@ from appliance.landmarks.detector import (
 from appliance.landmarks.limb_check import check_lower_limb, require_lower_limb
 from engines.config import EngineConfig
 from export.datasets.landmark_samples import CaseData, load_case, mirrors, whole_film_sample
-from export.evaluation.landmarks_eval import fit_low_confidence, flag_rates
+from export.evaluation.landmark_confidence import fit_low_confidence, flag_rates
 from export.models.landmark_net import WHOLE_GEOMETRY
 from export.simulator.case import CaseOptions, generate_case
 

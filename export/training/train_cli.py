@@ -205,7 +205,8 @@ def register_eval(sub: Any) -> None:
 
 def run_eval_landmarks(args: argparse.Namespace) -> int:
     from engines.config import EngineConfig
-    from export.evaluation.landmarks_eval import evaluate, format_summary
+    from export.evaluation.landmarks_eval import evaluate
+    from export.evaluation.landmarks_report import format_summary
 
     summary = evaluate(
         args.data, args.models_dir, EngineConfig(backend="auto", cpu_threads=int(args.threads))
