@@ -26,7 +26,7 @@ from engines.bench import (
     render_table,
 )
 from engines.config import EngineConfig
-from export.export_cli import reference_targets
+from export.bench_cli import reference_targets
 
 RESULTS = Path(__file__).with_name("RESULTS_engines.md")
 

@@ -1,4 +1,4 @@
-"""``xr3d export onnx|tensorrt|triton`` and ``xr3d bench``: argparse glue.
+"""``xr3d export onnx|tensorrt|triton``: argparse glue (``xr3d bench`` is :mod:`export.bench_cli`).
 
 The registry of shipped models is :data:`SHIPPED_MODELS` (the three stages of the long-leg landmark model
 and the two parts of the reconstruction network, weights in ``models/``). A model registers by adding a
@@ -174,7 +174,7 @@ context and point decoder of the reconstruction network (issue 5, recon-1.2) and
 landmark model (issue 4, knee films); weights in models/."""
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     sys.stderr.write(msg + "\n")
     sys.stderr.flush()
 
@@ -220,7 +220,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tsel = pt.add_mutually_exclusive_group(required=True)
     tsel.add_argument("--onnx", type=Path, nargs="+", metavar="FILE", help="ONNX file(s)")
     tsel.add_argument("--all", type=Path, metavar="DIR", help="every *.onnx in DIR")
-    _engine_args(pt)
+    add_engine_args(pt)
     pt.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit (MiB)")
     pt.add_argument(
         "--fp16", action="store_true", help="FP16 engine (TRT 10: flag; TRT 11: <name>.fp16.onnx)"
@@ -241,14 +241,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pr.set_defaults(func=run_export_triton)
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
+def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/xr3d/engines)"
     )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> EngineConfig:
+def engine_config(args: argparse.Namespace, **extra: Any) -> EngineConfig:
     values: dict[str, Any] = {"cpu_threads": args.threads, **extra}
     if args.cache_dir is not None:
         values["cache_dir"] = args.cache_dir
@@ -394,9 +394,11 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 def run_export_tensorrt(args: argparse.Namespace) -> int:
     from engines.trt_export import build_engines, find_onnx
 
-    config = _config(args, workspace_bytes=args.workspace_mb << 20, fp16=args.fp16, max_batch=args.max_batch)
+    config = engine_config(
+        args, workspace_bytes=args.workspace_mb << 20, fp16=args.fp16, max_batch=args.max_batch
+    )
     files = find_onnx(args.onnx or [], args.all)
-    outcomes = build_engines(files, config, _say)
+    outcomes = build_engines(files, config, say)
     for o in outcomes:
         sys.stdout.write(f"{o.status:7s} {o.onnx.name}: {o.plan or '-'} ({o.detail})\n")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -419,144 +421,3 @@ def run_export_triton(args: argparse.Namespace) -> int:
     for f in folders:
         sys.stdout.write(f"{f}\n")
     return 0
-
-
-def register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from engines.bench import PEAK_GFLOPS
-
-    p = sub.add_parser(
-        "bench",
-        help="latency p50/p95, throughput, memory and GFLOP/s per model and backend",
-        description=(
-            "Benchmark ONNX models on every backend available here (TensorRT, ORT-CUDA, ORT-CPU). "
-            "--shipped times every shipped model (models/*.onnx: landmarks_whole, landmarks_crop, "
-            "landmarks_fine, recon_encoder, recon_context, recon_decoder, recon_orient, knee_landmarks) on a "
-            "realistic call (landmark stages at their input geometry, "
-            "the encoder on an AP+lateral film pair, the decoder on one runtime chunk of points) and its "
-            "PyTorch module on PyTorch-CPU in the same run (needs torch) for the ORT-CPU/PyTorch-CPU "
-            "ratio; --reference does the same for the reference networks; --onnx FILE... times any ONNX "
-            "file on random inputs."
-        ),
-    )
-    p.add_argument("--onnx", type=Path, nargs="+", default=[], metavar="FILE")
-    p.add_argument("--reference", action="store_true", help="benchmark the reference networks (+ PyTorch)")
-    p.add_argument(
-        "--shipped", action="store_true", help="benchmark every shipped model (+ PyTorch-CPU, needs torch)"
-    )
-    p.add_argument(
-        "--models-dir", type=Path, default=None, help="where --shipped finds the ONNX files (default models/)"
-    )
-    p.add_argument(
-        "--work", type=Path, default=Path("build/bench_engines"), help="where --reference writes ONNX"
-    )
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument(
-        "--peak-gflops", type=float, default=PEAK_GFLOPS, help="this machine's fp32 peak (GFLOP/s)"
-    )
-    p.add_argument("--backends", nargs="+", default=None, help="subset, e.g. ort-cpu")
-    p.add_argument("--json", action="store_true")
-    _engine_args(p)
-    p.set_defaults(func=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from engines.bench import BenchSettings, available_backend_names, bench_model, machine_info, render_table
-
-    if not args.onnx and not args.reference and not args.shipped:
-        raise InputError(
-            "nothing to benchmark: give --shipped (the shipped models), --onnx FILE... or --reference",
-            reason="no_models",
-        )
-    config = _config(args)
-    settings = BenchSettings(
-        warmup=args.warmup, iters=args.iters, batch=args.batch, peak_gflops=args.peak_gflops
-    )
-    names, skipped = available_backend_names(config)
-    if args.backends:
-        unknown = set(args.backends) - set(names)
-        if unknown:
-            raise InputError(
-                f"backend(s) {', '.join(sorted(unknown))} not available here", reason="bad_backend"
-            )
-        names = list(args.backends)
-    targets: list[tuple[Path, Any, Any]] = [(f, None, None) for f in args.onnx]
-    if args.reference:
-        targets += [(p, fn, None) for p, fn in reference_targets(args.work, config.cpu_threads)]
-    if args.shipped:
-        targets += shipped_targets(args.models_dir, args.work, config.cpu_threads)
-    results = []
-    for path, torch_fn, feeds in targets:
-        _say(f"bench {path.name} on {', '.join(names)}{' + pytorch-cpu' if torch_fn else ''}")
-        results.append(bench_model(path, config, settings, names, skipped, torch_fn, feeds))
-    machine = machine_info()
-    if args.json:
-        doc = {"machine": machine, "settings": settings.__dict__, "results": [r.to_json() for r in results]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        sys.stdout.write(f"machine: {machine}\n\n{render_table(results, settings)}")
-    return 0
-
-
-def _torch_runner(module: Any, names: tuple[str, ...]) -> Any:
-    import torch
-
-    def run(feeds: dict[str, Any]) -> Any:
-        with torch.inference_mode():
-            return module(*(torch.from_numpy(feeds[k]) for k in names))
-
-    return run
-
-
-def shipped_targets(models_dir: Path | None, work: Path, threads: int) -> list[tuple[Path, Any, Any]]:
-    """(ONNX, PyTorch runner, realistic feeds) per shipped model.
-
-    The ONNX timed is the shipped file in ``models_dir`` (what the runtime loads); a model whose file is
-    missing there is exported to ``work`` first.
-    """
-    import os
-
-    import torch
-
-    from appliance.recon.infer import DEFAULT_MODELS_DIR
-
-    torch.set_num_threads(threads or os.cpu_count() or 1)  # same thread count as ONNX Runtime
-    d = models_dir or DEFAULT_MODELS_DIR
-    out: list[tuple[Path, Any, Any]] = []
-    for model in SHIPPED_MODELS:
-        spec = model.build()
-        path = d / f"{model.name}.onnx"
-        if not path.is_file():
-            path = work / f"{model.name}.onnx"
-            export_shipped(model, spec, path, 17, fp16=False)
-        feeds = {n: t.detach().cpu().numpy() for n, t in zip(spec.input_names, spec.example, strict=True)}
-        out.append((path, _torch_runner(spec.module, spec.input_names), feeds))
-    return out
-
-
-def reference_targets(work: Path, threads: int) -> list[tuple[Path, Any]]:
-    """Export the reference networks (bench scale) and pair each ONNX with a PyTorch runner."""
-    import os
-
-    import torch
-
-    from export.onnx_export import export_onnx
-    from export.reference_models import REFERENCE_NAMES, build_reference
-
-    torch.set_num_threads(threads or os.cpu_count() or 1)  # same thread count as ONNX Runtime
-    out = []
-    for n in REFERENCE_NAMES:
-        spec = build_reference(n, scale="bench")
-        path = work / f"{spec.name}.onnx"
-        export_onnx(
-            spec.module,
-            spec.example,
-            path,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            metadata=spec.metadata,
-            name=spec.name,
-        )
-        out.append((path, _torch_runner(spec.module, spec.input_names)))
-    return out
