@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,19 +36,27 @@ class ReconSample:
     bone_edges: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
-def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[np.int64]:
-    """Voxels whose label differs from a 6-neighbour, or whose HU jumps by > 300 (skin, cortex)."""
-    edge = np.zeros(labels.shape, bool)
-    h = hu.astype(np.int32)
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
+def _two_sided_edges(
+    shape: tuple[int, ...], differs: Callable[[tuple[slice, ...], tuple[slice, ...]], NDArray[np.bool_]]
+) -> NDArray[np.int64]:
+    """Flat indices of the voxels on either side of every 6-neighbour pair that ``differs(a, b)`` marks
+    (``a`` / ``b``: the slices of the later / earlier voxel of the pairs along one axis)."""
+    edge = np.zeros(shape, bool)
+    for ax in range(len(shape)):
+        a = [slice(None)] * len(shape)
+        b = [slice(None)] * len(shape)
         a[ax] = slice(1, None)
         b[ax] = slice(None, -1)
-        diff = (labels[tuple(a)] != labels[tuple(b)]) | (np.abs(h[tuple(a)] - h[tuple(b)]) > 300)
+        diff = differs(tuple(a), tuple(b))
         edge[tuple(a)] |= diff
         edge[tuple(b)] |= diff
     return np.flatnonzero(edge)
+
+
+def surface_voxels(labels: NDArray[np.uint8], hu: NDArray[np.int16]) -> NDArray[np.int64]:
+    """Voxels whose label differs from a 6-neighbour, or whose HU jumps by > 300 (skin, cortex)."""
+    h = hu.astype(np.int32)
+    return _two_sided_edges(labels.shape, lambda a, b: (labels[a] != labels[b]) | (np.abs(h[a] - h[b]) > 300))
 
 
 def bone_edge_voxels(labels: NDArray[np.uint8], classes: tuple[int, ...] = (1, 2)) -> NDArray[np.int64]:
@@ -55,16 +64,7 @@ def bone_edge_voxels(labels: NDArray[np.uint8], classes: tuple[int, ...] = (1, 2
     is mostly skin and intra-bone HU edges (about a quarter of it lies on label boundaries, a twentieth
     on the femur's), so the Dice-deciding boundaries of the two large bones get their own pool."""
     inside = np.isin(labels, classes)
-    edge = np.zeros(labels.shape, bool)
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax] = slice(1, None)
-        b[ax] = slice(None, -1)
-        diff = inside[tuple(a)] != inside[tuple(b)]
-        edge[tuple(a)] |= diff
-        edge[tuple(b)] |= diff
-    return np.flatnonzero(edge)
+    return _two_sided_edges(labels.shape, lambda a, b: inside[a] != inside[b])
 
 
 def sample_seed(path: Path) -> tuple[int, int]:
