@@ -84,7 +84,7 @@ def register_train(tsub: Any) -> None:
         "--n-bone",
         type=int,
         default=0,
-        help="points near the femur/tibia boundaries per sample (default 0, the recon-1.5 recipe)",
+        help="points near the femur/tibia boundaries per sample (default 0; recon-1.6 was trained with 1024)",
     )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")

@@ -40,7 +40,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.5"
+MODEL_VERSION = "recon-1.6"
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TrainConfig:
     hidden: int = 64  # decoder MLP width
     learned: int = 16  # learned film-encoder maps (0: the fixed filter bank alone, recon-1.0)
     n_small: int = 1024  # points near the fibula and patella surfaces per sample
-    n_bone: int = 0  # points near the femur and tibia boundaries per sample (0: recon-1.5 and earlier)
+    n_bone: int = 0  # points near the femur and tibia boundaries per sample (recon-1.6: 1024; 0 before)
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
