@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from appliance.recon.infer import CONTEXT_MODEL, CUBE_VOXELS, FILM_PX, cube_affine  # noqa: E402
-from export.recon.train import TrainConfig, train_recon  # noqa: E402
+from appliance.errors import InputError  # noqa: E402
+from appliance.recon.infer import CONTEXT_MODEL, CUBE_VOXELS, FILM_PX, ORIENT_MODEL, cube_affine  # noqa: E402
+from export.recon.train import TrainConfig, ensure_orient_model, train_recon  # noqa: E402
 from tests.test_recon_model import KNEE  # noqa: E402
 from tests.test_recon_model_learned import _mats  # noqa: E402
 
@@ -82,3 +83,19 @@ def test_report_survives_a_failed_export(tmp_path: Path) -> None:
     assert doc["steps"] == 2 and doc["onnx"] == [] and doc["config"]["n_bone"] == 64
     assert all(np.isfinite(v) for v in doc["final_losses"].values())
     assert (tmp_path / "run" / "recon.pt").is_file()
+
+
+def test_a_canonical_calibration_gets_the_shipped_orientation_model(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / ORIENT_MODEL).write_bytes(b"orientation model")
+    run = tmp_path / "run"
+    run.mkdir()
+    path = ensure_orient_model(run, shipped)
+    assert path == run / ORIENT_MODEL and path.read_bytes() == b"orientation model"
+    # One already beside the new models (e.g. a newly trained one) is kept.
+    path.write_bytes(b"newer")
+    assert ensure_orient_model(run, shipped).read_bytes() == b"newer"
+    with pytest.raises(InputError) as e:
+        ensure_orient_model(tmp_path / "empty_run_dir_is_fine", tmp_path / "nowhere")
+    assert e.value.reason == "model_missing"
