@@ -16,12 +16,13 @@ from export.recon.dataset import (  # noqa: E402
     ReconSample,
     bone_edge_points,
     bone_edge_voxels,
+    index_to_norm,
     small_bone_points,
     surface_voxels,
 )
 from export.recon.model import N_FIXED, ReconNet, load_net, widen_first_layer  # noqa: E402
 from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
-from export.recon.train import CLASS_W_MAX, class_weights  # noqa: E402
+from export.recon.train import CLASS_W_MAX, HARD_JITTER, HARD_POOL, class_weights, mine_hard_points  # noqa: E402
 from tests.test_recon_model import KNEE, _geoms  # noqa: E402
 
 
@@ -125,3 +126,25 @@ def test_class_weights_favour_the_small_bones() -> None:
     w = class_weights([_toy_sample()]).numpy()
     assert w.shape == (5,) and np.all(w >= 1.0) and np.all(w <= CLASS_W_MAX)
     assert w[3] > w[1] and w[4] > w[1] and w[0] == 1.0
+
+
+def test_hard_points_are_the_worst_boundary_candidates() -> None:
+    torch.manual_seed(0)
+    s = _toy_sample()
+    net = ReconNet(hidden=16)
+    feat = torch.randn(1, 2, N_FIXED, 32, 32)
+    mats, present = _mats(), torch.ones(1, 2)
+    hard = mine_hard_points(net, feat, mats, present, None, [s], None, np.random.default_rng(3), 50)[0]
+    # Replay the candidates and score them all: the picks are exactly the 50 highest cross-entropies.
+    cand = bone_edge_points(s, np.random.default_rng(3), HARD_POOL * 50, jitter=HARD_JITTER)
+    pts = torch.from_numpy(index_to_norm(cand)[None])
+    with torch.no_grad():
+        _, logits = net.decoder(feat, mats, present, pts)
+    ce_all = torch.nn.functional.cross_entropy(
+        logits[0], torch.from_numpy(s.labels.reshape(-1)[cand]).long(), reduction="none"
+    ).numpy()
+    assert sorted(hard.tolist()) == sorted(cand[np.argsort(-ce_all)[:50]].tolist())
+    assert ce_all[np.isin(cand, hard)].min() >= np.median(ce_all)
+    # within 2 voxels of the femur box's faces
+    near = np.stack(np.unravel_index(hard, s.labels.shape), axis=-1)
+    assert ((near >= 17) & (near <= 82)).all() and not ((near >= 23) & (near <= 76)).all(1).any()

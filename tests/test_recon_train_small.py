@@ -73,6 +73,7 @@ def test_report_survives_a_failed_export(tmp_path: Path) -> None:
         n_surface=128,
         n_small=64,
         n_bone=64,  # the femur/tibia boundary points go through a training step too
+        n_hard=32,  # and so do the mined hard points
         context=0,
         learned=0,
         models_dir=blocker,
@@ -81,6 +82,7 @@ def test_report_survives_a_failed_export(tmp_path: Path) -> None:
         train_recon(cfg)
     doc = json.loads((tmp_path / "run" / "train_report.json").read_text())
     assert doc["steps"] == 2 and doc["onnx"] == [] and doc["config"]["n_bone"] == 64
+    assert doc["config"]["n_hard"] == 32
     assert all(np.isfinite(v) for v in doc["final_losses"].values())
     assert (tmp_path / "run" / "recon.pt").is_file()
 

@@ -86,6 +86,13 @@ def register_train(tsub: Any) -> None:
         default=0,
         help="points near the femur/tibia boundaries per sample (default 0; recon-1.6 was trained with 1024)",
     )
+    p.add_argument(
+        "--n-hard",
+        type=int,
+        default=0,
+        help="online hard-point mining: the N worst of 4N femur/tibia boundary candidates per sample "
+        "(default 0; recon-1.7 was trained with 1024)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
@@ -220,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         n_small=int(args.n_small),
         n_bone=int(args.n_bone),
+        n_hard=int(args.n_hard),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
         canonical=bool(args.canonical),

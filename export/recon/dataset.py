@@ -152,14 +152,14 @@ def small_bone_points(s: ReconSample, rng: np.random.Generator, n: int) -> NDArr
     return np.asarray(np.ravel_multi_index(ijk.T, (m, m, m)), dtype=np.int64)
 
 
-def bone_edge_points(s: ReconSample, rng: np.random.Generator, n: int) -> NDArray[np.int64]:
-    """Flat indices near the femur and tibia boundaries (a ``bone_edges`` voxel +- 1 voxel); uniform over
-    the cube when the sample has none."""
+def bone_edge_points(s: ReconSample, rng: np.random.Generator, n: int, jitter: int = 1) -> NDArray[np.int64]:
+    """Flat indices near the femur and tibia boundaries (a ``bone_edges`` voxel +- ``jitter`` voxels);
+    uniform over the cube when the sample has none."""
     m = CUBE_VOXELS
     if not len(s.bone_edges):
         return rng.integers(0, m**3, n)
     pick = s.bone_edges[rng.integers(0, len(s.bone_edges), n)]
-    ijk = np.stack(np.unravel_index(pick, (m, m, m)), axis=-1) + rng.integers(-1, 2, (n, 3))
+    ijk = np.stack(np.unravel_index(pick, (m, m, m)), axis=-1) + rng.integers(-jitter, jitter + 1, (n, 3))
     ijk = np.clip(ijk, 0, m - 1)
     return np.asarray(np.ravel_multi_index(ijk.T, (m, m, m)), dtype=np.int64)
 

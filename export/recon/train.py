@@ -42,7 +42,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.6"
+MODEL_VERSION = "recon-1.7"
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ class TrainConfig:
     learned: int = 16  # learned film-encoder maps (0: the fixed filter bank alone, recon-1.0)
     n_small: int = 1024  # points near the fibula and patella surfaces per sample
     n_bone: int = 0  # points near the femur and tibia boundaries per sample (recon-1.6: 1024; 0 before)
+    # Online hard-point mining (recon-1.7): HARD_POOL x n_hard candidates near the femur and tibia
+    # boundaries are decoded without gradients each step and the n_hard worst (label cross-entropy) train.
+    n_hard: int = 0
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
@@ -99,6 +102,8 @@ class TrainResult:
 
 
 CLASS_W_MAX = 4.0
+HARD_POOL = 4  # candidates per mined point
+HARD_JITTER = 2  # voxels around the boundary the candidates come from (errors reach ~2 mm off it)
 
 
 def class_weights(samples: list[ReconSample]) -> torch.Tensor:
@@ -189,23 +194,25 @@ def train_step(
     ctx = net.make_context(feat, mats, present)
     # The dense blocks feed the discriminator; before the adversarial phase they would only cost time.
     with_block = not cfg.no_adv and adv_weight > 0
+    hard = (
+        mine_hard_points(net, feat, mats, present, ctx, batch, rots, rng, cfg.n_hard) if cfg.n_hard else None
+    )
     idx = [
         np.concatenate(
             [sample_points(s, rng, cfg.n_uniform, cfg.n_surface)]
             + ([small_bone_points(s, rng, cfg.n_small)] if cfg.n_small else [])
             + ([bone_edge_points(s, rng, cfg.n_bone)] if cfg.n_bone else [])
+            + ([hard[b]] if hard is not None else [])
             + ([block_indices(s, rng)] if with_block else [])
         )
-        for s in batch
+        for b, s in enumerate(batch)
     ]
-    norm = [index_to_norm(i) for i in idx]
-    if rots is not None:
-        norm = [to_canonical(p, r) for p, r in zip(norm, rots, strict=True)]
-    pts = torch.from_numpy(np.stack(norm))
+    pts = _norm_points(idx, rots)
     hu_t = torch.from_numpy(np.stack([s.hu.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     lab_t = torch.from_numpy(np.stack([s.labels.reshape(-1)[i] for s, i in zip(batch, idx, strict=True)]))
     weight = torch.ones(hu_t.shape)
-    weight[:, cfg.n_uniform : cfg.n_uniform + cfg.n_surface + cfg.n_small + cfg.n_bone] = 2.0
+    n_weighted = cfg.n_surface + cfg.n_small + cfg.n_bone + cfg.n_hard
+    weight[:, cfg.n_uniform : cfg.n_uniform + n_weighted] = 2.0
     hu_p, logits = net.decoder(feat, mats, present, pts, ctx)
     l_hu = L.hu_l1(hu_p, hu_t, weight)
     l_ce, l_dice = L.label_loss(logits, lab_t, weight, cls_w)
@@ -230,6 +237,41 @@ def train_step(
         parts.update({"adv_g": lg.item(), "adv_d": ld.item()})
     parts["total"] = total.item()
     return total, parts
+
+
+def _norm_points(idx: list[np.ndarray], rots: list[np.ndarray] | None) -> torch.Tensor:
+    """Flat voxel indices per sample -> the decoder's points (B, N, 3), turned into the knee-canonical
+    cube when training there."""
+    norm = [index_to_norm(i) for i in idx]
+    if rots is not None:
+        norm = [to_canonical(p, r) for p, r in zip(norm, rots, strict=True)]
+    return torch.from_numpy(np.stack(norm))
+
+
+def mine_hard_points(
+    net: ReconNet,
+    feat: torch.Tensor,
+    mats: torch.Tensor,
+    present: torch.Tensor,
+    ctx: torch.Tensor | None,
+    batch: list[ReconSample],
+    rots: list[np.ndarray] | None,
+    rng: np.random.Generator,
+    n: int,
+) -> list[np.ndarray]:
+    """Per sample, the ``n`` flat indices among ``HARD_POOL`` x ``n`` candidates near the femur and tibia
+    boundaries (+- ``HARD_JITTER`` voxels) where the current network's label cross-entropy is highest.
+
+    Femur Dice is decided by a thin shell of boundary voxels, most of which the network already gets
+    right; uniform boundary sampling spends most of its gradient there. The candidates are decoded
+    without gradients (about a tenth of a training step's decoder cost)."""
+    cand = [bone_edge_points(s, rng, HARD_POOL * n, jitter=HARD_JITTER) for s in batch]
+    with torch.no_grad():
+        _, logits = net.decoder(feat, mats, present, _norm_points(cand, rots), ctx)
+        lab = torch.from_numpy(np.stack([s.labels.reshape(-1)[c] for s, c in zip(batch, cand, strict=True)]))
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1).long(), reduction="none")
+        worst = torch.topk(ce.view(len(batch), -1), n, dim=1).indices.numpy()
+    return [c[w] for c, w in zip(cand, worst, strict=True)]
 
 
 def _projection_loss(
