@@ -13,16 +13,17 @@ torch = pytest.importorskip("torch")
 
 from appliance.errors import InputError  # noqa: E402
 from appliance.recon.infer import CONTEXT_MODEL, CUBE_VOXELS, FILM_PX, ORIENT_MODEL, cube_affine  # noqa: E402
-from export.recon.train import TrainConfig, ensure_orient_model, train_recon  # noqa: E402
+from export.recon.calibrate import calibrate, ensure_orient_model  # noqa: E402
+from export.recon.train import TrainConfig, train_recon  # noqa: E402
 from tests.test_recon_model import KNEE  # noqa: E402
 from tests.test_recon_model_learned import _mats  # noqa: E402
 
 
-def _write_samples(folder: Path) -> None:
+def _write_samples(folder: Path, seeds: tuple[int, ...] = (20000, 20001)) -> None:
     rng = np.random.default_rng(0)
     n = CUBE_VOXELS
     g = np.indices((n, n, n), dtype=np.float32)
-    for seed in (20000, 20001):
+    for seed in seeds:
         labels = np.zeros((n, n, n), np.uint8)
         labels[((g - 50.0) ** 2).sum(0) < 30.0**2] = 1
         labels[((g - 95.0) ** 2).sum(0) < 25.0**2] = 2
@@ -101,3 +102,22 @@ def test_a_canonical_calibration_gets_the_shipped_orientation_model(tmp_path: Pa
     with pytest.raises(InputError) as e:
         ensure_orient_model(tmp_path / "empty_run_dir_is_fine", tmp_path / "nowhere")
     assert e.value.reason == "model_missing"
+
+
+def test_calibrating_a_canonical_model_brings_the_orientation_model_along(tmp_path: Path) -> None:
+    # `xr3d train recon-calibrate` on a knee-canonical run folder, which has no recon_orient.onnx of its own:
+    # the shipped one is copied beside the new decoder and the calibration runs through it.
+    data, held_out = tmp_path / "data", tmp_path / "calib"
+    data.mkdir()
+    held_out.mkdir()
+    _write_samples(data)
+    _write_samples(held_out, seeds=(21000,))
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        data=data, out=run, seed=5, steps=1, n_uniform=64, n_surface=64, n_small=32, context=0, canonical=True
+    )
+    train_recon(cfg)
+    assert not (run / ORIENT_MODEL).exists()
+    cal = calibrate(run, held_out, train_seeds=(20000, 20001), stride=6)
+    assert (run / ORIENT_MODEL).is_file() and cal.seeds == [21000]
+    assert set(cal.offsets) == {"biplanar", "ap_only"}

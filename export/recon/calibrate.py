@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +34,13 @@ from appliance.errors import InputError
 from appliance.recon.infer import (
     CUBE_VOXELS,
     DECODER_MODEL,
+    DEFAULT_MODELS_DIR,
+    FRAME_CANONICAL,
+    FRAME_META,
     LABEL_OFFSET_MODES,
     LABEL_OFFSETS_META,
     N_CLASSES,
+    ORIENT_MODEL,
     Reconstructor,
 )
 
@@ -189,6 +194,8 @@ def calibrate(
     files = sorted(Path(data).glob("recon_*.npz"))[:max_cases]
     if not files:
         raise InputError(f"no recon_<seed>_<pose>.npz calibration samples in {data}", reason="no_data")
+    if _decoder_frame(Path(models_dir)) == FRAME_CANONICAL:
+        ensure_orient_model(Path(models_dir))
     trained = set(int(s) for s in train_seeds)
     cases: dict[str, list[CaseLogits]] = {m: [] for m in LABEL_OFFSET_MODES}
     seeds: list[int] = []
@@ -218,3 +225,29 @@ def calibrate(
     result = Calibration(offsets, before, after, sorted(set(seeds)), str(report))
     report.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def _decoder_frame(models_dir: Path) -> str | None:
+    """The frame (``FRAME_META``) the decoder in ``models_dir`` reconstructs in, None when unrecorded."""
+    path = models_dir / DECODER_MODEL
+    if not path.is_file():
+        return None
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta.get(FRAME_META)
+
+
+def ensure_orient_model(models_dir: Path, shipped_dir: Path | None = None) -> Path:
+    """The orientation model a canonical calibration needs beside the new ONNX files: kept if present,
+    else copied from the shipped models (it is trained separately, ``xr3d train recon-orient``)."""
+    dst = models_dir / ORIENT_MODEL
+    if dst.is_file():
+        return dst
+    src = (shipped_dir or DEFAULT_MODELS_DIR) / ORIENT_MODEL
+    if not src.is_file():
+        raise InputError(
+            f"a canonical calibration needs {ORIENT_MODEL} in {models_dir} or {src.parent}",
+            reason="model_missing",
+        )
+    shutil.copyfile(src, dst)
+    log.info("copied the shipped %s into %s for the calibration", ORIENT_MODEL, models_dir)
+    return dst

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from appliance.errors import InputError
 from appliance.recon.orientation import axial_rotation, rotate_mats, to_canonical
 from export.recon import losses as L
 from export.recon.data import TRAIN_SEEDS
@@ -429,31 +427,10 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
         if cfg.calib_data is not None:
             from export.recon.calibrate import calibrate
 
-            if cfg.canonical:
-                ensure_orient_model(cfg.models_dir or cfg.out)
             cal = calibrate(cfg.models_dir or cfg.out, cfg.calib_data, train_seeds=seeds)
             doc["label_calibration"] = asdict(cal)
             report.write_text(json.dumps(doc, indent=2))
     return TrainResult(step, seconds, seeds, final, ckpt, plot, report, onnx_paths, parity)
-
-
-def ensure_orient_model(models_dir: Path, shipped_dir: Path | None = None) -> Path:
-    """The orientation model a canonical calibration needs beside the new ONNX files: kept if present,
-    else copied from the shipped models (it is trained separately, ``xr3d train recon-orient``)."""
-    from appliance.recon.infer import DEFAULT_MODELS_DIR, ORIENT_MODEL
-
-    dst = models_dir / ORIENT_MODEL
-    if dst.is_file():
-        return dst
-    src = (shipped_dir or DEFAULT_MODELS_DIR) / ORIENT_MODEL
-    if not src.is_file():
-        raise InputError(
-            f"a canonical calibration needs {ORIENT_MODEL} in {models_dir} or {src.parent}",
-            reason="model_missing",
-        )
-    shutil.copyfile(src, dst)
-    log.info("copied the shipped %s into %s for the calibration", ORIENT_MODEL, models_dir)
-    return dst
 
 
 def _cfg_json(cfg: TrainConfig) -> dict[str, Any]:
