@@ -21,15 +21,24 @@ in data, not in code. docs/config.md documents every key; :data:`DEFAULT_RULES` 
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.config_values import (
+    HOSTNAME,
+    ConfigError,
+    ae_title,
+    boolean,
+    check_keys,
+    number,
+    port,
+    section,
+    simple,
+    strings,
+)
 from appliance.landmarks.confidence import LOW_CONFIDENCE
 from appliance.landmarks.knee_confidence import KNEE_LOW_CONFIDENCE
 
@@ -40,12 +49,6 @@ MISSING_SPACING_POLICIES: tuple[str, ...] = ("quarantine", "default")
 # ONNX files are package data at <site-packages>/models (pyproject.toml), the same place relative to
 # this file. appliance.landmarks.detector and appliance.recon.infer compute the same default.
 SHIPPED_MODELS_DIR: Path = Path(__file__).resolve().parents[1] / "models"
-
-
-class ConfigError(InputError):
-    """The configuration file is missing, malformed or inconsistent; ``reason`` names the problem."""
-
-    reason = "config_invalid"
 
 
 @dataclass(frozen=True)
@@ -262,87 +265,21 @@ _TOP_SECTIONS = (
 )
 
 
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [{where}]: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
-            reason="config_unknown_key",
-        )
-
-
-def _number(value: Any, where: str, *, minimum: float = 0.0, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where} must be a number, got {type(value).__name__}", reason="config_bad_type")
-    if integer and not isinstance(value, int):
-        raise ConfigError(f"{where} must be an integer", reason="config_bad_type")
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(
-            f"{where} must be a finite number >= {minimum}, got {value}", reason="config_bad_value"
-        )
-    return float(value)
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of strings", reason="config_bad_type")
-    return tuple(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false", reason="config_bad_type")
-    return value
-
-
-def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    table = doc.get(name, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table", reason="config_bad_type")
-    return table
-
-
-def _simple(cls: type[Any], table: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
-    """Build a flat settings dataclass from a TOML table, typed by the defaults' types."""
-    default = cls()
-    names = {f.name for f in fields(cls)} - set(skip)
-    _check_keys(table, names | set(skip), where)
-    values: dict[str, Any] = {}
-    for name in names:
-        if name not in table:
-            continue
-        raw, key = table[name], f"{where}.{name}"
-        current = getattr(default, name)
-        if isinstance(current, bool):
-            values[name] = _bool(raw, key)
-        elif isinstance(current, int):
-            values[name] = int(_number(raw, key, minimum=1, integer=True))
-        elif isinstance(current, float):
-            values[name] = _number(raw, key)
-        elif isinstance(current, tuple):
-            values[name] = _strings(raw, key)
-        elif isinstance(current, str):
-            if not isinstance(raw, str):
-                raise ConfigError(f"{key} must be a string", reason="config_bad_type")
-            values[name] = raw
-    return replace(default, **values)
-
-
 def _rule(item: Any, index: int) -> ViewRule:
     where = f"classify.rules[{index}]"
     if not isinstance(item, dict):
         raise ConfigError(f"{where} must be a table", reason="config_bad_type")
-    _check_keys(item, {f.name for f in fields(ViewRule)}, where)
+    check_keys(item, {f.name for f in fields(ViewRule)}, where)
     view = item.get("view")
     if view not in VIEWS:
         raise ConfigError(f"{where}.view must be one of {', '.join(VIEWS)}", reason="config_bad_value")
     kwargs: dict[str, Any] = {"view": view}
     for name in ("modality", "body_part", "view_position", "laterality"):
         if name in item:
-            kwargs[name] = tuple(s.strip().upper() for s in _strings(item[name], f"{where}.{name}"))
+            kwargs[name] = tuple(s.strip().upper() for s in strings(item[name], f"{where}.{name}"))
     for name in ("min_aspect", "max_aspect", "min_height_mm", "max_height_mm"):
         if name in item:
-            kwargs[name] = _number(item[name], f"{where}.{name}")
+            kwargs[name] = number(item[name], f"{where}.{name}")
     for lo, hi in (("min_aspect", "max_aspect"), ("min_height_mm", "max_height_mm")):
         if lo in kwargs and hi in kwargs and kwargs[lo] > kwargs[hi]:
             raise ConfigError(
@@ -352,7 +289,7 @@ def _rule(item: Any, index: int) -> ViewRule:
 
 
 def _classify(table: Mapping[str, Any]) -> ClassifySettings:
-    base: ClassifySettings = _simple(ClassifySettings, table, "classify", skip=("rules",))
+    base: ClassifySettings = simple(ClassifySettings, table, "classify", skip=("rules",))
     if "rules" not in table:
         return base
     items = table["rules"]
@@ -362,7 +299,7 @@ def _classify(table: Mapping[str, Any]) -> ClassifySettings:
 
 
 def _paths(table: Mapping[str, Any], overrides: Mapping[str, Path | None], base: Path) -> Paths:
-    _check_keys(table, {"inbox", "outbox", "state", "quarantine"}, "paths")
+    check_keys(table, {"inbox", "outbox", "state", "quarantine"}, "paths")
     resolved: dict[str, Path] = {}
     for name in ("inbox", "outbox", "state", "quarantine"):
         value: Path | None = overrides.get(name)
@@ -389,32 +326,9 @@ def _paths(table: Mapping[str, Any], overrides: Mapping[str, Path | None], base:
     return Paths(**resolved)
 
 
-def _ae_title(value: str, where: str) -> str:
-    # DICOM PS3.5 AE VR: at most 16 characters of the default repertoire, no backslash or control
-    # characters, and not only spaces (leading/trailing spaces are not significant).
-    title = value.strip()
-    if not title or len(value) > 16 or not all(" " <= c <= "~" and c != "\\" for c in value):
-        raise ConfigError(
-            f"{where} must be an AE title: 1-16 printable ASCII characters, no backslash, got {value!r}",
-            reason="config_bad_value",
-        )
-    return title
-
-
-def _port(value: int, where: str) -> int:
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"{where} must be a TCP port (1-65535), got {value}", reason="config_bad_value")
-    return value
-
-
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-
-
 def _receiver(table: Mapping[str, Any]) -> ReceiverSettings:
-    r: ReceiverSettings = _simple(ReceiverSettings, table, "receiver")
-    ae = _ae_title(r.ae_title, "receiver.ae_title")
+    r: ReceiverSettings = simple(ReceiverSettings, table, "receiver")
+    ae = ae_title(r.ae_title, "receiver.ae_title")
     try:
         ipaddress.ip_address(r.bind_address)
     except ValueError as exc:
@@ -422,9 +336,9 @@ def _receiver(table: Mapping[str, Any]) -> ReceiverSettings:
             f"receiver.bind_address must be an IP address (not a host name), got {r.bind_address!r}",
             reason="config_bad_value",
         ) from exc
-    _port(r.port, "receiver.port")
+    port(r.port, "receiver.port")
     callers = tuple(
-        _ae_title(t, f"receiver.allowed_calling_aets[{i}]") for i, t in enumerate(r.allowed_calling_aets)
+        ae_title(t, f"receiver.allowed_calling_aets[{i}]") for i, t in enumerate(r.allowed_calling_aets)
     )
     for i, peer in enumerate(r.allowed_peers):
         try:
@@ -450,9 +364,9 @@ def _receiver(table: Mapping[str, Any]) -> ReceiverSettings:
 
 
 def _pacs(table: Mapping[str, Any]) -> PacsSettings:
-    p: PacsSettings = _simple(PacsSettings, table, "pacs")
-    calling = _ae_title(p.calling_aet, "pacs.calling_aet")
-    _port(p.port, "pacs.port")
+    p: PacsSettings = simple(PacsSettings, table, "pacs")
+    calling = ae_title(p.calling_aet, "pacs.calling_aet")
+    port(p.port, "pacs.port")
     for name in ("scan_seconds", "retry_seconds", "timeout_seconds"):
         if getattr(p, name) <= 0:
             raise ConfigError(f"pacs.{name} must be > 0", reason="config_bad_value")
@@ -469,16 +383,16 @@ def _pacs(table: Mapping[str, Any]) -> PacsSettings:
     try:
         ipaddress.ip_address(p.host)
     except ValueError:
-        if not _HOSTNAME.match(p.host):
+        if not HOSTNAME.match(p.host):
             raise ConfigError(
                 f"pacs.host must be an IP address or a host name, got {p.host!r}", reason="config_bad_value"
             ) from None
-    called = _ae_title(p.called_aet, "pacs.called_aet")
+    called = ae_title(p.called_aet, "pacs.called_aet")
     return replace(p, calling_aet=calling, called_aet=called)
 
 
 def _pipeline(table: Mapping[str, Any], base: Path) -> PipelineSettings:
-    _check_keys(table, {f.name for f in fields(PipelineSettings)}, "pipeline")
+    check_keys(table, {f.name for f in fields(PipelineSettings)}, "pipeline")
     values: dict[str, Any] = {}
     if "models_dir" in table:
         raw = table["models_dir"]
@@ -494,7 +408,7 @@ def _pipeline(table: Mapping[str, Any], base: Path) -> PipelineSettings:
         values["models_dir"] = d
     for name in ("low_confidence", "knee_low_confidence"):
         if name in table:
-            value = _number(table[name], f"pipeline.{name}")
+            value = number(table[name], f"pipeline.{name}")
             if not 0.0 < value < 1.0:
                 raise ConfigError(
                     f"pipeline.{name} must be between 0 and 1 (exclusive), got {value}",
@@ -503,24 +417,24 @@ def _pipeline(table: Mapping[str, Any], base: Path) -> PipelineSettings:
             values[name] = value
     for name in ("reconstruction", "report_pdf", "dicom_outputs"):
         if name in table:
-            values[name] = _bool(table[name], f"pipeline.{name}")
+            values[name] = boolean(table[name], f"pipeline.{name}")
     return replace(PipelineSettings(), **values)
 
 
 def _retention(table: Mapping[str, Any]) -> RetentionSettings:
-    _check_keys(table, {f.name for f in fields(RetentionSettings)}, "retention")
+    check_keys(table, {f.name for f in fields(RetentionSettings)}, "retention")
     if "store_days" not in table:
         return RetentionSettings()
-    return RetentionSettings(store_days=_number(table["store_days"], "retention.store_days"))
+    return RetentionSettings(store_days=number(table["store_days"], "retention.store_days"))
 
 
 def settings_from_mapping(
     doc: Mapping[str, Any], *, base_dir: Path, overrides: Mapping[str, Path | None] | None = None
 ) -> Settings:
     """Validate a parsed TOML document (relative paths are relative to ``base_dir``)."""
-    _check_keys(doc, set(_TOP_SECTIONS), "top level")
-    paths = _paths(_section(doc, "paths"), overrides or {}, base_dir)
-    ingest: IngestSettings = _simple(IngestSettings, _section(doc, "ingest"), "ingest")
+    check_keys(doc, set(_TOP_SECTIONS), "top level")
+    paths = _paths(section(doc, "paths"), overrides or {}, base_dir)
+    ingest: IngestSettings = simple(IngestSettings, section(doc, "ingest"), "ingest")
     if ingest.missing_spacing not in MISSING_SPACING_POLICIES:
         raise ConfigError(
             f"ingest.missing_spacing must be one of {', '.join(MISSING_SPACING_POLICIES)}",
@@ -528,7 +442,7 @@ def settings_from_mapping(
         )
     if ingest.default_spacing_mm <= 0 or ingest.default_spacing_mm > 5:
         raise ConfigError("ingest.default_spacing_mm must be in (0, 5] mm", reason="config_bad_value")
-    jobs: JobSettings = _simple(JobSettings, _section(doc, "jobs"), "jobs")
+    jobs: JobSettings = simple(JobSettings, section(doc, "jobs"), "jobs")
     bad = sorted(set(jobs.expected_views) - set(VIEWS))
     if bad or not jobs.expected_views:
         raise ConfigError(
@@ -547,14 +461,14 @@ def settings_from_mapping(
         if "" in getattr(ingest, name):
             # "" would match every name: the service would never read a single file.
             raise ConfigError(f"ingest.{name} must not contain an empty string", reason="config_bad_value")
-    watch: WatchSettings = _simple(WatchSettings, _section(doc, "watch"), "watch")
+    watch: WatchSettings = simple(WatchSettings, section(doc, "watch"), "watch")
     if watch.tick_seconds <= 0 or watch.poll_interval_seconds <= 0:
         raise ConfigError(
             "watch.tick_seconds and poll_interval_seconds must be > 0", reason="config_bad_value"
         )
-    classify = _classify(_section(doc, "classify"))
-    receiver = _receiver(_section(doc, "receiver"))
-    pacs = _pacs(_section(doc, "pacs"))
+    classify = _classify(section(doc, "classify"))
+    receiver = _receiver(section(doc, "receiver"))
+    pacs = _pacs(section(doc, "pacs"))
     return Settings(
         paths=paths,
         ingest=ingest,
@@ -563,8 +477,8 @@ def settings_from_mapping(
         watch=watch,
         receiver=receiver,
         pacs=pacs,
-        pipeline=_pipeline(_section(doc, "pipeline"), base_dir),
-        retention=_retention(_section(doc, "retention")),
+        pipeline=_pipeline(section(doc, "pipeline"), base_dir),
+        retention=_retention(section(doc, "retention")),
     )
 
 
