@@ -28,16 +28,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from appliance.errors import InputError
+from appliance.landmarks.detection import Detection, apparent_side, normalise_side, pick_leg, plausible_labels
 from appliance.landmarks.fine import FINE_MODEL, FineStage
 from appliance.landmarks.heatmaps import decode_heatmaps, frame_affine
 from engines.api import Backend, BackendChoice
@@ -78,54 +78,6 @@ DEFAULT_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
 TTA_SHIFTS_MM: Final = ((0.0, 0.0), (-1.25, -1.25), (1.25, -1.25), (-1.25, 1.25), (1.25, 1.25))
 """Crop-centre offsets (col, row, detector mm) averaged on the last refinement pass: +-1.25 mm is
 +-2.5 px of the 0.5 mm/px crop, so the shifted crops put a landmark half a 1 mm heatmap cell apart."""
-
-
-@dataclass(frozen=True, eq=False)
-class Detection:
-    """Landmarks of one film: ``points`` (N, 2) film (col, row), ``confidence`` (N,) in [0, 1]
-    (stage 2's peak where a crop refined the point, else stage 1's), and the stage-1 guesses."""
-
-    names: tuple[str, ...]
-    points: F64
-    confidence: F64
-    coarse_points: F64
-    coarse_confidence: F64
-    refined: NDArray[np.bool_]
-    timings_s: Mapping[str, float] = field(default_factory=dict)
-    backend: str = ""
-    model_versions: Mapping[str, str] = field(default_factory=dict)
-    side: str | None = None  # "R" / "L": the leg the models were asked to measure; None: not asked
-    # Stage 1's femur / tibia probabilities (2, h, w) on its stride-4 grid, and that grid's
-    # (col, row, 1) -> film (col, row, 1) affine; None for models without a mask output.
-    bone_masks: F32 | None = None
-    mask_to_film: F64 | None = None
-    # The crop stage's points before stage 3 moved them; None when no fine stage ran.
-    crop_points: F64 | None = None
-
-    @property
-    def mean_confidence(self) -> float:
-        return float(np.mean(self.confidence)) if len(self.confidence) else 0.0
-
-    def as_dict(self) -> dict[str, tuple[float, float]]:
-        """name -> (col, row), for :func:`appliance.analytics.angles2d.measure_2d`."""
-        return {n: (float(p[0]), float(p[1])) for n, p in zip(self.names, self.points, strict=True)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "landmarks": {
-                n: {
-                    "col": float(p[0]),
-                    "row": float(p[1]),
-                    "confidence": float(c),
-                    "refined": bool(r),
-                }
-                for n, p, c, r in zip(self.names, self.points, self.confidence, self.refined, strict=True)
-            },
-            "side": self.side,
-            "timings_s": dict(self.timings_s),
-            "backend": self.backend,
-            "model_versions": dict(self.model_versions),
-        }
 
 
 # --- numpy helpers ----------------------------------------------------------------------------------
@@ -204,14 +156,6 @@ def _stage(backend: Backend) -> _Stage:
         raise InputError(
             f"{info.name}: ONNX metadata lacks the input geometry ({exc})", reason="bad_model_metadata"
         ) from exc
-
-
-def normalise_side(side: str | None) -> str | None:
-    """ "R" / "L" from R, L, right, left (any case); None for None, "" or anything else unknown."""
-    if side is None:
-        return None
-    s = str(side).strip().upper()
-    return {"R": "R", "RIGHT": "R", "L": "L", "LEFT": "L"}.get(s)
 
 
 class LandmarkDetector:
@@ -501,7 +445,7 @@ class LandmarkDetector:
         img, spacing = self._checked(image, spacing_mm)
         if self.canonical_side is None:
             det = self._detect_one(img, spacing, None)
-            return {_apparent_side(det) or "R": det}
+            return {apparent_side(det) or "R": det}
         legs = {s: self._detect_one(img, spacing, s) for s in ("R", "L")}
         k = self.names.index("FKC") if "FKC" in self.names else 0
         d = legs["R"].points[k] - legs["L"].points[k]
@@ -532,34 +476,3 @@ class LandmarkDetector:
         best = pick_leg(legs.values())
         log.info("side unknown: measured leg %s of %d found", best.side, len(legs))
         return best
-
-
-def plausible_labels(det: Detection) -> bool:
-    """Medial/lateral labels that can describe one leg seen as ``det.side``: femoral condyles and
-    tibial plateaus ordered the same way across the film, and the side they imply equal to ``det.side``
-    (when it is set)."""
-    p = det.as_dict()
-    try:
-        fem = float(p["LDFC"][0] - p["MDFC"][0])
-        tib = float(p["LTP"][0] - p["MTP"][0])
-    except KeyError:
-        return True
-    if fem * tib <= 0:
-        return False
-    return det.side is None or _apparent_side(det) == det.side
-
-
-def pick_leg(legs: Iterable[Detection]) -> Detection:
-    """The documented choice among detections of unknown side: those with :func:`plausible_labels`
-    first, then the higher mean landmark confidence."""
-    return max(legs, key=lambda d: (plausible_labels(d), d.mean_confidence))
-
-
-def _apparent_side(det: Detection) -> str | None:
-    """R / L from the condyles and plateaus in the standard display (lateral toward -col: right leg)."""
-    p = det.as_dict()
-    try:
-        ml = (np.asarray(p["LDFC"]) - np.asarray(p["MDFC"])) + (np.asarray(p["LTP"]) - np.asarray(p["MTP"]))
-    except KeyError:
-        return None
-    return "R" if ml[0] < 0 else "L"
