@@ -16,6 +16,10 @@ Ray geometry arrives as one (8, 3) ``frame``: source, pixel (0, 0), per-column s
 in index space, then the same four in mm. A ray runs from the source (``t = 0``) to a detector pixel
 centre (``t = 1``); its index-space point is ``src + t * d``. Integrals are computed in ``t`` and
 scaled by the ray's length in mm.
+
+The marching helpers and both renderers stay in this one file on purpose: numba's on-disk cache
+(``cache=True``) is keyed to the source file of the function it compiled, so a renderer that inlined a
+helper from another module would keep running the stale, cached helper after that module changed.
 """
 
 from __future__ import annotations
