@@ -22,7 +22,14 @@ from export.recon.dataset import (  # noqa: E402
 )
 from export.recon.model import N_FIXED, ReconNet, load_net, widen_first_layer  # noqa: E402
 from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
-from export.recon.train import CLASS_W_MAX, HARD_JITTER, HARD_POOL, class_weights, mine_hard_points  # noqa: E402
+from export.recon.train import (  # noqa: E402
+    CLASS_W_MAX,
+    HARD_FAR_JITTER,
+    HARD_JITTER,
+    HARD_POOL,
+    class_weights,
+    mine_hard_points,
+)
 from tests.test_recon_model import KNEE, _geoms  # noqa: E402
 
 
@@ -148,3 +155,15 @@ def test_hard_points_are_the_worst_boundary_candidates() -> None:
     # within 2 voxels of the femur box's faces
     near = np.stack(np.unravel_index(hard, s.labels.shape), axis=-1)
     assert ((near >= 17) & (near <= 82)).all() and not ((near >= 23) & (near <= 76)).all(1).any()
+    # A share of far candidates (up to HARD_FAR_JITTER voxels off the boundary) joins the pool.
+    far = mine_hard_points(net, feat, mats, present, None, [s], None, np.random.default_rng(4), 50, far=0.5)[
+        0
+    ]
+    rng = np.random.default_rng(4)
+    pool = np.concatenate(
+        [
+            bone_edge_points(s, rng, HARD_POOL * 25, jitter=HARD_JITTER),
+            bone_edge_points(s, rng, HARD_POOL * 25, jitter=HARD_FAR_JITTER),
+        ]
+    )
+    assert len(far) == 50 and np.isin(far, pool).all()

@@ -93,6 +93,12 @@ def register_train(tsub: Any) -> None:
         help="online hard-point mining: the N worst of 4N femur/tibia boundary candidates per sample "
         "(default 0; recon-1.7 was trained with 1024)",
     )
+    p.add_argument(
+        "--hard-far",
+        type=float,
+        default=0.0,
+        help="share of the --n-hard candidates drawn up to 12 voxels off the boundaries (default 0)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
@@ -228,6 +234,7 @@ def run_train(args: argparse.Namespace) -> int:
         n_small=int(args.n_small),
         n_bone=int(args.n_bone),
         n_hard=int(args.n_hard),
+        hard_far=float(args.hard_far),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
         canonical=bool(args.canonical),

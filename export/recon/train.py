@@ -75,6 +75,9 @@ class TrainConfig:
     # Online hard-point mining (recon-1.7): HARD_POOL x n_hard candidates near the femur and tibia
     # boundaries are decoded without gradients each step and the n_hard worst (label cross-entropy) train.
     n_hard: int = 0
+    # Share of those candidates drawn up to HARD_FAR_JITTER voxels off the boundaries, where recon-1.6's
+    # gross errors sit (femur "blobs" 5-15 mm beyond the truth's posterior condyles); 0: recon-1.7.
+    hard_far: float = 0.0
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
     context: int = 16  # channels of the 3D shape context (export/recon/context.py; 0: none, recon-1.1)
@@ -102,6 +105,7 @@ class TrainResult:
 CLASS_W_MAX = 4.0
 HARD_POOL = 4  # candidates per mined point
 HARD_JITTER = 2  # voxels around the boundary the candidates come from (errors reach ~2 mm off it)
+HARD_FAR_JITTER = 12  # the far candidates' reach (``hard_far``)
 
 
 def class_weights(samples: list[ReconSample]) -> torch.Tensor:
@@ -193,7 +197,9 @@ def train_step(
     # The dense blocks feed the discriminator; before the adversarial phase they would only cost time.
     with_block = not cfg.no_adv and adv_weight > 0
     hard = (
-        mine_hard_points(net, feat, mats, present, ctx, batch, rots, rng, cfg.n_hard) if cfg.n_hard else None
+        mine_hard_points(net, feat, mats, present, ctx, batch, rots, rng, cfg.n_hard, cfg.hard_far)
+        if cfg.n_hard
+        else None
     )
     idx = [
         np.concatenate(
@@ -256,14 +262,23 @@ def mine_hard_points(
     rots: list[np.ndarray] | None,
     rng: np.random.Generator,
     n: int,
+    far: float = 0.0,
 ) -> list[np.ndarray]:
     """Per sample, the ``n`` flat indices among ``HARD_POOL`` x ``n`` candidates near the femur and tibia
-    boundaries (+- ``HARD_JITTER`` voxels) where the current network's label cross-entropy is highest.
+    boundaries (+- ``HARD_JITTER`` voxels; a share ``far`` of them +- ``HARD_FAR_JITTER``) where the current
+    network's label cross-entropy is highest.
 
     Femur Dice is decided by a thin shell of boundary voxels, most of which the network already gets
     right; uniform boundary sampling spends most of its gradient there. The candidates are decoded
     without gradients (about a tenth of a training step's decoder cost)."""
-    cand = [bone_edge_points(s, rng, HARD_POOL * n, jitter=HARD_JITTER) for s in batch]
+    n_far = round(far * HARD_POOL * n)
+    cand = [
+        np.concatenate(
+            [bone_edge_points(s, rng, HARD_POOL * n - n_far, jitter=HARD_JITTER)]
+            + ([bone_edge_points(s, rng, n_far, jitter=HARD_FAR_JITTER)] if n_far else [])
+        )
+        for s in batch
+    ]
     with torch.no_grad():
         _, logits = net.decoder(feat, mats, present, _norm_points(cand, rots), ctx)
         lab = torch.from_numpy(np.stack([s.labels.reshape(-1)[c] for s, c in zip(batch, cand, strict=True)]))
