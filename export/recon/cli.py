@@ -91,7 +91,7 @@ def register_train(tsub: Any) -> None:
         type=int,
         default=0,
         help="online hard-point mining: the N worst of 4N femur/tibia boundary candidates per sample "
-        "(default 0; recon-1.7 was trained with 1024)",
+        "(default 0; recon-1.7 and 1.8 were trained with 1024)",
     )
     p.add_argument(
         "--hard-far",

@@ -40,7 +40,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.7"
+MODEL_VERSION = "recon-1.8"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class TrainConfig:
     # boundaries are decoded without gradients each step and the n_hard worst (label cross-entropy) train.
     n_hard: int = 0
     # Share of those candidates drawn up to HARD_FAR_JITTER voxels off the boundaries, where recon-1.6's
-    # gross errors sit (femur "blobs" 5-15 mm beyond the truth's posterior condyles); 0: recon-1.7.
+    # gross errors sit (femur "blobs" 5-15 mm beyond the truth's posterior condyles); recon-1.8: 0.25.
     hard_far: float = 0.0
     class_weights: bool = True  # CE weights sqrt(inverse frequency), capped at CLASS_W_MAX
     init_from: Path | None = None  # warm start from a recon.pt (decoder; widened if the encoder grew)
