@@ -121,3 +121,29 @@ def test_calibrating_a_canonical_model_brings_the_orientation_model_along(tmp_pa
     cal = calibrate(run, held_out, train_seeds=(20000, 20001), stride=6)
     assert (run / ORIENT_MODEL).is_file() and cal.seeds == [21000]
     assert set(cal.offsets) == {"biplanar", "ap_only"}
+
+
+@pytest.mark.parametrize("flag", ["--p-drop-lat", "--hard-far"])
+def test_train_cli_refuses_a_share_outside_0_1(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    args = ["train", "recon", "--out", str(tmp_path / "run"), "--seed", "1", flag, "1.5"]
+    assert main(args) == 2
+    assert f"[bad_argument] {flag} must lie in [0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_passes_the_lateral_drop_rate_to_the_run(tmp_path: Path) -> None:
+    from appliance.cli.main import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_samples(data)
+    out = tmp_path / "run"
+    args = ["train", "recon", "--out", str(out), "--seed", "3", "--data", str(data), "--steps", "1"]
+    args += ["--p-drop-lat", "1.0", "--context", "0", "--learned", "0", "--no-export"]
+    assert main(args) == 0
+    doc = json.loads((out / "train_report.json").read_text())
+    assert doc["config"]["p_drop_lat"] == 1.0 and doc["steps"] == 1

@@ -99,6 +99,12 @@ def register_train(tsub: Any) -> None:
         default=0.0,
         help="share of the --n-hard candidates drawn up to 12 voxels off the boundaries (default 0)",
     )
+    p.add_argument(
+        "--p-drop-lat",
+        type=float,
+        default=0.25,
+        help="probability a sample trains with its lateral film dropped, the AP-only mode (default 0.25)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
@@ -202,6 +208,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0:
         raise InputError("--minutes must be positive", reason="bad_argument")
+    for flag, share in (("--p-drop-lat", args.p_drop_lat), ("--hard-far", args.hard_far)):
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"{flag} must lie in [0, 1], got {share}", reason="bad_argument")
     _progress_to_stderr()
     data = args.data
     if data is None:
@@ -235,6 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
         n_bone=int(args.n_bone),
         n_hard=int(args.n_hard),
         hard_far=float(args.hard_far),
+        p_drop_lat=float(args.p_drop_lat),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
         canonical=bool(args.canonical),
