@@ -29,7 +29,7 @@ SEED = 900900
 VIEWS = ("longleg_ap", "knee_ap", "knee_lat")
 # Patient data written into every test film: none of it may ever reach a log line or an output.
 PHI = {"PatientName": "Quixote^Dulcinea", "PatientID": "PID7731XQ", "PatientBirthDate": "19410523"}
-DEADLINE_S = 90.0
+DEADLINE_S = 300.0  # liveness bound; a loaded 2-core box once needed more than 90 s
 
 
 @pytest.fixture(scope="module")
