@@ -40,7 +40,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_fir
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.9"
+MODEL_VERSION = "recon-1.10"
 
 
 @dataclass(frozen=True)
