@@ -135,7 +135,19 @@ def test_train_cli_refuses_a_share_outside_0_1(
     assert not (tmp_path / "run").exists()
 
 
-def test_train_cli_passes_the_lateral_drop_rate_to_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lr", ["0", "-1e-3", "0.5"])
+def test_train_cli_refuses_a_learning_rate_out_of_range(
+    lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    args = ["train", "recon", "--out", str(tmp_path / "run"), "--seed", "1", f"--lr={lr}"]
+    assert main(args) == 2
+    assert "[bad_argument] --lr must lie in (0, 0.1]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_passes_the_lateral_drop_rate_and_learning_rate_to_the_run(tmp_path: Path) -> None:
     from appliance.cli.main import main
 
     data = tmp_path / "data"
@@ -143,7 +155,7 @@ def test_train_cli_passes_the_lateral_drop_rate_to_the_run(tmp_path: Path) -> No
     _write_samples(data)
     out = tmp_path / "run"
     args = ["train", "recon", "--out", str(out), "--seed", "3", "--data", str(data), "--steps", "1"]
-    args += ["--p-drop-lat", "1.0", "--context", "0", "--learned", "0", "--no-export"]
+    args += ["--p-drop-lat", "1.0", "--lr", "4e-4", "--context", "0", "--learned", "0", "--no-export"]
     assert main(args) == 0
     doc = json.loads((out / "train_report.json").read_text())
-    assert doc["config"]["p_drop_lat"] == 1.0 and doc["steps"] == 1
+    assert doc["config"]["p_drop_lat"] == 1.0 and doc["config"]["lr"] == 4e-4 and doc["steps"] == 1

@@ -105,6 +105,13 @@ def register_train(tsub: Any) -> None:
         default=0.25,
         help="probability a sample trains with its lateral film dropped, the AP-only mode (default 0.25)",
     )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="peak learning rate of the warm-up + cosine schedule (default 2e-3; a warm start's decoder "
+        "runs at half of it)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="ablation: unweighted cross-entropy")
     p.add_argument("--no-adv", action="store_true", help="ablation: no adversarial loss")
     p.add_argument("--no-proj", action="store_true", help="ablation: no projection-consistency loss")
@@ -211,6 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
     for flag, share in (("--p-drop-lat", args.p_drop_lat), ("--hard-far", args.hard_far)):
         if not 0.0 <= share <= 1.0:
             raise InputError(f"{flag} must lie in [0, 1], got {share}", reason="bad_argument")
+    if not 0.0 < args.lr <= 0.1:
+        raise InputError(f"--lr must lie in (0, 0.1], got {args.lr}", reason="bad_argument")
     _progress_to_stderr()
     data = args.data
     if data is None:
@@ -245,6 +254,7 @@ def run_train(args: argparse.Namespace) -> int:
         n_hard=int(args.n_hard),
         hard_far=float(args.hard_far),
         p_drop_lat=float(args.p_drop_lat),
+        lr=float(args.lr),
         class_weights=not args.no_class_weights,
         calib_data=args.calib_data,
         canonical=bool(args.canonical),
