@@ -20,7 +20,7 @@ from export.recon.dataset import (  # noqa: E402
     small_bone_points,
     surface_voxels,
 )
-from export.recon.model import N_FIXED, ReconNet, load_net, widen_first_layer  # noqa: E402
+from export.recon.model import N_FIXED, ReconNet, load_film_cnn, load_net, widen_first_layer  # noqa: E402
 from export.recon.onnx_io import PARITY_TOL, export_recon  # noqa: E402
 from export.recon.train import (  # noqa: E402
     CLASS_W_MAX,
@@ -91,6 +91,49 @@ def test_export_is_channels_first_and_matches_pytorch(tmp_path: Path) -> None:
     ops = [n.op_type for n in onnx.load(str(paths[1])).graph.node]
     # The point MLP is 1x1 convolutions (5 layers), no MatMul left in the decoder graph.
     assert ops.count("Conv") == 5 and "MatMul" not in ops and ops.count("GridSample") == 1
+
+
+def test_full_resolution_film_level_starts_where_the_old_encoder_was_and_learns() -> None:
+    torch.manual_seed(5)
+    old, new = ReconNet(learned=16).eval(), ReconNet(learned=16, fine_film=8).eval()
+    assert old.encoder.cnn is not None and new.encoder.cnn is not None
+    load_film_cnn(old.encoder.cnn, new.encoder.cnn)
+    films = torch.rand(1, 2, FILM_PX, FILM_PX)
+    with torch.no_grad():
+        assert torch.equal(old.encode(films), new.encode(films))
+    # The zero head still gets a gradient (its input is the level's maps), so the level trains.
+    new.encode(films).square().mean().backward()
+    head = new.encoder.cnn.fine_head
+    assert head is not None and head.weight.grad is not None and float(head.weight.grad.abs().max()) > 0.0
+    # After a step the level changes the maps at full resolution: a 1-pixel detail moves them there.
+    with torch.no_grad():
+        head.weight.add_(0.1 * torch.randn_like(head.weight))
+        dot = films.clone()
+        dot[0, 0, 128, 128] = 1.0 - dot[0, 0, 128, 128]
+        a, b = new.encode(films), new.encode(dot)
+        a_old, b_old = old.encode(films), old.encode(dot)
+    diff_new = float((a - b)[0, 0, N_FIXED:, 128, 128].abs().max())
+    diff_old = float((a_old - b_old)[0, 0, N_FIXED:, 128, 128].abs().max())
+    assert diff_new > diff_old
+    # A checkpoint round trip rebuilds it from the config key; dropping the level is refused.
+    again = load_net(new.state_dict(), {"hidden": 64, "learned": 16, "fine_film": 8}).eval()
+    with torch.no_grad():
+        assert torch.equal(again.encode(films), a)
+    with pytest.raises(ValueError, match="full-resolution"):
+        load_film_cnn(new.encoder.cnn, old.encoder.cnn)
+    with pytest.raises(ValueError, match="needs the learned CNN"):
+        ReconNet(learned=0, fine_film=8)
+
+
+def test_export_with_the_full_resolution_level_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    net = ReconNet(learned=16, fine_film=8)
+    cnn = net.encoder.cnn
+    assert cnn is not None and cnn.fine_head is not None
+    with torch.no_grad():
+        cnn.fine_head.weight.normal_(0.0, 0.2)  # a trained level, not the zero start
+    _, parity = export_recon(net, tmp_path, seed=6, cfg={"learned": 16, "fine_film": 8})
+    assert max(parity.values()) < PARITY_TOL
 
 
 def _toy_sample() -> ReconSample:

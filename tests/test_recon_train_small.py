@@ -4,6 +4,7 @@ report survives a failed export."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,39 @@ def test_train_cli_passes_the_lateral_drop_rate_and_learning_rate_to_the_run(tmp
     assert main(args) == 0
     doc = json.loads((out / "train_report.json").read_text())
     assert doc["config"]["p_drop_lat"] == 1.0 and doc["config"]["lr"] == 4e-4 and doc["steps"] == 1
+
+
+def test_a_warm_start_can_add_the_full_resolution_film_level(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_samples(data)
+    base = TrainConfig(
+        data=data, out=tmp_path / "a", seed=3, steps=1, n_uniform=128, n_surface=128, n_small=64, context=0,
+        export=False,
+    )  # fmt: skip
+    first = train_recon(base)
+    res = train_recon(replace(base, out=tmp_path / "b", init_from=first.checkpoint, fine_film=4))
+    ck = torch.load(res.checkpoint, map_location="cpu", weights_only=False)
+    assert ck["config"]["fine_film"] == 4 and any(k.startswith("encoder.cnn.fine.") for k in ck["net"])
+
+
+def test_train_cli_refuses_a_full_resolution_level_without_the_learned_cnn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli.main import main
+
+    args = [
+        "train",
+        "recon",
+        "--out",
+        str(tmp_path / "run"),
+        "--seed",
+        "1",
+        "--fine-film",
+        "8",
+        "--learned",
+        "0",
+    ]
+    assert main(args) == 2
+    assert "[bad_argument] --fine-film needs --learned > 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

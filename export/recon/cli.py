@@ -67,6 +67,13 @@ def register_train(tsub: Any) -> None:
         "--learned", type=int, default=16, help="learned film-encoder maps (default 16; 0: fixed bank)"
     )
     p.add_argument(
+        "--fine-film",
+        type=int,
+        default=0,
+        help="channels of a full-resolution (0.75 mm) level in the learned film CNN (default 0: none); "
+        "a warm start gains it with a zero head, so it starts from the old model's output",
+    )
+    p.add_argument(
         "--context",
         type=int,
         default=16,
@@ -218,6 +225,10 @@ def run_train(args: argparse.Namespace) -> int:
     for flag, share in (("--p-drop-lat", args.p_drop_lat), ("--hard-far", args.hard_far)):
         if not 0.0 <= share <= 1.0:
             raise InputError(f"{flag} must lie in [0, 1], got {share}", reason="bad_argument")
+    if args.fine_film < 0 or (args.fine_film and args.learned <= 0):
+        raise InputError(
+            "--fine-film needs --learned > 0 and a non-negative channel count", reason="bad_argument"
+        )
     if not 0.0 < args.lr <= 0.1:
         raise InputError(f"--lr must lie in (0, 0.1], got {args.lr}", reason="bad_argument")
     _progress_to_stderr()
@@ -246,6 +257,7 @@ def run_train(args: argparse.Namespace) -> int:
         rescan_steps=int(args.rescan_steps),
         hidden=int(args.hidden),
         learned=int(args.learned),
+        fine_film=int(args.fine_film),
         context=int(args.context),
         context_grid=int(args.context_grid),
         init_from=args.init_from,

@@ -49,10 +49,12 @@ class FilmEncoder(nn.Module):
     training budget is a shared 2-core CPU: the features of every sample are computed once, and each
     step then costs only the point decoder (docs/recon.md)."""
 
-    def __init__(self, learned: int = 0) -> None:
+    def __init__(self, learned: int = 0, fine: int = 0) -> None:
         super().__init__()
         self.n_learned = int(learned)
-        self.cnn = LearnedFilmEncoder(self.n_learned) if self.n_learned else None
+        if fine and not learned:
+            raise ValueError("a full-resolution film level needs the learned CNN (learned > 0)")
+        self.cnn = LearnedFilmEncoder(self.n_learned, fine) if self.n_learned else None
         # Kernels are derived from the constants, so they are not part of the checkpoint.
         for i, sg in enumerate(SIGMAS):
             self._kernel(f"g{i}", _gauss(sg, 0))
@@ -142,10 +144,31 @@ class LearnedFilmEncoder(nn.Module):
     """A small multi-scale CNN: four stride-2 levels (128, 64, 32, 16 px; 16-32 channels, two 3x3 convs
     each), each level projected by a 1x1 conv to ``out`` channels, upsampled and summed at 128 px, then
     bilinearly upsampled to the frame. Receptive field about +-60 px (+-45 mm at the detector): local
-    context of the ray's neighbourhood on the film, so a point still sees a film only near its own ray."""
+    context of the ray's neighbourhood on the film, so a point still sees a film only near its own ray.
+    With ``fine`` > 0 a fifth level at the frame's own resolution (two 3x3 convs, ``fine`` channels) is added
+    to the upsampled sum (``xr3d train recon --fine-film``)."""
 
-    def __init__(self, out: int = 16) -> None:
+    def __init__(self, out: int = 16, fine: int = 0) -> None:
         super().__init__()
+        self.n_fine = int(fine)
+        # Optional full-resolution level (``fine`` channels, 256 px = 0.75 mm at the detector): the four
+        # stride-2 levels see the film at 1.5 mm and coarser, so a learned edge cue finer than that is only
+        # in the fixed bank. Its head starts at zero, so a warm start from a model without it computes
+        # exactly what that model did (the head's gradient is not zero: its input is the level's maps).
+        self.fine: nn.Module | None = None
+        self.fine_head: nn.Conv2d | None = None
+        if self.n_fine:
+            self.fine = nn.Sequential(
+                nn.Conv2d(1, self.n_fine, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(self.n_fine, self.n_fine, 3, padding=1),
+                nn.ReLU(inplace=True),
+            )
+            head = nn.Conv2d(self.n_fine, out, 1)
+            nn.init.zeros_(head.weight)
+            assert head.bias is not None
+            nn.init.zeros_(head.bias)
+            self.fine_head = head
         chans = (16, 32, 32, 32)
         levels = []
         c_in = 1
@@ -173,7 +196,10 @@ class LearnedFilmEncoder(nn.Module):
                 h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
             y = h if y is None else y + h
         assert y is not None
-        return F.interpolate(y, size=(img.shape[-2], img.shape[-1]), mode="bilinear", align_corners=False)
+        full = F.interpolate(y, size=(img.shape[-2], img.shape[-1]), mode="bilinear", align_corners=False)
+        if self.fine is None or self.fine_head is None:
+            return full
+        return full + self.fine_head(self.fine(img * 2.0 - 1.0))
 
 
 def fourier(p: Tensor) -> Tensor:
@@ -323,10 +349,15 @@ class PointDecoder(nn.Module):
 
 class ReconNet(nn.Module):
     def __init__(
-        self, hidden: int = 64, learned: int = 0, context: int = 0, context_grid: int = GRID
+        self,
+        hidden: int = 64,
+        learned: int = 0,
+        context: int = 0,
+        context_grid: int = GRID,
+        fine_film: int = 0,
     ) -> None:
         super().__init__()
-        self.encoder = FilmEncoder(learned)
+        self.encoder = FilmEncoder(learned, fine_film)
         self.context = ContextNet(self.encoder.n_out, context, grid=context_grid) if context else None
         self.decoder = PointDecoder(hidden, self.encoder.n_out, context)
 
@@ -343,12 +374,14 @@ class ReconNet(nn.Module):
 
 def net_from_config(cfg: dict[str, object]) -> ReconNet:
     """The architecture a training config describes (``hidden``, ``learned``, ``context``; older
-    checkpoints lack ``learned`` (the fixed encoder), ``context`` (none) and ``context_grid`` (32))."""
+    checkpoints lack ``learned`` (the fixed encoder), ``context`` (none), ``context_grid`` (32) and
+    ``fine_film`` (no full-resolution film level))."""
     return ReconNet(
         hidden=int(str(cfg.get("hidden", 64))),
         learned=int(str(cfg.get("learned", 0))),
         context=int(str(cfg.get("context", 0))),
         context_grid=int(str(cfg.get("context_grid", GRID))),
+        fine_film=int(str(cfg.get("fine_film", 0))),
     )
 
 
@@ -358,6 +391,18 @@ def load_net(state: dict[str, Tensor], cfg: dict[str, object]) -> ReconNet:
     net = net_from_config(cfg)
     net.load_state_dict(state)
     return net
+
+
+def load_film_cnn(old: LearnedFilmEncoder, new: LearnedFilmEncoder) -> None:
+    """Warm start: ``old``'s learned film CNN into ``new``, which may add the full-resolution level (its
+    zero head keeps ``new``'s output equal to ``old``'s). Dropping a level ``old`` has is refused."""
+    res = new.load_state_dict(old.state_dict(), strict=False)
+    added = [k for k in res.missing_keys if not k.startswith(("fine.", "fine_head."))]
+    if res.unexpected_keys or added:
+        raise ValueError(
+            f"film CNNs differ beyond the full-resolution level: missing {added}, "
+            f"unexpected {list(res.unexpected_keys)}"
+        )
 
 
 def widen_first_layer(old: PointDecoder, new: PointDecoder) -> None:

@@ -36,7 +36,7 @@ from export.recon.dataset import (
     sample_points,
     small_bone_points,
 )
-from export.recon.model import PatchDiscriminator, ReconNet, load_net, widen_first_layer
+from export.recon.model import PatchDiscriminator, ReconNet, load_film_cnn, load_net, widen_first_layer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class TrainConfig:
     rescan_steps: int = 0  # > 0: look for new samples every so many steps
     hidden: int = 64  # decoder MLP width
     learned: int = 16  # learned film-encoder maps (0: the fixed filter bank alone, recon-1.0)
+    fine_film: int = 0  # channels of the learned CNN's full-resolution level (0: none, up to recon-1.10)
     n_small: int = 1024  # points near the fibula and patella surfaces per sample
     n_bone: int = 0  # points near the femur and tibia boundaries per sample (recon-1.6: 1024; 0 before)
     # Online hard-point mining (recon-1.7): HARD_POOL x n_hard candidates near the femur and tibia
@@ -334,7 +335,13 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
     samples = load_samples(cfg.data, TRAIN_SEEDS, cfg.max_samples)
     if not samples:
         raise FileNotFoundError(f"no training samples in {cfg.data}")
-    net = ReconNet(hidden=cfg.hidden, learned=cfg.learned, context=cfg.context, context_grid=cfg.context_grid)
+    net = ReconNet(
+        hidden=cfg.hidden,
+        learned=cfg.learned,
+        context=cfg.context,
+        context_grid=cfg.context_grid,
+        fine_film=cfg.fine_film,
+    )
     init_steps = 0
     dec_lr = 1.0
     if cfg.init_from is not None:
@@ -342,7 +349,7 @@ def train_recon(cfg: TrainConfig) -> TrainResult:
         old = load_net(ck["net"], ck.get("config", {}))
         widen_first_layer(old.decoder, net.decoder)
         if old.encoder.cnn is not None and net.encoder.cnn is not None:
-            net.encoder.cnn.load_state_dict(old.encoder.cnn.state_dict())
+            load_film_cnn(old.encoder.cnn, net.encoder.cnn)
         if old.context is not None and net.context is not None:
             net.context.load_state_dict(old.context.state_dict())
         init_steps = int(ck.get("steps", 0))
