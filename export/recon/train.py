@@ -40,7 +40,7 @@ from export.recon.model import PatchDiscriminator, ReconNet, load_film_cnn, load
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "recon-1.10"
+MODEL_VERSION = "recon-1.11"
 
 
 @dataclass(frozen=True)
